@@ -1,0 +1,48 @@
+"""Class lists of the standard few-shot splits (shipped as data) and per-class image splits."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import torch
+
+from freeenergy.data.types import ImageSet
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def read_class_list(benchmark: str, split: str) -> list[str]:
+    """Class names of ``benchmark`` (``cifar_fs`` or ``mini_imagenet``) for ``split`` (train/val/test)."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split={split!r} is unknown; choose one of {SPLIT_NAMES}.")
+    text = resources.files("freeenergy.data").joinpath("splits", f"{benchmark}_{split}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def split_per_class(images: ImageSet, heldout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Split every class's images into (train, held-out), the same way for the same seed."""
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"data.heldout_fraction={heldout_fraction} must lie strictly between 0 and 1.")
+    generator = torch.Generator().manual_seed(seed)
+    train_index, heldout_index = [], []
+    for label in range(images.num_classes):
+        members = torch.nonzero(images.labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_heldout = max(1, round(heldout_fraction * len(members)))
+        heldout_index.append(members[:n_heldout])
+        train_index.append(members[n_heldout:])
+    return images.subset(torch.cat(train_index).sort().values), images.subset(torch.cat(heldout_index).sort().values)
+
+
+def select_classes(images: torch.Tensor, labels: torch.Tensor, names: list[str], wanted: list[str]) -> ImageSet:
+    """The images of the classes ``wanted`` (by name), relabelled 0..len(wanted)-1 in that order."""
+    missing = sorted(set(wanted) - set(names))
+    if missing:
+        raise ValueError(f"classes {missing[:5]} of the split are not in the dataset ({len(missing)} missing).")
+    position = {name: i for i, name in enumerate(names)}
+    relabel = torch.full((len(names),), -1, dtype=torch.long)
+    for new_label, name in enumerate(wanted):
+        relabel[position[name]] = new_label
+    new_labels = relabel[labels.long()]
+    keep = new_labels >= 0
+    return ImageSet(images[keep], new_labels[keep], list(wanted))
