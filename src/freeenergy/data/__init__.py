@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Mapping
 
 from freeenergy.data.types import FewShotData, ImageSet
 
 
-def _loaders() -> dict[str, Callable[..., FewShotData]]:
-    from freeenergy.data.cifar_fs import load_cifar_fs
-    from freeenergy.data.mini_imagenet import load_mini_imagenet
-    from freeenergy.data.synthetic import load_synthetic
+# Dataset name → its loader (module, function), imported only when that dataset is used.
+_LOADERS = {
+    "synthetic": ("freeenergy.data.synthetic", "load_synthetic"),
+    "cifar_fs": ("freeenergy.data.cifar_fs", "load_cifar_fs"),
+    "mini_imagenet": ("freeenergy.data.mini_imagenet", "load_mini_imagenet"),
+}
+DATASETS = tuple(_LOADERS)
 
-    return {"synthetic": load_synthetic, "cifar_fs": load_cifar_fs, "mini_imagenet": load_mini_imagenet}
 
-
-DATASETS = ("synthetic", "cifar_fs", "mini_imagenet")
+def _loader(name: str) -> Callable[..., FewShotData]:
+    module, function = _LOADERS[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def load_data(data_cfg: Mapping[str, Any]) -> FewShotData:
@@ -24,7 +28,7 @@ def load_data(data_cfg: Mapping[str, Any]) -> FewShotData:
     name = options.pop("name")
     if name not in DATASETS:
         raise ValueError(f"data={name!r} is unknown; choose one of {list(DATASETS)}.")
-    return _loaders()[name](**options)
+    return _loader(name)(**options)
 
 
 __all__ = ["DATASETS", "FewShotData", "ImageSet", "load_data"]

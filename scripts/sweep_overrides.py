@@ -1,0 +1,16 @@
+"""Print the experiment's one-at-a-time sweeps as Hydra multirun overrides, one line per axis."""
+
+import hydra
+from omegaconf import DictConfig
+
+from freeenergy.pretrain.sweeps import sweep_override_lines
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    for line in sweep_override_lines(cfg.sweep):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

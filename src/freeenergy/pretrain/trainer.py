@@ -1,0 +1,229 @@
+"""Pretraining with SGD and cross-entropy on the upstream classes, checkpointed and resumable.
+
+A run writes ``run.json`` first (status ``running``), a checkpoint folder with ``model.pt`` and
+``pretrain.json`` at each configured epoch, and ``resume.pt`` (model, optimizer, scheduler, data-order
+RNG) after every epoch. Killed midway, it resumes from ``resume.pt`` to the same result; finished
+(status ``done``), a rerun does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from freeenergy.data import FewShotData, load_data
+from freeenergy.data.augment import random_crop_flip
+from freeenergy.models import create_model
+from freeenergy.models.evaluate import evaluate
+from freeenergy.pretrain.config import identity_config, run_identity, validate_pretrain_config
+from freeenergy.records import (
+    MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, epoch_dirname, load_torch, read_json, save_torch, write_json,
+)
+from freeenergy.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    lr: float
+    seconds: float
+
+
+def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+        weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov and optim_cfg.momentum > 0,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: DictConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch learning-rate schedule: cosine to zero, constant, or ×0.1 at the step epochs."""
+    if train_cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs)
+    if train_cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train_cfg.step_epochs), gamma=0.1)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+
+
+class Pretraining:
+    """One pretraining run: its model, optimizer, data on the device, and its folder."""
+
+    def __init__(self, cfg: DictConfig):
+        validate_pretrain_config(cfg)
+        self.cfg = cfg
+        self.run_id = run_identity(cfg)
+        self.run_dir = Path(cfg.paths.runs) / self.run_id
+        self.device = resolve_device(cfg.device)
+
+    def is_done(self) -> bool:
+        run_file = self.run_dir / RUN_FILE
+        return run_file.exists() and read_json(run_file).get("status") in ("done", "diverged")
+
+    def setup(self) -> None:
+        self.data: FewShotData = load_data(self.cfg.data)
+        torch.manual_seed(self.cfg.seed)
+        num_classes = self.data.upstream_train.num_classes
+        self.model = create_model(num_classes=num_classes, **self.cfg.model).to(self.device)
+        self.memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
+        self.order_rng = torch.Generator().manual_seed(self.cfg.seed)
+        self.images = self.data.upstream_train.images.to(self.device)
+        self.labels = self.data.upstream_train.labels.to(self.device)
+        self.heldout_images = self.data.upstream_heldout.images.to(self.device)
+        self.heldout_labels = self.data.upstream_heldout.labels.to(self.device)
+        self.start_epoch = 1
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self._write_run_record("running", num_classes)
+        if (self.run_dir / RESUME_FILE).exists():
+            self._resume()
+
+    def _write_run_record(self, status: str, num_classes: int) -> None:
+        write_json(self.run_dir / RUN_FILE, {
+            "run_id": self.run_id,
+            "experiment": self.cfg.experiment_name,
+            "status": status,
+            "num_classes": num_classes,
+            "config": identity_config(self.cfg),
+            "seed": self.cfg.seed,
+            "device": str(self.device),
+            "host": platform.node(),
+            "wall_time_s": self.elapsed,
+            "history": self.history,
+        })
+
+    def _resume(self) -> None:
+        state = load_torch(self.run_dir / RESUME_FILE, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.order_rng.set_state(state["order_rng"].cpu())
+        self.start_epoch = int(state["epoch"]) + 1
+        self.elapsed = float(state["elapsed"])
+        self.history = read_json(self.run_dir / RUN_FILE).get("history", [])[: self.start_epoch - 1]
+        log.info("%s: resuming after epoch %d", self.run_id, state["epoch"])
+
+    def _save_resume_state(self, epoch: int) -> None:
+        save_torch(self.run_dir / RESUME_FILE, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "order_rng": self.order_rng.get_state(),
+            "epoch": torch.tensor(epoch),
+            "elapsed": torch.tensor(self.elapsed),
+        })
+
+    def _batch(self, index: torch.Tensor) -> torch.Tensor:
+        images = self.data.normalize(self.images[index.to(self.device)])
+        augment = self.cfg.train.augment
+        images = random_crop_flip(images, augment.padding, augment.flip, self.order_rng)
+        return images.contiguous(memory_format=self.memory_format)
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        self.model.train()
+        start = time.perf_counter()
+        batch_size = self.cfg.train.batch_size
+        order = torch.randperm(len(self.labels), generator=self.order_rng)
+        num_batches = len(order) // batch_size  # drop the last partial batch, as batch norm prefers
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        lr = self.optimizer.param_groups[0]["lr"]
+        steps = tqdm(range(num_batches), desc=f"epoch {epoch}", unit="step", leave=False,
+                     disable=not self.cfg.progress)
+        for step in steps:
+            index = order[step * batch_size : (step + 1) * batch_size]
+            logits = self.model(self._batch(index))
+            target = self.labels[index.to(self.device)]
+            loss = F.cross_entropy(logits, target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == target).sum()
+        self.scheduler.step()
+        seen = num_batches * batch_size
+        return EpochStats(epoch, loss_sum.item() / num_batches, correct.item() / seen, lr,
+                          time.perf_counter() - start)
+
+    def save_checkpoint(self, stats: EpochStats) -> dict:
+        heldout = evaluate(self.model, self.heldout_images, self.heldout_labels, self.data.normalize,
+                           self.cfg.train.eval_batch_size)
+        directory = self.run_dir / epoch_dirname(stats.epoch)
+        save_torch(directory / MODEL_FILE, self.model.state_dict())
+        record = {
+            "run_id": self.run_id, "epoch": stats.epoch,
+            "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+            "val_loss": heldout.loss, "val_acc": heldout.accuracy,
+            "lr": stats.lr, "seed": self.cfg.seed, "wall_time_s": self.elapsed, "device": str(self.device),
+        }
+        write_json(directory / f"{PRETRAIN_RECORD}.json", record)
+        return record
+
+    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> str:
+        """Train to the last epoch (or resume to it); returns the final status."""
+        checkpoint_epochs = set(self.cfg.train.checkpoint_epochs)
+        num_classes = self.data.upstream_train.num_classes
+        epochs = tqdm(range(self.start_epoch, self.cfg.train.epochs + 1), desc=self.run_id, unit="epoch",
+                      disable=not self.cfg.progress)
+        for epoch in epochs:
+            stats = self.train_epoch(epoch)
+            self.elapsed += stats.seconds
+            if not math.isfinite(stats.train_loss):
+                log.warning("%s: training loss is %s at epoch %d; the run diverged and stops here "
+                            "(lower optim.lr).", self.run_id, stats.train_loss, epoch)
+                self._write_run_record("diverged", num_classes)
+                return "diverged"
+            summary = asdict(stats)
+            if epoch in checkpoint_epochs:
+                record = self.save_checkpoint(stats)
+                summary.update(val_loss=record["val_loss"], val_acc=record["val_acc"])
+            self.history.append(summary)
+            self._save_resume_state(epoch)
+            self._write_run_record("running", num_classes)
+            tqdm.write(_epoch_line(self.run_id, summary))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        self._write_run_record("done", num_classes)
+        (self.run_dir / RESUME_FILE).unlink(missing_ok=True)
+        return "done"
+
+
+def _epoch_line(run_id: str, summary: dict) -> str:
+    line = (f"{run_id} epoch {summary['epoch']:3d}  lr {summary['lr']:.4g}  "
+            f"train loss {summary['train_loss']:.3f} acc {summary['train_acc']:.3f}")
+    if "val_acc" in summary:
+        line += f"  held-out loss {summary['val_loss']:.3f} acc {summary['val_acc']:.3f}"
+    return line + f"  ({summary['seconds']:.1f}s)"
+
+
+def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Pretrain one configuration (or resume it, or skip it when finished); returns the run folder."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run = Pretraining(cfg)
+    if run.is_done() and not cfg.train.overwrite:
+        log.info("%s: finished already, skipped", run.run_id)
+        print(f"{run.run_id}: finished already, skipped")
+        return run.run_dir
+    run.setup()
+    status = run.run(on_epoch_end)
+    print(f"{run.run_id}: {status} ({run.elapsed:.0f}s of training)")
+    return run.run_dir
+
