@@ -219,7 +219,6 @@ def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None 
         torch.set_num_threads(cfg.num_threads)
     run = Pretraining(cfg)
     if run.is_done() and not cfg.train.overwrite:
-        log.info("%s: finished already, skipped", run.run_id)
         print(f"{run.run_id}: finished already, skipped")
         return run.run_dir
     run.setup()
