@@ -13,8 +13,9 @@ from freeenergy.data import DATASETS
 from freeenergy.models import MODELS
 
 SCHEDULES = ("cosine", "constant", "step")
+PRECISIONS = ("fp32", "bf16")
 # Keys that change how a run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = {"data": ("root", "download"), "train": ("eval_batch_size", "channels_last", "overwrite")}
+EXECUTION_KEYS = {"data": ("root", "download"), "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
@@ -42,6 +43,8 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
         _refuse("train.epochs", cfg.train.epochs, "the number of epochs must be a positive integer")
     if cfg.train.schedule not in SCHEDULES:
         _refuse("train.schedule", cfg.train.schedule, f"choose one of {list(SCHEDULES)}")
+    if cfg.train.precision not in PRECISIONS:
+        _refuse("train.precision", cfg.train.precision, f"choose one of {list(PRECISIONS)}")
     bad_epochs = [e for e in cfg.train.checkpoint_epochs if not 1 <= e <= cfg.train.epochs]
     if bad_epochs or not cfg.train.checkpoint_epochs:
         _refuse("train.checkpoint_epochs", list(cfg.train.checkpoint_epochs),

@@ -81,6 +81,8 @@ class Pretraining:
         self.model = create_model(num_classes=num_classes, **self.cfg.model).to(self.device)
         self.memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        self.forward = torch.compile(self.model) if self.cfg.train.compile else self.model
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[self.cfg.train.precision]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
         self.order_rng = torch.Generator().manual_seed(self.cfg.seed)
@@ -149,9 +151,10 @@ class Pretraining:
                      disable=not self.cfg.progress)
         for step in steps:
             index = order[step * batch_size : (step + 1) * batch_size]
-            logits = self.model(self._batch(index))
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.forward(self._batch(index))
             target = self.labels[index.to(self.device)]
-            loss = F.cross_entropy(logits, target)
+            loss = F.cross_entropy(logits.float(), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
