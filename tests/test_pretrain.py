@@ -52,7 +52,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     with pytest.raises(Killed):
         run_pretraining(compose_config(overrides), on_epoch_end=kill_after_first_epoch)
     interrupted_dir = run_pretraining(compose_config(overrides))
-    assert read_json(interrupted_dir / "run.json")["status"] == "done"
+    run = read_json(interrupted_dir / "run.json")
+    assert run["status"] == "done" and run["resumed_after_epochs"] == [1]
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3]
 
     straight_dir = run_pretraining(compose_config(tiny_overrides(tmp_path / "b") + ["train.epochs=3", "train.checkpoint_epochs=[3]"]))
     resumed, straight = load_torch(interrupted_dir / "epoch_003" / "model.pt"), load_torch(straight_dir / "epoch_003" / "model.pt")

@@ -92,10 +92,11 @@ class Pretraining:
         self.heldout_labels = self.data.upstream_heldout.labels.to(self.device)
         self.start_epoch = 1
         self.history: list[dict] = []
+        self.resumed_after: list[int] = []  # epochs this run was resumed after (crash, preemption)
         self.elapsed = 0.0
-        self._write_run_record("running", num_classes)
         if (self.run_dir / RESUME_FILE).exists():
             self._resume()
+        self._write_run_record("running", num_classes)
 
     def _write_run_record(self, status: str, num_classes: int) -> None:
         write_json(self.run_dir / RUN_FILE, {
@@ -109,6 +110,7 @@ class Pretraining:
             "host": platform.node(),
             "wall_time_s": self.elapsed,
             "history": self.history,
+            "resumed_after_epochs": self.resumed_after,
         })
 
     def _resume(self) -> None:
@@ -119,8 +121,10 @@ class Pretraining:
         self.order_rng.set_state(state["order_rng"].cpu())
         self.start_epoch = int(state["epoch"]) + 1
         self.elapsed = float(state["elapsed"])
-        self.history = read_json(self.run_dir / RUN_FILE).get("history", [])[: self.start_epoch - 1]
-        log.info("%s: resuming after epoch %d", self.run_id, state["epoch"])
+        previous = read_json(self.run_dir / RUN_FILE)
+        self.history = previous.get("history", [])[: self.start_epoch - 1]
+        self.resumed_after = previous.get("resumed_after_epochs", []) + [self.start_epoch - 1]
+        print(f"{self.run_id}: resuming after epoch {self.start_epoch - 1}")
 
     def _save_resume_state(self, epoch: int) -> None:
         save_torch(self.run_dir / RESUME_FILE, {
