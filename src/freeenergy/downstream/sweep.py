@@ -1,0 +1,166 @@
+"""The downstream step of the study: fine-tuning and few-shot accuracy of every checkpoint, one record per kind.
+
+Both evaluations use the held-out classes ``FewShotData.downstream``, with images kept uint8 on the device
+and normalised per batch. ``finetune.json`` holds test accuracy and loss after fine-tuning with a fresh
+head; ``fewshot.json`` holds, per (N-way, K-shot, classifier), the mean query accuracy over the episodes
+with its 95% interval. A record that exists is skipped unless ``downstream.overwrite=true``; a checkpoint
+that fails to load is reported by name and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from freeenergy.data import FewShotData, load_data
+from freeenergy.downstream.config import logistic_options, validate_against_data, validate_downstream_config
+from freeenergy.downstream.episodes import Episodes, sample_episodes
+from freeenergy.downstream.finetune import finetune, finetune_split
+from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
+from freeenergy.models import load_checkpoint_model
+from freeenergy.records import Checkpoint, iter_checkpoints
+from freeenergy.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DownstreamTask:
+    """Everything shared by all checkpoints: data on the device, the fine-tuning split, the episodes."""
+
+    cfg: DictConfig  # downstream.*
+    device: torch.device
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    memory_format: torch.memory_format
+    images: torch.Tensor  # all downstream images (uint8), for the few-shot features
+    finetune_train: tuple[torch.Tensor, torch.Tensor]  # (uint8 images, labels)
+    finetune_test: tuple[torch.Tensor, torch.Tensor]
+    episodes: dict[int, Episodes]  # by K; empty unless few-shot is asked for
+
+
+def prepare_task(ds_cfg: DictConfig, data: FewShotData, device: torch.device) -> DownstreamTask:
+    """Move the downstream data to the device, split it for fine-tuning and draw the episodes (seeded)."""
+    memory_format = torch.channels_last if ds_cfg.channels_last else torch.contiguous_format
+    train, test = finetune_split(data.downstream, ds_cfg.finetune.test_fraction, ds_cfg.finetune.images_per_class,
+                                 ds_cfg.seed)
+    fs = ds_cfg.fewshot
+    episodes = {k: sample_episodes(data.downstream.labels, fs.n_way, k, fs.n_query, fs.episodes, ds_cfg.seed)
+                for k in fs.shots} if "fewshot" in ds_cfg.kinds else {}
+    return DownstreamTask(
+        cfg=ds_cfg, device=device,
+        preprocess=lambda images: data.normalize(images).contiguous(memory_format=memory_format),
+        memory_format=memory_format,
+        images=data.downstream.images.to(device),
+        finetune_train=(train.images.to(device), train.labels.to(device)),
+        finetune_test=(test.images.to(device), test.labels.to(device)),
+        episodes=episodes,
+    )
+
+
+def _common_fields(checkpoint: Checkpoint, task: DownstreamTask, kind: str, seconds: float) -> dict:
+    return {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, "seed": task.cfg.seed, "wall_time_s": seconds,
+            "device": str(task.device), "config": OmegaConf.to_container(task.cfg[kind], resolve=True)}
+
+
+def finetune_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
+    start = time.perf_counter()
+    ft = task.cfg.finetune
+    result = finetune(model, task.finetune_train, task.finetune_test, task.preprocess, ft, task.cfg.seed,
+                      task.cfg.eval_batch_size, task.memory_format)
+    return asdict(result) | {
+        "epochs": ft.epochs, "lr": ft.lr, "backbone_lr": ft.backbone_lr, "batch_size": ft.batch_size,
+        "optimizer": ft.optimizer, "images_per_class": ft.images_per_class,
+        "train_images": len(task.finetune_train[1]), "test_images": len(task.finetune_test[1]),
+    } | _common_fields(checkpoint, task, "finetune", time.perf_counter() - start)
+
+
+def fewshot_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
+    start = time.perf_counter()
+    fs = task.cfg.fewshot
+    features = augmented_features(model, task.images, task.preprocess, task.cfg.eval_batch_size, fs.support_views,
+                                  fs.augment.padding, fs.augment.flip, task.cfg.seed)
+    results = []
+    for k_shot, episodes in task.episodes.items():
+        for classifier in fs.classifiers:
+            accuracies = episode_accuracies(features, episodes, classifier, logistic_options(task.cfg),
+                                            fs.episode_batch)
+            score = summarize(accuracies)
+            results.append({"n_way": fs.n_way, "k_shot": k_shot, "n_query": fs.n_query, "classifier": classifier,
+                            "mean_acc": score.mean_acc, "ci95": score.ci95, "episodes": score.episodes})
+    return {"results": results, "feature_dim": features.shape[-1]} | _common_fields(
+        checkpoint, task, "fewshot", time.perf_counter() - start)
+
+
+RECORD_MAKERS: dict[str, Callable[[nn.Module, Checkpoint, DownstreamTask], dict]] = {
+    "finetune": finetune_record,
+    "fewshot": fewshot_record,
+}
+
+
+def summary_line(name: str, records: dict[str, dict]) -> str:
+    parts = []
+    if "finetune" in records:
+        r = records["finetune"]
+        parts.append(f"finetune {100 * r['test_acc']:.1f}% (fresh head {100 * r['initial_test_acc']:.1f}%, "
+                     f"{r['wall_time_s']:.1f}s)")
+    if "fewshot" in records:
+        r = records["fewshot"]
+        scores = ", ".join(f"{s['n_way']}w{s['k_shot']}s {s['classifier']} "
+                           f"{100 * s['mean_acc']:.1f}±{100 * s['ci95']:.1f}%" for s in r["results"])
+        parts.append(f"fewshot {scores} ({r['wall_time_s']:.1f}s)")
+    return f"{name}: " + "; ".join(parts)
+
+
+@dataclass
+class Outcome:
+    checkpoint: str
+    status: str  # evaluated | skipped | failed
+    records: dict[str, dict] = field(default_factory=dict)  # kind → record written now
+
+
+def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: DownstreamTask) -> Outcome:
+    try:
+        model = load_checkpoint_model(checkpoint, task.device)
+    except Exception as error:  # a broken checkpoint must not stop the sweep
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason[:200]}); skipped")
+        return Outcome(checkpoint.name, "failed")
+    model = model.to(memory_format=task.memory_format)
+    records = {}
+    for kind in kinds:
+        records[kind] = RECORD_MAKERS[kind](model, checkpoint, task)
+        checkpoint.write_record(kind, records[kind])
+    tqdm.write(summary_line(checkpoint.name, records))
+    return Outcome(checkpoint.name, "evaluated", records)
+
+
+def run_downstream(cfg: DictConfig) -> list[Outcome]:
+    """Fine-tune and/or few-shot-evaluate every checkpoint of ``cfg.paths.runs`` (``downstream.kinds``)."""
+    ds_cfg = cfg.downstream
+    validate_downstream_config(ds_cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+    kinds = list(ds_cfg.kinds)
+    checkpoints = list(iter_checkpoints(cfg.paths.runs))
+    todo = {c: [k for k in kinds if ds_cfg.overwrite or not c.has_record(k)] for c in checkpoints}
+    outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if not todo[c]}
+    pending = [c for c in checkpoints if todo[c]]
+    print(f"downstream ({', '.join(kinds)}): {len(checkpoints)} checkpoints in {cfg.paths.runs}, "
+          f"{len(outcomes)} finished already, {len(pending)} to evaluate")
+    if pending:
+        data = load_data(cfg.data)
+        validate_against_data(ds_cfg, data.downstream)
+        task = prepare_task(ds_cfg, data, resolve_device(cfg.device))
+        for checkpoint in tqdm(pending, desc="downstream", unit="checkpoint", disable=not cfg.progress):
+            outcomes[checkpoint] = evaluate_checkpoint(checkpoint, todo[checkpoint], task)
+    failed = [o.checkpoint for o in outcomes.values() if o.status == "failed"]
+    if failed:
+        log.warning("downstream: %d checkpoint(s) failed to load: %s", len(failed), ", ".join(failed))
+    return [outcomes[c] for c in checkpoints]
