@@ -124,3 +124,14 @@ def iter_checkpoints(experiment_dir: str | Path) -> Iterator[Checkpoint]:
             continue
         epoch = int(directory.name.split("_")[1])
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
+
+
+def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1) -> list[Checkpoint]:
+    """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
+
+    ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
+    step as four jobs over disjoint checkpoints.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"shard.index={index} must lie in [0, shard.count={count}).")
+    return list(iter_checkpoints(experiment_dir))[index::count]

@@ -30,7 +30,7 @@ def evaluate(
     ``images`` and ``labels`` should already be on the model's device; ``preprocess`` maps a batch of
     stored images (e.g. uint8) to model inputs.
     """
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # restored exactly, even if mixed
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
@@ -38,6 +38,7 @@ def evaluate(
         target = labels[start : start + batch_size]
         total_loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(dim=1) == target).sum().item()
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     n = len(labels)
     return Evaluation(loss=total_loss / n, accuracy=correct / n, n=n)

@@ -1,0 +1,200 @@
+"""The metrics step of the study: the other pretraining metrics of Table 1 for every checkpoint, one record each.
+
+Everything is computed from upstream data in eval mode, on fixed data shared by all checkpoints:
+``FewShotData.upstream_train`` (train loss/accuracy on all of it by default; the Hessian trace, CDNV and
+geometric complexity on seeded class-balanced subsets) and ``FewShotData.upstream_heldout`` (held-out
+loss/accuracy). Images stay uint8 on the device and are normalised per batch. ``metrics.json`` is written
+beside the checkpoint; a checkpoint with a record is skipped unless ``metrics.overwrite=true``, and one that
+fails to load is reported by name while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from freeenergy.data import FewShotData, ImageSet, load_data
+from freeenergy.metrics.common import balanced_subset, loss_and_accuracy
+from freeenergy.metrics.geometric_complexity import geometric_complexity
+from freeenergy.metrics.hessian import hessian_trace
+from freeenergy.metrics.neural_collapse import model_cdnv
+from freeenergy.models import load_checkpoint_model
+from freeenergy.records import Checkpoint, checkpoints_of_shard
+from freeenergy.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "metrics"
+
+
+def _refuse(key: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"metrics.{key}={value!r} is not allowed: {allowed}.")
+
+
+def _check_positive(m_cfg: DictConfig, key: str, minimum: int = 1, optional: bool = False) -> None:
+    value = OmegaConf.select(m_cfg, key)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _refuse(key, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
+
+
+def validate_metrics_config(m_cfg: DictConfig) -> None:
+    """Raise a ValueError naming the first bad ``metrics.*`` value and what is allowed."""
+    for key in ("eval_batch_size", "hessian.batch_size", "geometric_complexity.batch_size"):
+        _check_positive(m_cfg, key)
+    _check_positive(m_cfg, "hessian.probes", minimum=2)
+    _check_positive(m_cfg, "geometric_complexity.projections", minimum=2, optional=True)
+    for key in ("loss.train_images", "hessian.images", "neural_collapse.images", "geometric_complexity.images"):
+        _check_positive(m_cfg, key, optional=True)
+    if not isinstance(m_cfg.seed, int):
+        _refuse("seed", m_cfg.seed, "an integer")
+
+
+def validate_against_data(m_cfg: DictConfig, upstream: ImageSet) -> None:
+    """CDNV needs every class's variance: at least 2 images per upstream class in its subset."""
+    images = m_cfg.neural_collapse.images
+    if images is not None and images < 2 * upstream.num_classes:
+        _refuse("neural_collapse.images", images,
+                f"fewer than 2 per upstream class ({upstream.num_classes} classes); use >= {2 * upstream.num_classes}")
+
+
+@dataclass
+class LabelledImages:
+    """uint8 images and their labels, on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class MetricsTask:
+    """The fixed data every checkpoint is measured on, and how to feed it to a model."""
+
+    cfg: DictConfig  # metrics.*
+    device: torch.device
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    memory_format: torch.memory_format
+    subsets: dict[str, LabelledImages]  # train_loss, heldout_loss, hessian_trace, nc_cdnv, geometric_complexity
+
+
+def _on_device(images: ImageSet, index: torch.Tensor, device: torch.device) -> LabelledImages:
+    return LabelledImages(images.images[index].to(device), images.labels[index].to(device))
+
+
+def prepare_task(m_cfg: DictConfig, data: FewShotData, device: torch.device) -> MetricsTask:
+    """Choose the seeded subsets of the upstream data and move them to the device."""
+    memory_format = torch.channels_last if m_cfg.channels_last else torch.contiguous_format
+    train, heldout = data.upstream_train, data.upstream_heldout
+    sizes = {"train_loss": m_cfg.loss.train_images, "hessian_trace": m_cfg.hessian.images,
+             "nc_cdnv": m_cfg.neural_collapse.images, "geometric_complexity": m_cfg.geometric_complexity.images}
+    subsets = {name: _on_device(train, balanced_subset(train.labels, size, m_cfg.seed), device)
+               for name, size in sizes.items()}
+    subsets["heldout_loss"] = _on_device(heldout, torch.arange(len(heldout)), device)
+    return MetricsTask(cfg=m_cfg, device=device, memory_format=memory_format, subsets=subsets,
+                       preprocess=lambda images: data.normalize(images).contiguous(memory_format=memory_format))
+
+
+def _loss_fields(model: nn.Module, data: LabelledImages, task: MetricsTask, prefix: str) -> dict:
+    result = loss_and_accuracy(model, data.images, data.labels, task.preprocess, task.cfg.eval_batch_size)
+    return {f"{prefix}_loss": result.loss, f"{prefix}_acc": result.accuracy}
+
+
+def _hessian_fields(model: nn.Module, data: LabelledImages, task: MetricsTask) -> dict:
+    h = task.cfg.hessian
+    estimate = hessian_trace(model, data.images, data.labels, task.preprocess, h.probes, h.batch_size, task.cfg.seed)
+    return {"hessian_trace": estimate.trace, "hessian_trace_se": estimate.se, "hessian_probes": estimate.probes}
+
+
+def _cdnv_fields(model: nn.Module, data: LabelledImages, task: MetricsTask) -> dict:
+    return {"nc_cdnv": model_cdnv(model, data.images, data.labels, task.preprocess, task.cfg.eval_batch_size)}
+
+
+def _gc_fields(model: nn.Module, data: LabelledImages, task: MetricsTask) -> dict:
+    gc = task.cfg.geometric_complexity
+    estimate = geometric_complexity(model, data.images, task.preprocess, gc.projections, gc.batch_size, task.cfg.seed)
+    return {"geometric_complexity": estimate.value, "geometric_complexity_se": estimate.se,
+            "geometric_complexity_projections": estimate.projections}
+
+
+METRICS: dict[str, Callable[[nn.Module, LabelledImages, MetricsTask], dict]] = {
+    "train_loss": lambda model, data, task: _loss_fields(model, data, task, "train"),
+    "heldout_loss": lambda model, data, task: _loss_fields(model, data, task, "heldout"),
+    "hessian_trace": _hessian_fields,
+    "nc_cdnv": _cdnv_fields,
+    "geometric_complexity": _gc_fields,
+}
+
+
+def measure(model: nn.Module, task: MetricsTask) -> dict:
+    """Every metric of one model, with the seconds each took and the number of images it used."""
+    fields: dict[str, Any] = {"timings_s": {}, "images": {}}
+    for name, compute in METRICS.items():
+        start = time.perf_counter()
+        fields |= compute(model, task.subsets[name], task)
+        fields["timings_s"][name] = time.perf_counter() - start
+        fields["images"][name] = len(task.subsets[name].labels)
+    return fields
+
+
+def checkpoint_record(checkpoint: Checkpoint, task: MetricsTask, fields: dict) -> dict:
+    return fields | {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, "seed": task.cfg.seed,
+                     "device": str(task.device), "wall_time_s": sum(fields["timings_s"].values()),
+                     "config": OmegaConf.to_container(task.cfg, resolve=True)}
+
+
+def summary_line(name: str, r: dict) -> str:
+    return (f"{name}: train {r['train_loss']:.3f} / {100 * r['train_acc']:.1f}%, held-out {r['heldout_loss']:.3f} / "
+            f"{100 * r['heldout_acc']:.1f}%, tr H = {r['hessian_trace']:.4g} ± {r['hessian_trace_se']:.2g}, "
+            f"CDNV = {r['nc_cdnv']:.3g}, GC = {r['geometric_complexity']:.4g} ± {r['geometric_complexity_se']:.2g} "
+            f"({r['wall_time_s']:.1f}s)")
+
+
+@dataclass
+class Outcome:
+    checkpoint: str
+    status: str  # measured | skipped | failed
+    record: dict | None = field(default=None)
+
+
+def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
+    try:
+        model = load_checkpoint_model(checkpoint, task.device)
+    except Exception as error:  # a broken checkpoint must not stop the sweep
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason[:200]}); skipped")
+        return Outcome(checkpoint.name, "failed")
+    record = checkpoint_record(checkpoint, task, measure(model.to(memory_format=task.memory_format), task))
+    checkpoint.write_record(RECORD_NAME, record)
+    tqdm.write(summary_line(checkpoint.name, record))
+    return Outcome(checkpoint.name, "measured", record)
+
+
+def run_metrics(cfg: DictConfig) -> list[Outcome]:
+    """Measure (and record) the Table 1 metrics of every checkpoint of ``cfg.paths.runs`` (this shard's share)."""
+    m_cfg = cfg.metrics
+    validate_metrics_config(m_cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
+    pending = [c for c in checkpoints if m_cfg.overwrite or not c.has_record(RECORD_NAME)]
+    outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if c not in pending}
+    print(f"metrics: {len(checkpoints)} checkpoints in {cfg.paths.runs}, {len(outcomes)} finished already, "
+          f"{len(pending)} to measure")
+    if pending:
+        data = load_data(cfg.data)
+        validate_against_data(m_cfg, data.upstream_train)
+        task = prepare_task(m_cfg, data, resolve_device(cfg.device))
+        for checkpoint in tqdm(pending, desc="metrics", unit="checkpoint", disable=not cfg.progress):
+            outcomes[checkpoint] = measure_checkpoint(checkpoint, task)
+    failed = [o.checkpoint for o in outcomes.values() if o.status == "failed"]
+    if failed:
+        log.warning("metrics: %d checkpoint(s) failed to load: %s", len(failed), ", ".join(failed))
+    return [outcomes[c] for c in checkpoints]
