@@ -25,7 +25,7 @@ from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
 from freeenergy.models import load_checkpoint_model
-from freeenergy.records import Checkpoint, iter_checkpoints
+from freeenergy.records import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     kinds = list(ds_cfg.kinds)
-    checkpoints = list(iter_checkpoints(cfg.paths.runs))
+    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
     todo = {c: [k for k in kinds if ds_cfg.overwrite or not c.has_record(k)] for c in checkpoints}
     outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if not todo[c]}
     pending = [c for c in checkpoints if todo[c]]
