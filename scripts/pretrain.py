@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.pretrain import run_pretraining
+from freeenergy.pretrain.trainer import run_pretraining
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

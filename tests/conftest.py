@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from freeenergy.data import FewShotData
 from freeenergy.data.synthetic import load_synthetic
-from freeenergy.pretrain import run_pretraining
+from freeenergy.pretrain.trainer import run_pretraining
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TINY_OVERRIDES = [

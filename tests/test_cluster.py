@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, compose_config, tiny_overrides
-from freeenergy.pretrain import run_pretraining
+from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.records import load_torch, read_json
 
 REPO = Path(__file__).resolve().parents[1]

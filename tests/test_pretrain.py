@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_LEARNING_RATES, compose_config, tiny_overrides
 from freeenergy.models import load_checkpoint_model
-from freeenergy.pretrain import run_pretraining
+from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.pretrain.config import run_identity, validate_pretrain_config
 from freeenergy.pretrain.sweeps import sweep_override_lines, sweeps_of_run
 from freeenergy.records import iter_checkpoints, load_torch, read_json

@@ -22,12 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 RUN_FILE = "run.json"
 RESUME_FILE = "resume.pt"
 MODEL_FILE = "model.pt"
 PRETRAIN_RECORD = "pretrain"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; records and caches get ordinary permissions.
+FILE_MODE = 0o666 & ~_current_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -38,6 +46,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,10 +77,12 @@ def read_json(path: str | Path) -> dict:
 
 def save_torch(path: str | Path, obj: Any) -> None:
     """Save tensors (a state dict or nested containers of tensors) atomically."""
+    import torch  # here, not at the top: the analysis reads records without loading torch
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
-def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
+    import torch
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

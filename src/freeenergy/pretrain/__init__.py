@@ -1,5 +1,5 @@
-"""Pretraining sweeps: SGD on the upstream classes, checkpoints at configured epochs."""
+"""Pretraining sweeps: SGD on the upstream classes, checkpoints at configured epochs.
 
-from freeenergy.pretrain.trainer import run_pretraining
-
-__all__ = ["run_pretraining"]
+``trainer`` holds the training loop (``run_pretraining``); ``sweeps`` the sweep definitions, importable
+without torch (the analysis uses it).
+"""
