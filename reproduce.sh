@@ -62,4 +62,4 @@ step "figures" scripts/figures.py "experiment=$experiment" "$@"
 
 echo
 echo "Step timings (seconds), in $timings:"
-column -t "$timings"
+column -t -s $'\t' "$timings"
