@@ -1,0 +1,5 @@
+"""Pretraining (and downstream) free energy of a checkpoint: localized WBIC and LLC, by SGLD."""
+
+from freeenergy.free_energy.estimator import FreeEnergyEstimate, SGLDSettings, estimate_free_energy
+
+__all__ = ["FreeEnergyEstimate", "SGLDSettings", "estimate_free_energy"]

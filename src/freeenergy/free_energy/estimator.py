@@ -1,0 +1,339 @@
+"""The localized WBIC (free energy) and local learning coefficient (LLC) of a model at w*, by SGLD.
+
+SGLD samples from the tempered, localized posterior around the checkpoint w*::
+
+    p(w) ∝ exp( -nβ·L_n(w) - (γ/2)·||w - w*||² ),     nβ = n / log n by default
+
+with one step per minibatch B (step size ε, localization γ), as in Lau et al. (2023) and devinterp::
+
+    w ← w - (ε/2)·( nβ·∇L_B(w) + γ·(w - w*) ) + N(0, ε·I)
+
+The draw at step t is the minibatch loss L_B(w_t) of the forward pass that also gives that step's
+gradient (the loss *before* the update, devinterp's convention: with no burn-in the first draw is at w*).
+With L̄ the mean draw after burn-in, over all chains::
+
+    LLC   λ̂ = nβ·(L̄ - L_n(w*))          free energy (WBIC) = n·L̄ = n·L_n(w*) + λ̂·log n  (nβ = n/log n)
+
+Spreads are the sample standard deviation (ddof=1) of the per-chain values.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Collection, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from tqdm import tqdm
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
+
+
+@dataclass(frozen=True)
+class SGLDSettings:
+    """The hyperparameters of one estimate (what makes two estimates comparable)."""
+
+    num_chains: int
+    num_draws: int
+    num_burnin: int
+    step_size: float
+    localization: float
+    nbeta: float
+    batch_size: int
+    seed: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_burnin + self.num_draws
+
+
+@dataclass
+class FreeEnergyEstimate:
+    """Free energy (WBIC) and LLC at w*, their spread across chains, and the raw loss traces.
+
+    When any chain diverged, ``free_energy``, ``llc`` and their spreads are NaN (never an average that
+    silently drops or includes a failed chain); per-chain values stay available for the healthy chains.
+    """
+
+    free_energy: float
+    free_energy_std: float
+    llc: float
+    llc_std: float
+    init_loss: float
+    n: int
+    nbeta: float
+    loss_trace: np.ndarray  # (num_chains, num_burnin + num_draws), sampled minibatch losses
+    diverged: bool
+    diverged_chains: list[int]
+    llc_per_chain: list[float]
+    free_energy_per_chain: list[float]
+    num_parameters: int  # parameters sampled (frozen ones excluded)
+    settings: SGLDSettings
+    wall_time_s: float  # the whole estimate: L_n(w*) and all chains
+    sampling_time_s: float  # the chains only
+    device: str
+    extra: dict = field(default_factory=dict)  # options recorded with the hyperparameters
+
+    @property
+    def draws(self) -> np.ndarray:
+        """The loss trace after burn-in, (num_chains, num_draws)."""
+        return self.loss_trace[:, self.settings.num_burnin :]
+
+    def to_record(self, **fields) -> dict:
+        """The flat JSON record of this estimate (the analysis reads these keys); ``fields`` are added."""
+        hyperparameters = asdict(self.settings)
+        hyperparameters.pop("seed")
+        hyperparameters.update(self.extra)
+        return {
+            "free_energy": self.free_energy, "free_energy_std": self.free_energy_std,
+            "llc": self.llc, "llc_std": self.llc_std, "init_loss": self.init_loss,
+            "n": self.n, "nbeta": self.nbeta, "diverged": self.diverged,
+            "diverged_chains": self.diverged_chains, "llc_per_chain": self.llc_per_chain,
+            "free_energy_per_chain": self.free_energy_per_chain, "num_parameters": self.num_parameters,
+            "loss_trace": [[_compact(v) for v in chain] for chain in self.loss_trace.tolist()],
+            "hyperparameters": hyperparameters, "seed": self.settings.seed,
+            "wall_time_s": self.wall_time_s, "device": self.device, **fields,
+        }
+
+
+def _compact(value: float) -> float:
+    """A float32 draw as the shortest decimal that round-trips at float32 precision (smaller JSON)."""
+    return float(f"{value:.7g}") if math.isfinite(value) else value
+
+
+def estimate_free_energy(
+    model: nn.Module,
+    dataset: Dataset | tuple[torch.Tensor, torch.Tensor],
+    loss_fn: LossFn | None = None,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    num_burnin: int = 0,
+    step_size: float = 1e-4,
+    localization: float = 100.0,
+    nbeta: float | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    *,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frozen_parameters: Collection[str] = (),
+    eval_batch_size: int | None = None,
+    progress: bool = False,
+) -> FreeEnergyEstimate:
+    """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
+
+    ``dataset`` is a tuple of tensors ``(X, Y)`` or a torch Dataset of ``(x, y)`` pairs (materialised
+    into tensors once), moved to ``device`` once; ``input_transform`` maps a batch of stored inputs to
+    model inputs on the device (e.g. uint8 images → normalised floats). ``loss_fn(output, target)`` is the
+    per-batch mean loss (default: cross-entropy). ``nbeta`` defaults to n / log n with n = len(dataset).
+    ``device`` defaults to the model's. Parameters named in ``frozen_parameters`` (and those that do not
+    require grad) stay at w*. L_n(w*) is the loss on the whole dataset.
+
+    The model is never modified: chains run on a copy, in **eval mode** (batch norm uses its running
+    statistics, dropout is off), so the sampled loss and L_n(w*) are the same fixed function of the
+    weights. Same ``seed`` and device → identical estimate.
+    """
+    inputs, targets = _as_tensors(dataset)
+    n = len(targets)
+    nbeta = n / math.log(n) if nbeta is None else float(nbeta)
+    settings = SGLDSettings(num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta,
+                            batch_size, seed)
+    _check_settings(settings, n)
+    device = torch.device(device) if device is not None else _model_device(model)
+    loss_fn = loss_fn or F.cross_entropy
+    transform = input_transform or (lambda x: x)
+    inputs, targets = inputs.to(device), targets.to(device)
+
+    start = time.perf_counter()
+    sampler = _Sampler(model, device, frozen_parameters)
+    init_loss = full_data_loss(sampler.model, inputs, targets, loss_fn, transform, eval_batch_size or batch_size)
+    sampling_start = time.perf_counter()
+    traces = [
+        sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
+        for chain in range(num_chains)
+    ]
+    loss_trace = torch.stack(traces).double().numpy()
+    end = time.perf_counter()
+    estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device))
+    estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+    return estimate
+
+
+def summarize(
+    loss_trace: np.ndarray, init_loss: float, n: int, settings: SGLDSettings, num_parameters: int, device: str = "cpu",
+) -> FreeEnergyEstimate:
+    """LLC and free energy from the loss traces, with divergence detection (and a warning)."""
+    draws = loss_trace[:, settings.num_burnin :]
+    chain_means = draws.mean(axis=1)
+    llc_per_chain = settings.nbeta * (chain_means - init_loss)
+    free_energy_per_chain = n * chain_means
+    diverged_chains = divergent_chains(loss_trace, init_loss, settings, num_parameters)
+    llc, llc_std = _mean_and_spread(llc_per_chain)
+    free_energy, free_energy_std = _mean_and_spread(free_energy_per_chain)
+    if diverged_chains:
+        llc = llc_std = free_energy = free_energy_std = math.nan
+        warnings.warn(
+            f"SGLD diverged in chain(s) {diverged_chains} of {settings.num_chains} (step_size={settings.step_size:g}, "
+            f"localization={settings.localization:g}, nbeta={settings.nbeta:.4g}): the sampled loss became "
+            "non-finite or ran away, so the free energy and LLC are reported as NaN. Lower step_size below "
+            "4 / (nbeta·λ_max + localization) (scripts/calibrate_sgld.py finds the stable range).", RuntimeWarning,
+            stacklevel=3,
+        )
+    finite = lambda values: [float(v) if math.isfinite(v) else math.nan for v in values]
+    return FreeEnergyEstimate(
+        free_energy=free_energy, free_energy_std=free_energy_std, llc=llc, llc_std=llc_std,
+        init_loss=float(init_loss), n=n, nbeta=settings.nbeta, loss_trace=loss_trace,
+        diverged=bool(diverged_chains), diverged_chains=diverged_chains, llc_per_chain=finite(llc_per_chain),
+        free_energy_per_chain=finite(free_energy_per_chain), num_parameters=num_parameters, settings=settings,
+        wall_time_s=math.nan, sampling_time_s=math.nan, device=device,
+    )
+
+
+def divergent_chains(loss_trace: np.ndarray, init_loss: float, settings: SGLDSettings, num_parameters: int) -> list[int]:
+    """Chains whose loss became non-finite, or ran away.
+
+    A chain ran away when the LLC implied by the mean of the last quarter of its trace,
+    nβ·(mean − L_n(w*)), exceeds the number of sampled parameters d: twice the largest value a
+    learning coefficient can take (d/2, a regular model), so no correctly sampling chain gets there.
+    """
+    diverged = []
+    for chain, trace in enumerate(loss_trace):
+        tail = trace[-max(1, len(trace) // 4) :]
+        if not np.isfinite(trace).all() or settings.nbeta * (tail.mean() - init_loss) > num_parameters:
+            diverged.append(chain)
+    return diverged
+
+
+def _mean_and_spread(values: np.ndarray) -> tuple[float, float]:
+    """Mean, and sample standard deviation across chains (NaN for a single chain)."""
+    mean = float(np.mean(values))
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+@torch.no_grad()
+def full_data_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+    transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+) -> float:
+    """L_n(w): the mean loss over the whole dataset, in batches, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    for start in range(0, len(targets), batch_size):
+        target = targets[start : start + batch_size]
+        total += loss_fn(model(transform(inputs[start : start + batch_size])), target).double() * len(target)
+    model.train(was_training)
+    return total.item() / len(targets)
+
+
+class _Sampler:
+    """A private copy of the model, its sampled parameters, the anchor w* and a noise buffer."""
+
+    def __init__(self, model: nn.Module, device: torch.device, frozen_parameters: Collection[str]):
+        named = dict(model.named_parameters())
+        unknown = sorted(set(frozen_parameters) - set(named))
+        if unknown:
+            raise ValueError(f"frozen_parameters names {unknown}, which are not parameters of the model; "
+                             f"its parameters are e.g. {list(named)[-4:]}.")
+        self.model = copy.deepcopy(model).to(device).eval()
+        self.params = [p for name, p in self.model.named_parameters()
+                       if p.requires_grad and name not in frozen_parameters]
+        if not self.params:
+            raise ValueError("no parameter left to sample: every parameter is frozen or has requires_grad=False.")
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(p.requires_grad and name not in frozen_parameters)
+        self.anchor = [p.detach().clone() for p in self.params]
+        self.num_parameters = sum(p.numel() for p in self.params)
+        # one flat buffer refilled by a single normal_() per step, viewed with each parameter's own strides
+        # (e.g. channels-last convolution weights), so the noise update is a plain elementwise add
+        self.flat_noise = torch.empty(self.num_parameters, device=device, dtype=self.params[0].dtype)
+        chunks = self.flat_noise.split([p.numel() for p in self.params])
+        self.noise = [chunk.as_strided(p.shape, p.stride()) for chunk, p in zip(chunks, self.params)]
+        self.device = device
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.anchor)
+
+    def run_chain(
+        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+        transform: Callable[[torch.Tensor], torch.Tensor], settings: SGLDSettings, chain: int, progress: bool,
+    ) -> torch.Tensor:
+        """One SGLD chain from w*; returns its minibatch losses (num_steps,) on the CPU (NaN after a divergence)."""
+        self.reset()
+        order_seed, noise_seed = chain_seeds(settings.seed, chain)
+        batches = minibatch_order(len(targets), settings.batch_size, settings.num_steps, order_seed).to(self.device)
+        noise_generator = torch.Generator(device=self.device).manual_seed(noise_seed)
+        trace = torch.full((settings.num_steps,), math.nan, device=self.device)
+        eps, gamma, nbeta = settings.step_size, settings.localization, settings.nbeta
+        steps = tqdm(range(settings.num_steps), desc=f"chain {chain}", unit="step", leave=False, disable=not progress)
+        for step in steps:
+            index = batches[step]
+            loss = loss_fn(self.model(transform(inputs[index])), targets[index])
+            grads = torch.autograd.grad(loss, self.params)
+            trace[step] = loss.detach()
+            with torch.no_grad():
+                # w + (εγ/2)(w* − w) − (εnβ/2)∇L_B + √ε·ξ : the SGLD step, in three fused passes
+                torch._foreach_lerp_(self.params, self.anchor, eps * gamma / 2)
+                torch._foreach_add_(self.params, grads, alpha=-eps * nbeta / 2)
+                self.flat_noise.normal_(generator=noise_generator)
+                torch._foreach_add_(self.params, self.noise, alpha=math.sqrt(eps))
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(trace[step]).item():
+                break  # the rest of the trace stays NaN
+        return trace.cpu()
+
+
+def chain_seeds(seed: int, chain: int) -> tuple[int, int]:
+    """Independent seeds (minibatch order, noise) for one chain of an estimate."""
+    order_seed, noise_seed = np.random.SeedSequence([seed, chain]).generate_state(2)
+    return int(order_seed), int(noise_seed)
+
+
+def minibatch_order(n: int, batch_size: int, num_steps: int, seed: int) -> torch.Tensor:
+    """(num_steps, batch_size) indices: consecutive batches of reshuffled passes over the data."""
+    generator = torch.Generator().manual_seed(seed)
+    needed = num_steps * batch_size
+    passes = [torch.randperm(n, generator=generator) for _ in range(-(-needed // n))]
+    return torch.cat(passes)[:needed].view(num_steps, batch_size)
+
+
+def _as_tensors(dataset: Dataset | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and all(isinstance(t, torch.Tensor) for t in dataset):
+        inputs, targets = dataset
+    elif isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        inputs, targets = dataset.tensors
+    elif isinstance(dataset, Dataset):
+        pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+        inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs])
+        targets = torch.stack([torch.as_tensor(y) for _, y in pairs])
+    else:
+        raise TypeError(f"dataset must be a tuple (X, Y) of tensors or a torch Dataset of (x, y); got {type(dataset).__name__}.")
+    if len(inputs) != len(targets) or len(targets) < 2:
+        raise ValueError(f"dataset has {len(inputs)} inputs and {len(targets)} targets; need equal numbers, at least 2.")
+    return inputs, targets
+
+
+def _check_settings(settings: SGLDSettings, n: int) -> None:
+    checks = {
+        "num_chains": settings.num_chains >= 1, "num_draws": settings.num_draws >= 1,
+        "num_burnin": settings.num_burnin >= 0, "step_size": settings.step_size > 0,
+        "localization": settings.localization >= 0, "nbeta": settings.nbeta > 0,
+        "batch_size": 1 <= settings.batch_size <= n,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{name}={getattr(settings, name)!r} is not allowed: counts must be positive (num_burnin "
+                             f">= 0), step_size and nbeta > 0, localization >= 0, 1 <= batch_size <= n={n}.")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
