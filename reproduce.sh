@@ -3,6 +3,7 @@
 #   ./reproduce.sh                      the embedded default study (CPU, no download)
 #   ./reproduce.sh smoke                the same pipeline at toy size (< 3 minutes)
 #   ./reproduce.sh <experiment> [k=v…]  a named experiment of conf/experiment/, e.g. cifar_fs data.root=/data
+#   ./reproduce.sh [k=v…]               the default study with overrides, e.g. num_threads=2
 #   ./reproduce.sh test [pytest args]   the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,8 +23,11 @@ bootstrap() {  # create .venv and install the pinned requirements when they chan
   touch "$stamp"
 }
 
-mode=${1:-default}
-[ $# -gt 0 ] && shift
+mode=default
+if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then  # a first argument with '=' is already an override
+  mode=$1
+  shift
+fi
 
 if [ "$mode" = test ]; then
   bootstrap requirements-dev.txt
@@ -63,3 +67,6 @@ step "figures" scripts/figures.py "experiment=$experiment" "$@"
 echo
 echo "Step timings (seconds), in $timings:"
 column -t -s $'\t' "$timings"
+echo
+echo "Figures in figures/$experiment/, tables in results/$experiment/ (summary.csv, correlations.md)."
+[ -f "results/$experiment/headline.txt" ] && cat "results/$experiment/headline.txt"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +14,14 @@ import pytest
 from conftest import compose_config, tiny_overrides
 from scipy import stats
 
-from freeenergy.analysis import SUMMARY_COLUMNS, run_analysis
+from freeenergy.analysis import SUMMARY_COLUMNS
 from freeenergy.analysis.figures import expected_files
-from freeenergy.analysis.stats import BootstrapSettings, _kendall_rows, correlate, correlation_table
+from freeenergy.analysis.stats import METHODS, BootstrapSettings, correlate, correlation_table
 from freeenergy.analysis.table import base_setting, build_summary
 from freeenergy.records import epoch_dirname, write_json
 
 EPOCHS = (1, 2, 4)
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "figures.py"
 
 
 def fewshot_results(acc1: float, acc5: float) -> list[dict]:
@@ -74,9 +78,19 @@ def fabricate_experiment(runs: Path, base: dict) -> list[str]:
     return run_ids
 
 
+@dataclass
+class Fake:
+    cfg: object  # the composed config
+    overrides: list[str]  # the command-line overrides that compose it
+    run_ids: list[str]
+    skip: tuple[str, int]  # (run, epoch) with no record after pretraining
+    diverge: tuple[str, int]  # (run, epoch) whose pretraining free energy diverged
+
+
 @pytest.fixture
-def fake(tmp_path):
-    cfg = compose_config(tiny_overrides(tmp_path) + ["analysis.bootstrap=200"])
+def fake(tmp_path) -> Fake:
+    overrides = tiny_overrides(tmp_path) + ["analysis.bootstrap=200"]
+    cfg = compose_config(overrides)
     base = base_setting(cfg)
     run_ids = fabricate_experiment(tmp_path / "runs", base)
     skip, diverge = (run_ids[2], 2), (run_ids[3], 4)  # no step after pretraining; a diverged estimate
@@ -85,33 +99,61 @@ def fake(tmp_path):
         (directory / f"{step}.json").unlink()
     diverged_dir = tmp_path / "runs" / diverge[0] / epoch_dirname(diverge[1])
     write_json(diverged_dir / "free_energy.json", free_energy_record(None, 1000, 2.0, diverged=True))
-    return cfg, run_ids, skip, diverge
+    return Fake(cfg, overrides, run_ids, skip, diverge)
 
 
-def test_kendall_resamples_match_scipy():
+@pytest.mark.parametrize("method", ["pearson", "spearman", "kendall"])
+def test_resampled_statistics_match_scipy_on_each_resample(method):
+    """Counts-based statistics equal scipy's on the explicit resamples, ties and repeated points included."""
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 4, size=(20, 12)).astype(float)  # many ties: tau-b's tie correction matters
-    y = x + rng.integers(0, 3, size=(20, 12))
-    expected = [stats.kendalltau(a, b).statistic for a, b in zip(x, y)]
-    np.testing.assert_allclose(_kendall_rows(x, y), expected, atol=1e-12)
+    x = rng.integers(0, 4, size=12).astype(float)  # many ties: tau-b's and Spearman's tie handling matters
+    y = x + rng.integers(0, 3, size=12)
+    index = rng.integers(0, 12, size=(30, 12))
+    counts = np.stack([np.bincount(rows, minlength=12) for rows in index]).astype(float)
+    point, resampled = METHODS[method]
+    expected = [point(x[rows], y[rows]).statistic for rows in index]
+    np.testing.assert_allclose(resampled(x, y, counts), expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("method, true_value", [("pearson", 0.6), ("spearman", 6 / math.pi * math.asin(0.3))])
-def test_bootstrap_interval_covers_true_correlation_at_nominal_rate(method, true_value):
-    """Bivariate normal, ρ = 0.6: the 95% intervals of 200 independent samples of 40 cover the truth ~95%."""
+RHO = 0.6
+TRUE_CORRELATION = {  # population values of each coefficient for a bivariate normal with correlation RHO
+    "pearson": RHO, "spearman": 6 / math.pi * math.asin(RHO / 2), "kendall": 2 / math.pi * math.asin(RHO)}
+
+
+@pytest.mark.parametrize("method, interval, n", [
+    ("pearson", "bca", 12), ("pearson", "bca", 40), ("spearman", "bca", 20), ("kendall", "bca", 20),
+    ("pearson", "percentile", 40)])
+def test_bootstrap_interval_covers_true_correlation_at_nominal_rate(method, interval, n):
+    """Bivariate normal, ρ = 0.6: 95% intervals from 200 independent samples cover the truth about 95% of the time."""
     rng = np.random.default_rng(0)
-    settings = BootstrapSettings(resamples=400, confidence=0.95, min_points=4, seed=0)
-    covariance = [[1.0, 0.6], [0.6, 1.0]]
-    covered, widths = 0, []
+    settings = BootstrapSettings(resamples=400, confidence=0.95, min_points=4, seed=0, interval=interval)
+    covariance = [[1.0, RHO], [RHO, 1.0]]
+    covered, widths, contains_estimate = 0, [], 0
     trials = 200
     for _ in range(trials):
-        x, y = rng.multivariate_normal([0, 0], covariance, size=40).T
+        x, y = rng.multivariate_normal([0, 0], covariance, size=n).T
         r, _, low, high, used, _ = correlate(x, y, method, settings, rng)
-        assert low <= r <= high and used == settings.resamples
-        covered += low <= true_value <= high
+        assert used == settings.resamples
+        contains_estimate += low <= r <= high
+        covered += low <= TRUE_CORRELATION[method] <= high
         widths.append(high - low)
-    assert 0.88 <= covered / trials <= 0.99, covered / trials
-    assert 0.2 < np.mean(widths) < 0.7  # an interval, not the whole [-1, 1]
+    assert 0.90 <= covered / trials <= 0.99, covered / trials
+    assert contains_estimate >= 0.98 * trials
+    assert 0.1 < np.mean(widths) < 1.2  # an interval, not the whole [-1, 1]
+
+
+def test_bca_interval_differs_from_percentile_on_skewed_draws():
+    """Near r = 0.95 the bootstrap draws are skewed left; BCa shifts the interval and keeps r inside."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(15)
+    y = 0.95 * x + math.sqrt(1 - 0.95**2) * rng.standard_normal(15)
+    bca = correlate(x, y, "pearson", BootstrapSettings(resamples=2000), np.random.default_rng(0))
+    plain = correlate(x, y, "pearson", BootstrapSettings(resamples=2000, interval="percentile"),
+                      np.random.default_rng(0))
+    assert bca[0] == plain[0] and bca[2] <= bca[0] <= bca[3]
+    assert bca[2] != pytest.approx(plain[2], abs=1e-3) or bca[3] != pytest.approx(plain[3], abs=1e-3)
+    with pytest.raises(ValueError, match="analysis.interval"):
+        BootstrapSettings(interval="normal")
 
 
 def test_few_points_or_constant_column_give_no_interval():
@@ -127,7 +169,7 @@ def test_few_points_or_constant_column_give_no_interval():
 
 
 def test_table_join_handles_missing_and_diverged_records(fake):
-    cfg, run_ids, skip, diverge = fake
+    cfg, run_ids, skip, diverge = fake.cfg, fake.run_ids, fake.skip, fake.diverge
     table = build_summary(cfg.paths.runs, base_setting(cfg))
     assert list(table.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
     assert len(table) == len(run_ids) * len(EPOCHS)
@@ -154,7 +196,7 @@ def test_table_join_handles_missing_and_diverged_records(fake):
 
 
 def test_correlations_recover_the_fabricated_relation(fake):
-    cfg, *_ = fake
+    cfg = fake.cfg
     table = build_summary(cfg.paths.runs, base_setting(cfg))
     settings = BootstrapSettings(resamples=200)
     result = correlation_table(table, ["free_energy", "nc_cdnv"], ["finetune_acc"], ["pearson", "kendall"], "final", settings)
@@ -169,18 +211,36 @@ def test_correlations_recover_the_fabricated_relation(fake):
         correlation_table(table, ["free_energy"], ["finetune_acc"], ["pearsn"], "all", settings)
 
 
-def test_script_writes_every_expected_file(fake, capsys):
-    cfg, run_ids, *_ = fake
-    outputs = run_analysis(cfg)
+def test_script_writes_every_expected_file(fake, tmp_path):
+    """The Hydra entry point, as reproduce.sh runs it, on fabricated records (one missing step, one divergence)."""
+    cfg, run_ids = fake.cfg, fake.run_ids
+    result = subprocess.run([sys.executable, str(SCRIPT), *fake.overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
     for path in expected_files(cfg.paths.figures):
         assert path.exists() and path.stat().st_size > 1000, path
-    assert sorted(outputs.figures) == sorted(expected_files(cfg.paths.figures))
-    summary = pd.read_csv(outputs.summary)
+    assert sorted(Path(cfg.paths.figures).iterdir()) == sorted(expected_files(cfg.paths.figures))
+    results = Path(cfg.paths.results)
+    summary = pd.read_csv(results / "summary.csv")
     assert len(summary) == len(run_ids) * len(EPOCHS)
-    correlations = pd.read_csv(outputs.correlations)
+    assert summary.free_energy_diverged.sum() == 1 and summary.finetune_acc.isna().sum() == 1
+    correlations = pd.read_csv(results / "correlations.csv")
     assert set(correlations.group) == {"pooled", "lr", "batch_size", "momentum"}
     assert set(correlations.method) == {"pearson", "spearman", "kendall"}
-    markdown = outputs.markdown.read_text()
+    assert set(correlations.checkpoints) == {"all", "final"}  # the configured choice and the other one
+    pooled = correlations.set_index(["checkpoints", "group", "metric", "target", "method"])
+    assert pooled.loc[("all", "pooled", "free_energy", "finetune_acc", "pearson"), "n"] == len(summary) - 2
+    markdown = (results / "correlations.md").read_text()
     assert "Table 1" in markdown and "LLC" in markdown and "analysis.checkpoints=all" in markdown
-    printed = capsys.readouterr().out
-    assert str(cfg.paths.figures) in printed and "fine-tuning acc. r = -" in printed
+    assert "analysis.checkpoints=final" in markdown and "BCa" in markdown
+    headline = result.stdout.strip().splitlines()[-1]
+    assert str(cfg.paths.figures) in result.stdout and "fine-tuning acc. r = -" in headline
+    assert "5-shot acc. r = -" in headline and "[" in headline  # the interval is printed with r
+    assert (results / "headline.txt").read_text().strip() == headline
+
+
+def test_analysis_path_loads_no_torch():
+    """Redrawing from records takes seconds because neither torch nor a model is imported."""
+    code = "import sys, freeenergy.analysis.report; assert not {'torch', 'timm'} & set(sys.modules), 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -126,12 +126,16 @@ class Checkpoint:
         return f"{self.run_id}/{self.directory.name}"
 
 
-def iter_checkpoints(experiment_dir: str | Path) -> Iterator[Checkpoint]:
-    """All finished checkpoints of an experiment (those whose pretraining record exists), sorted."""
+def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> Iterator[Checkpoint]:
+    """All finished checkpoints of an experiment (those whose pretraining record exists), sorted.
+
+    ``require_model=False`` also yields checkpoints whose weights were deleted (records alone suffice
+    for the analysis).
+    """
     root = Path(experiment_dir)
     for pretrain_json in sorted(root.glob(f"*/epoch_*/{PRETRAIN_RECORD}.json")):
         directory = pretrain_json.parent
-        if not (directory / MODEL_FILE).exists():
+        if require_model and not (directory / MODEL_FILE).exists():
             continue
         epoch = int(directory.name.split("_")[1])
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)

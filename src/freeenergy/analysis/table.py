@@ -3,9 +3,22 @@
 A step that has not run leaves empty cells. A diverged free-energy estimate is marked in
 ``free_energy_diverged`` (``downstream_free_energy_diverged``) and its numbers are NaN, never a value.
 
+Which loss is which:
+
+- ``train_loss``/``train_acc``: pretraining record, running mean over the last epoch (train mode,
+  augmented images, weights changing during the epoch). ``val_loss``/``val_acc``: pretraining record,
+  upstream held-out images, eval mode.
+- ``eval_train_loss``/``eval_train_acc``/``eval_heldout_loss``/``eval_heldout_acc``: ``metrics.json``,
+  eval mode on fixed images at the checkpoint's weights.
+- ``table_train_loss``/``table_test_loss``: what Table 1 correlates, the eval-mode ones when recorded,
+  else the pretraining record's ``train_loss``/``val_loss``.
+- ``init_loss``: L_n(w*) of the free-energy estimate (the upstream data it samples on).
+- ``finetune_acc``: ``finetune.json`` ``test_acc``; ``fewshot_{1,5}shot_acc``: ``fewshot.json``'s
+  ``analysis.fewshot_classifier`` result for ``analysis.fewshot_n_way``-way episodes (with ``_ci95``).
+
 The free energy splits into two terms, ``fe_loss_term`` = n·L_n(w*) and ``fe_complexity_term`` =
 free_energy − n·L_n(w*). With nβ = n / log n the second is λ̂·log n; computing it as the difference keeps
-the split exact for any nβ.
+the split exact for any nβ. Accuracies are fractions in [0, 1] (the figures show percent).
 """
 
 from __future__ import annotations
@@ -134,7 +147,7 @@ def build_summary(runs_dir: str | Path, base: Mapping[str, Any], choice: FewShot
     """The summary table of an experiment's records (empty, with every column, when there are none)."""
     runs: dict[str, dict] = {}
     rows = []
-    for checkpoint in iter_checkpoints(runs_dir):
+    for checkpoint in iter_checkpoints(runs_dir, require_model=False):
         if checkpoint.run_id not in runs:
             runs[checkpoint.run_id] = checkpoint.run_record()
         rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], base, choice))
