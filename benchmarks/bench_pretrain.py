@@ -22,8 +22,9 @@ from freeenergy.models import create_model
 from freeenergy.pretrain.trainer import Pretraining
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-STEPS = 60
+STEPS = 100
 WARMUP = 10
+ROUNDS = 3
 
 
 def bare_loop_images_per_second(run: Pretraining) -> float:
@@ -52,7 +53,6 @@ def bare_loop_images_per_second(run: Pretraining) -> float:
 
 def project_loop_images_per_second(run: Pretraining) -> float:
     """The project's own epoch loop, timed over one epoch (steps × batch size images)."""
-    run.train_epoch(0)  # warm-up epoch
     _sync(run.device)
     start = time.perf_counter()
     stats = run.train_epoch(1)
@@ -73,8 +73,11 @@ def main(overrides: list[str]) -> None:
         cfg = compose(config_name="config", overrides=["progress=false", "paths.runs=/tmp/bench_pretrain", *overrides])
     run = Pretraining(cfg)
     run.setup()
-    bare = bare_loop_images_per_second(run)
-    ours = project_loop_images_per_second(run)
+    # interleaved rounds, best of each: a shared machine's noise only ever slows a measurement down
+    bare, ours = 0.0, 0.0
+    for _ in range(ROUNDS):
+        bare = max(bare, bare_loop_images_per_second(run))
+        ours = max(ours, project_loop_images_per_second(run))
     print(f"model={cfg.model.name} image_size={run.data.image_size} batch_size={cfg.train.batch_size} "
           f"device={run.device} threads={torch.get_num_threads()}")
     print(f"bare PyTorch loop   {bare:10.0f} images/s")

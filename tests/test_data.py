@@ -67,3 +67,12 @@ def test_augmentation_without_padding_or_flip_is_identity_and_crops_vary_per_ima
     cropped = random_crop_flip(same, padding=2, flip=True, generator=generator)
     assert cropped.shape == same.shape
     assert len({tuple(c.flatten().tolist()) for c in cropped}) > 4  # independent draws per image
+
+
+def test_each_augmented_image_is_a_window_of_the_padded_image_possibly_flipped():
+    images = torch.randn(6, 3, 5, 5)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+    out = random_crop_flip(images, padding=2, flip=True, generator=torch.Generator().manual_seed(1))
+    for image, source in zip(out, padded):
+        windows = [source[:, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(image, w) or torch.equal(image, w.flip(-1)) for w in windows)

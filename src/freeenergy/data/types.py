@@ -55,6 +55,12 @@ class FewShotData:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (on any device) → float32, scaled to [0, 1] and standardised per channel."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        mean, std = self._stats(images.device)
         return (images.float() / 255.0 - mean) / std
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (1, 3, 1, 1) tensors, made once per device (normalize runs every step)."""
+        cache = self.__dict__.setdefault("_stats_cache", {})
+        if device not in cache:
+            cache[device] = tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return cache[device]
