@@ -67,3 +67,12 @@ def tiny_experiment(_pristine_experiment, tmp_path) -> TinyExperiment:
     root = tmp_path / "experiment"
     shutil.copytree(_pristine_experiment, root)
     return TinyExperiment(path=root / "runs", cfg=compose_config(tiny_overrides(root)))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (no fork/join per small op, no waiting on a busy core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,13 +33,7 @@ FINETUNE_KEYS = {"test_acc", "test_loss", "train_loss", "epochs", "lr", "backbon
 FEWSHOT_KEYS = {"results", "seed", "wall_time_s", "device", "config"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: on a busy machine a second thread only adds waiting (often 10× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 
 def clustered_features(classes: int, per_class: int, dim: int, spread: float,

@@ -26,13 +26,7 @@ from freeenergy.free_energy.sweep import run_free_energy
 from freeenergy.records import iter_checkpoints, read_json
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster (no fork/join per small op) and unaffected by a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 
 def half_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -33,13 +33,7 @@ N, CLASSES, CHAINS, DRAWS, BATCH = 512, 4, 6, 150, 64
 STEP_SIZE, LOCALIZATION = 2e-4, 100.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster (no fork/join per small op) and unaffected by a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 
 def trained_cnn(inputs: torch.Tensor, labels: torch.Tensor) -> nn.Module:

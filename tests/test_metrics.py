@@ -27,13 +27,7 @@ TINY_METRICS = ["metrics.hessian.probes=3", "metrics.hessian.images=64", "metric
                 "metrics.neural_collapse.images=256"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: on a busy machine a second thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 
 def random_symmetric(dim: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,6 @@ that fails to load is reported by name and the others go on.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -24,11 +23,9 @@ from freeenergy.downstream.config import logistic_options, validate_against_data
 from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
-from freeenergy.models import load_checkpoint_model
+from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.records import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,11 +123,8 @@ class Outcome:
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: DownstreamTask) -> Outcome:
-    try:
-        model = load_checkpoint_model(checkpoint, task.device)
-    except Exception as error:  # a broken checkpoint must not stop the sweep
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason[:200]}); skipped")
+    model = load_or_report(checkpoint, task.device)
+    if model is None:
         return Outcome(checkpoint.name, "failed")
     model = model.to(memory_format=task.memory_format)
     records = {}
@@ -160,7 +154,5 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         task = prepare_task(ds_cfg, data, resolve_device(cfg.device))
         for checkpoint in tqdm(pending, desc="downstream", unit="checkpoint", disable=not cfg.progress):
             outcomes[checkpoint] = evaluate_checkpoint(checkpoint, todo[checkpoint], task)
-    failed = [o.checkpoint for o in outcomes.values() if o.status == "failed"]
-    if failed:
-        log.warning("downstream: %d checkpoint(s) failed to load: %s", len(failed), ", ".join(failed))
+    warn_failed("downstream", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
     return [outcomes[c] for c in checkpoints]

@@ -10,7 +10,6 @@ data ``FewShotData.downstream`` with a fresh linear head fitted on the frozen fe
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,11 +21,9 @@ from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.free_energy.diagnostics import trace_drift
 from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
-from freeenergy.models import load_checkpoint_model
+from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.records import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device
-
-log = logging.getLogger(__name__)
 
 RECORD_NAMES = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
 ESTIMATOR_KEYS = ("num_chains", "num_draws", "num_burnin", "step_size", "localization", "nbeta", "batch_size", "seed")
@@ -164,18 +161,14 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
         split = load_split(cfg, device)
         for checkpoint in tqdm(pending, desc=f"free energy ({fe_cfg.split})", unit="checkpoint", disable=not cfg.progress):
             outcomes[checkpoint] = estimate_checkpoint(checkpoint, split, fe_cfg, device)
-    failed = [o.checkpoint for o in outcomes.values() if o.status == "failed"]
-    if failed:
-        log.warning("free energy: %d checkpoint(s) failed to load: %s", len(failed), ", ".join(failed))
+    warn_failed("free energy", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
     return [outcomes[c] for c in checkpoints]
 
 
 def estimate_checkpoint(checkpoint: Checkpoint, split: SplitData, fe_cfg: DictConfig, device: torch.device) -> Outcome:
     """Load, estimate and record one checkpoint; a checkpoint that fails to load is reported, not raised."""
-    try:
-        model = load_checkpoint_model(checkpoint, device)
-    except Exception as error:  # a broken checkpoint must not stop the sweep
-        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {error}); skipped")
+    model = load_or_report(checkpoint, device)
+    if model is None:
         return Outcome(checkpoint.name, "failed")
     estimate, fields = estimate_checkpoint_model(model, split, fe_cfg)
     record = checkpoint_record(checkpoint, fe_cfg, estimate, fields)

@@ -10,7 +10,6 @@ fails to load is reported by name while the others go on.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,11 +24,9 @@ from freeenergy.metrics.common import balanced_subset, loss_and_accuracy
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
-from freeenergy.models import load_checkpoint_model
+from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.records import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device
-
-log = logging.getLogger(__name__)
 
 RECORD_NAME = "metrics"
 
@@ -165,11 +162,8 @@ class Outcome:
 
 
 def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
-    try:
-        model = load_checkpoint_model(checkpoint, task.device)
-    except Exception as error:  # a broken checkpoint must not stop the sweep
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason[:200]}); skipped")
+    model = load_or_report(checkpoint, task.device)
+    if model is None:
         return Outcome(checkpoint.name, "failed")
     record = checkpoint_record(checkpoint, task, measure(model.to(memory_format=task.memory_format), task))
     checkpoint.write_record(RECORD_NAME, record)
@@ -194,7 +188,5 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
         task = prepare_task(m_cfg, data, resolve_device(cfg.device))
         for checkpoint in tqdm(pending, desc="metrics", unit="checkpoint", disable=not cfg.progress):
             outcomes[checkpoint] = measure_checkpoint(checkpoint, task)
-    failed = [o.checkpoint for o in outcomes.values() if o.status == "failed"]
-    if failed:
-        log.warning("metrics: %d checkpoint(s) failed to load: %s", len(failed), ", ".join(failed))
+    warn_failed("metrics", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
     return [outcomes[c] for c in checkpoints]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from freeenergy.models.factory import create_model
 from freeenergy.records import Checkpoint, load_torch
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint_model(checkpoint: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
@@ -17,3 +22,20 @@ def load_checkpoint_model(checkpoint: Checkpoint, device: str | torch.device = "
     model = create_model(model_cfg.pop("name"), num_classes=run["num_classes"], **model_cfg)
     model.load_state_dict(load_torch(checkpoint.model_path, map_location=device))
     return model.to(device).eval()
+
+
+def load_or_report(checkpoint: Checkpoint, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The checkpoint's model, or None after printing why it failed to load (a sweep goes on without it)."""
+    try:
+        return load_checkpoint_model(checkpoint, device)
+    except Exception as error:  # a broken checkpoint must not stop the sweep
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else ""
+        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason}); skipped")
+        return None
+
+
+def warn_failed(step: str, failed: list[str]) -> None:
+    """One warning naming every checkpoint that failed to load in a step."""
+    if failed:
+        log.warning("%s: %d checkpoint(s) failed to load: %s", step, len(failed), ", ".join(failed))
