@@ -11,7 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from conftest import compose_config, tiny_overrides
-from freeenergy.metrics.common import balanced_subset, loss_and_accuracy
+from freeenergy.metrics.common import balanced_subset
+from freeenergy.models.evaluate import evaluate
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace, hutchinson_trace
 from freeenergy.metrics.neural_collapse import cdnv, model_cdnv
@@ -215,7 +216,7 @@ def half_trained_resnet() -> nn.Module:
 
 
 METRIC_CALLS = {
-    "loss_and_accuracy": lambda m, x, y: loss_and_accuracy(m, x, y, lambda i: i, 8),
+    "loss_and_accuracy": lambda m, x, y: evaluate(m, x, y, lambda i: i, 8),
     "hessian_trace": lambda m, x, y: hessian_trace(m, x, y, lambda i: i, 2, 8, 0),
     "cdnv": lambda m, x, y: model_cdnv(m, x, y, lambda i: i, 8),
     "geometric_complexity": lambda m, x, y: geometric_complexity(m, x, lambda i: i, 2, 8, 0),

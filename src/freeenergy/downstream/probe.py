@@ -19,6 +19,7 @@ from torch import nn
 from freeenergy.data.augment import random_crop_flip
 from freeenergy.downstream.episodes import Episodes
 from freeenergy.models import penultimate_features
+from freeenergy.models.evaluate import eval_mode
 
 CLASSIFIERS = ("logistic", "centroid")
 
@@ -42,11 +43,9 @@ class FewShotScore:
 def extract_features(model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
                      batch_size: int) -> torch.Tensor:
     """L2-normalised penultimate features (N, D) of stored images, model in eval mode (BN running stats)."""
-    was_training = model.training
-    model.eval()
-    features = [penultimate_features(model, preprocess(images[start : start + batch_size])).float()
-                for start in range(0, len(images), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        features = [penultimate_features(model, preprocess(images[start : start + batch_size])).float()
+                    for start in range(0, len(images), batch_size)]
     return F.normalize(torch.cat(features), dim=1)
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freeenergy.models.evaluate import eval_mode
+
 
 @dataclass(frozen=True)
 class Drift:
@@ -57,20 +59,18 @@ def top_hessian_eigenvalue(
     while ε·(nβ·λ_max + γ)/2 < 2, so ``4 / (nβ·λ_max + γ)`` bounds the usable step size.
     """
     loss_fn = loss_fn or F.cross_entropy
-    was_training = model.training
-    model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss_fn(model(inputs), targets), params, create_graph=True)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     vector = [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
     eigenvalue = math.nan
-    for _ in range(iterations):
-        norm = torch.sqrt(sum((v * v).sum() for v in vector))
-        vector = [v / norm for v in vector]
-        product = torch.autograd.grad(grads, params, vector, retain_graph=True)
-        eigenvalue = float(sum((h * v).sum() for h, v in zip(product, vector)))  # Rayleigh quotient
-        vector = [h.detach() for h in product]
-    model.train(was_training)
+    with eval_mode(model):
+        grads = torch.autograd.grad(loss_fn(model(inputs), targets), params, create_graph=True)
+        for _ in range(iterations):
+            norm = torch.sqrt(sum((v * v).sum() for v in vector))
+            vector = [v / norm for v in vector]
+            product = torch.autograd.grad(grads, params, vector, retain_graph=True)
+            eigenvalue = float(sum((h * v).sum() for h, v in zip(product, vector)))  # Rayleigh quotient
+            vector = [h.detach() for h in product]
     return eigenvalue
 
 

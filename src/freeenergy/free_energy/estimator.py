@@ -33,6 +33,8 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
+from freeenergy.models.evaluate import eval_mode
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
 
@@ -224,13 +226,11 @@ def full_data_loss(
     transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
 ) -> float:
     """L_n(w): the mean loss over the whole dataset, in batches, model in eval mode."""
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    for start in range(0, len(targets), batch_size):
-        target = targets[start : start + batch_size]
-        total += loss_fn(model(transform(inputs[start : start + batch_size])), target).double() * len(target)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(targets), batch_size):
+            target = targets[start : start + batch_size]
+            total += loss_fn(model(transform(inputs[start : start + batch_size])), target).double() * len(target)
     return total.item() / len(targets)
 
 

@@ -1,27 +1,13 @@
-"""Helpers shared by the metrics: eval mode that restores the model, fixed subsets, Rademacher probes."""
+"""Helpers shared by the metrics: fixed subsets, Rademacher probes (and eval_mode, from models)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from freeenergy.models.evaluate import Evaluation, evaluate
+from freeenergy.models.evaluate import eval_mode
 
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode (batch norm uses its running statistics); restore each one's mode after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
+__all__ = ["balanced_subset", "batch_starts", "eval_mode", "rademacher"]
 
 
 def balanced_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
@@ -47,9 +33,3 @@ def rademacher(shape: torch.Size | tuple[int, ...], generator: torch.Generator, 
 def batch_starts(n: int, batch_size: int) -> range:
     return range(0, n, batch_size)
 
-
-def loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Evaluation:
-    """``evaluate`` (eval mode), restoring each module's own mode afterwards, not one mode for all."""
-    with eval_mode(model):
-        return evaluate(model, images, labels, preprocess, batch_size)

@@ -20,11 +20,12 @@ from torch import nn
 from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
-from freeenergy.metrics.common import balanced_subset, loss_and_accuracy
+from freeenergy.metrics.common import balanced_subset
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
 from freeenergy.models.checkpoint import load_or_report, warn_failed
+from freeenergy.models.evaluate import evaluate
 from freeenergy.records import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device
 
@@ -100,7 +101,7 @@ def prepare_task(m_cfg: DictConfig, data: FewShotData, device: torch.device) -> 
 
 
 def _loss_fields(model: nn.Module, data: LabelledImages, task: MetricsTask, prefix: str) -> dict:
-    result = loss_and_accuracy(model, data.images, data.labels, task.preprocess, task.cfg.eval_batch_size)
+    result = evaluate(model, data.images, data.labels, task.preprocess, task.cfg.eval_batch_size)
     return {f"{prefix}_loss": result.loss, f"{prefix}_acc": result.accuracy}
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,18 @@ class Evaluation:
     loss: float
     accuracy: float
     n: int
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode (batch norm uses its running statistics); each one's own mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @torch.no_grad()
@@ -30,15 +43,12 @@ def evaluate(
     ``images`` and ``labels`` should already be on the model's device; ``preprocess`` maps a batch of
     stored images (e.g. uint8) to model inputs.
     """
-    modes = [(module, module.training) for module in model.modules()]  # restored exactly, even if mixed
-    model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(preprocess(images[start : start + batch_size]))
-        target = labels[start : start + batch_size]
-        total_loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == target).sum().item()
-    for module, training in modes:
-        module.training = training
+    with eval_mode(model):
+        for start in range(0, len(labels), batch_size):
+            logits = model(preprocess(images[start : start + batch_size]))
+            target = labels[start : start + batch_size]
+            total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == target).sum().item()
     n = len(labels)
     return Evaluation(loss=total_loss / n, accuracy=correct / n, n=n)

@@ -137,7 +137,7 @@ class Pretraining:
         })
 
     def _batch(self, index: torch.Tensor) -> torch.Tensor:
-        images = self.data.normalize(self.images[index.to(self.device)])
+        images = self.data.normalize(self.images[index])
         augment = self.cfg.train.augment
         images = random_crop_flip(images, augment.padding, augment.flip, self.order_rng)
         return images.contiguous(memory_format=self.memory_format)
@@ -154,10 +154,10 @@ class Pretraining:
         steps = tqdm(range(num_batches), desc=f"epoch {epoch}", unit="step", leave=False,
                      disable=not self.cfg.progress)
         for step in steps:
-            index = order[step * batch_size : (step + 1) * batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.forward(self._batch(index))
-            target = self.labels[index.to(self.device)]
+            target = self.labels[index]
             loss = F.cross_entropy(logits.float(), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
