@@ -9,18 +9,22 @@ from torch import nn
 from tqdm import tqdm
 
 from freeenergy.models.factory import create_model
-from freeenergy.records import Checkpoint, load_torch
+from freeenergy.models.state_dict import CheckpointError, load_weights, read_state_dict
+from freeenergy.records import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def load_checkpoint_model(checkpoint: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
-    """The checkpoint's model (architecture from its run record, weights from ``model.pt``), in eval mode."""
+    """The checkpoint's model (architecture from its run record, weights from ``model.pt``), in eval mode.
+
+    Raises ``CheckpointError`` (``NonFiniteWeightsError`` for NaN/inf weights) naming the file and what is wrong.
+    """
     run = checkpoint.run_record()
     config = run["config"]
     model_cfg = dict(config["model"])
     model = create_model(model_cfg.pop("name"), num_classes=run["num_classes"], **model_cfg)
-    model.load_state_dict(load_torch(checkpoint.model_path, map_location=device))
+    load_weights(model, read_state_dict(checkpoint.model_path), checkpoint.model_path)
     return model.to(device).eval()
 
 
@@ -28,11 +32,11 @@ def load_or_report(checkpoint: Checkpoint, device: str | torch.device = "cpu") -
     """The checkpoint's model, or None after printing why it failed to load (a sweep goes on without it)."""
     try:
         return load_checkpoint_model(checkpoint, device)
-    except Exception as error:  # a broken checkpoint must not stop the sweep
-        lines = str(error).strip().splitlines()
-        reason = lines[0][:200] if lines else ""
-        tqdm.write(f"{checkpoint.name}: FAILED to load ({type(error).__name__}: {reason}); skipped")
-        return None
+    except CheckpointError as error:
+        tqdm.write(f"{checkpoint.name}: FAILED to load, skipped. {error}")
+    except Exception as error:  # a broken run record or folder must not stop the sweep either
+        tqdm.write(f"{checkpoint.name}: FAILED to load, skipped ({type(error).__name__}: {error})")
+    return None
 
 
 def warn_failed(step: str, failed: list[str]) -> None:
