@@ -33,6 +33,21 @@ CHECKPOINT_CHOICES = {
 }
 
 
+class NoRecordsError(RuntimeError):
+    """The experiment has no finished checkpoint: nothing to analyse, and nothing is written."""
+
+
+def no_records_message(cfg: DictConfig) -> str:
+    """What to run first when ``cfg.paths.runs`` holds no finished checkpoint record."""
+    name = cfg.experiment_name
+    return (f"No finished checkpoint record (epoch_*/pretrain.json) under paths.runs={cfg.paths.runs}, so there "
+            f"is nothing to analyse; nothing was written, and the tables and figures already in "
+            f"{cfg.paths.results} and {cfg.paths.figures} are left as they are. Run the study first: "
+            f"`./reproduce.sh {name}` (every step), or the steps one by one: `python scripts/pretrain.py "
+            f"-m experiment={name} …`, then scripts/free_energy.py, downstream.py and metrics.py with "
+            f"experiment={name}. If the records are elsewhere, point paths.runs at them.")
+
+
 @dataclass
 class AnalysisOutputs:
     summary: Path
@@ -124,12 +139,11 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
     a = cfg.analysis
     choices = [a.checkpoints, other_choice(a.checkpoints)]  # the configured one leads; both are written
     results, figures_dir = Path(cfg.paths.results), Path(cfg.paths.figures)
-    results.mkdir(parents=True, exist_ok=True)
     base = base_setting(OmegaConf.to_container(cfg, resolve=True))
     table = build_summary(cfg.paths.runs, base, FewShotChoice(a.fewshot_classifier, a.fewshot_n_way))
     if table.empty:
-        print(f"No finished checkpoint in {cfg.paths.runs}: run scripts/pretrain.py (or ./reproduce.sh) first. "
-              "Writing empty tables and figures.")
+        raise NoRecordsError(no_records_message(cfg))
+    results.mkdir(parents=True, exist_ok=True)
     correlations = correlations_of(table, a, choices)
     summary_path, correlations_path, markdown_path = (results / SUMMARY_FILE, results / CORRELATIONS_FILE,
                                                       results / CORRELATIONS_MD)
