@@ -1,5 +1,9 @@
 """Calibrate SGLD (step size ε × localization γ) on one checkpoint; a trace figure, a table, a suggestion.
 
+Writes figures/<experiment>/sgld_calibration.png and results/<experiment>/sgld_calibration.csv and
+sgld_sharpness.csv, and prints a suggested free_energy.step_size / localization. Run with the project's
+environment (source .venv/bin/activate):
+
     python scripts/calibrate_sgld.py experiment=default                 # on the sharpest checkpoint
     python scripts/calibrate_sgld.py experiment=default calibrate.checkpoint=runs/default/<run_id>/epoch_008 \
         'calibrate.step_sizes=[1e-6,1e-5]' 'calibrate.localizations=[100,1000]'
@@ -8,7 +12,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from freeenergy.cli import prepare_entry_point
 from freeenergy.free_energy.calibration import run_calibration
+
+prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -1,17 +1,25 @@
-"""Fine-tuning and few-shot accuracy of every checkpoint of an experiment, one JSON record per kind.
+"""Fine-tuning and few-shot accuracy of every checkpoint of an experiment on the held-out classes.
+
+Writes finetune.json and fewshot.json beside each checkpoint; finished records are skipped. shard.index /
+shard.count split the checkpoints into disjoint jobs. Run with the project's environment (source
+.venv/bin/activate):
 
     python scripts/downstream.py experiment=default
-    python scripts/downstream.py experiment=default downstream.kinds=[fewshot] downstream.fewshot.episodes=1000
+    python scripts/downstream.py experiment=default 'downstream.kinds=[fewshot]' downstream.fewshot.episodes=1000
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.downstream.sweep import run_downstream
+from freeenergy.cli import prepare_entry_point
+
+prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from freeenergy.downstream.sweep import run_downstream  # here: a launcher's parent process needs no torch
+
     run_downstream(cfg)
 
 

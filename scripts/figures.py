@@ -1,4 +1,8 @@
-"""Every figure and table of the study, redrawn from the stored records in seconds (no model, no data).
+"""Every table and figure of an experiment, redrawn from its stored records in seconds (no model, no data).
+
+Reads the JSON records under runs/<experiment>/ and writes results/<experiment>/ (summary.csv,
+correlations.csv, correlations.md, headline.txt) and figures/<experiment>/. With no record at all it stops
+and writes nothing. Run with the project's environment (source .venv/bin/activate):
 
     python scripts/figures.py experiment=default
     python scripts/figures.py experiment=cifar_fs analysis.checkpoints=final analysis.bootstrap=5000
@@ -7,11 +11,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.analysis import run_analysis
+from freeenergy.cli import prepare_entry_point
+
+prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from freeenergy.analysis import run_analysis  # here: --help and a launcher's parent stay light
+
     run_analysis(cfg)
 
 

@@ -1,17 +1,28 @@
-"""Free energy (localized WBIC) and LLC of every checkpoint of an experiment, one JSON record each.
+"""Free energy (localized WBIC, by SGLD) and LLC of every checkpoint of an experiment, one JSON record each.
+
+Writes free_energy.json (free_energy.split=upstream, the pretraining data) or free_energy_downstream.json
+(split=downstream, the held-out classes) beside each checkpoint; finished records are skipped. shard.index /
+shard.count split the checkpoints into disjoint jobs. Run with the project's environment (source
+.venv/bin/activate):
 
     python scripts/free_energy.py experiment=default                          # pretraining free energy
     python scripts/free_energy.py experiment=default free_energy.split=downstream
+    python scripts/free_energy.py -m experiment=default shard.index=0,1 shard.count=2 \\
+        hydra/launcher=joblib num_threads=1                                   # two processes at once
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.free_energy.sweep import run_free_energy
+from freeenergy.cli import prepare_entry_point
+
+prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from freeenergy.free_energy.sweep import run_free_energy  # here: a launcher's parent process needs no torch
+
     run_free_energy(cfg)
 
 

@@ -1,5 +1,8 @@
 """The other pretraining metrics of Table 1 (losses, Hessian trace, CDNV, geometric complexity), per checkpoint.
 
+Writes metrics.json beside each checkpoint; finished records are skipped. shard.index / shard.count split
+the checkpoints into disjoint jobs. Run with the project's environment (source .venv/bin/activate):
+
     python scripts/metrics.py experiment=default
     python scripts/metrics.py experiment=default metrics.hessian.probes=32 metrics.overwrite=true
 """
@@ -7,11 +10,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.metrics.sweep import run_metrics
+from freeenergy.cli import prepare_entry_point
+
+prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from freeenergy.metrics.sweep import run_metrics  # here: a launcher's parent process needs no torch
+
     run_metrics(cfg)
 
 

@@ -114,7 +114,8 @@ def test_cifar_fs_root_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_ROOT", str(tmp_path))
     assert compose_config(["experiment=cifar_fs"]).data.root == str(tmp_path)
     monkeypatch.delenv("CIFAR_ROOT")
-    assert compose_config(["experiment=cifar_fs"]).data.root == "data/cifar"
+    monkeypatch.setenv("FREEENERGY_ROOT", "/repo")  # what every script sets: the repository
+    assert compose_config(["experiment=cifar_fs"]).data.root == "/repo/data/cifar"
 
 
 def test_cifar_fs_split_depends_on_the_seed_only(tmp_path):
