@@ -1,0 +1,44 @@
+"""Print what an experiment will run and cost before it starts: runs, checkpoints, SGD and SGLD steps,
+fine-tunings, few-shot episodes, what is already on disk, and how ./reproduce.sh will spread the steps over
+processes (launch.*). Reads the config only: no model, no data, no torch, about a second.
+
+Run with the project's environment (source .venv/bin/activate):
+
+    python scripts/plan.py experiment=cifar_fs                    # 70 runs, 490 checkpoints, 980 SGLD estimates
+    python scripts/plan.py experiment=cifar_fs 'sweep.seeds=[0]' data.images_per_class=60
+    ./reproduce.sh cifar_fs --dry-run                             # the same, through reproduce.sh
+
+--shell (first argument) prints key=value lines for reproduce.sh instead.
+"""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from freeenergy.cli import prepare_entry_point
+from freeenergy.plan import describe, launch_plan, plan_study, records_on_disk, shell_lines, usable_cores
+
+prepare_entry_point(__file__, __doc__)
+SHELL_FLAG = "--shell"
+SHELL = len(sys.argv) > 1 and sys.argv[1] == SHELL_FLAG
+if SHELL:
+    del sys.argv[1]  # not a Hydra flag
+# A plan writes nothing: no Hydra output folder, no log (later overrides on the command line still win).
+sys.argv[1:1] = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled",
+                 "hydra/hydra_logging=disabled"]
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
+    launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores())
+    if SHELL:
+        print("\n".join(shell_lines(launch, str(cfg.paths.results), str(cfg.paths.figures))))
+        return
+    print(describe(plan_study(cfg), cfg, launch, records_on_disk(cfg.paths.runs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""What an experiment will run and cost, before it starts; and how ./reproduce.sh spreads it over processes.
+
+Torch-free and quick: it reads the composed config (and, for progress, the record files on disk), never a
+model or a dataset. ``python scripts/plan.py experiment=<name>`` prints it; ``./reproduce.sh <name>
+--dry-run`` too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from freeenergy.pretrain.sweeps import SWEEP_AXES
+
+UPSTREAM_CLASSES = 64  # CIFAR-FS, mini-ImageNet and the synthetic default all split 64 / 16 / 20
+NATIVE_IMAGES_PER_CLASS = {"cifar_fs": 600, "mini_imagenet": 600}  # the datasets' own sizes
+# The record each step writes beside a checkpoint (freeenergy.records and the steps' sweep modules).
+STEP_RECORDS = {
+    "pretraining": "pretrain.json",
+    "free energy (upstream)": "free_energy.json",
+    "free energy (downstream)": "free_energy_downstream.json",
+    "fine-tuning": "finetune.json",
+    "few-shot": "fewshot.json",
+    "metrics": "metrics.json",
+}
+LAUNCHERS_WITHOUT_PARALLELISM = ("basic",)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Counts of the work an experiment's sweeps configure (one-at-a-time sweeps × seeds, deduplicated)."""
+
+    experiment: str
+    settings: int  # distinct (lr, batch size, momentum) settings: the base one plus each off-base sweep value
+    seeds: int
+    runs: int  # settings × seeds
+    epochs: int  # per run
+    checkpoint_epochs: tuple[int, ...]  # saved per run
+    checkpoints: int  # runs × checkpoint epochs
+    upstream_train_images: int  # pretraining images (≈: held-out images are taken per class)
+    sgd_steps: int  # over all runs
+    free_energy_estimates: int  # upstream + downstream, one per checkpoint each
+    sgld_steps: int  # per estimate: chains × (burn-in + draws), each one minibatch of free_energy.batch_size
+    finetunings: int
+    fewshot_episodes: int  # over all checkpoints, shots and classifiers' shared episodes
+    metric_records: int
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How ./reproduce.sh runs each step: through a given launcher, or ``jobs`` local processes at once."""
+
+    launcher: str  # Hydra's hydra/launcher choice: basic (none given), joblib, submitit_local, slurm, …
+    jobs: int  # local processes at once (no launcher given); 1: one at a time
+    threads: int | None  # num_threads of each local process; None: leave torch's default
+    shards: int  # shard.count of each checkpoint step
+
+
+def study_settings(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The distinct settings of the one-at-a-time sweeps: the base setting, then each off-base value per axis."""
+    base = {axis: OmegaConf.select(cfg, key) for axis, key in SWEEP_AXES.items()}
+    settings = [base]
+    for axis in SWEEP_AXES:
+        for value in cfg.sweep.get(axis) or []:
+            setting = {**base, axis: value}
+            if setting not in settings:  # numbers compare by value: 0 == 0.0
+                settings.append(setting)
+    return settings
+
+
+def saved_epochs(train: Mapping[str, Any]) -> tuple[int, ...]:
+    """The epochs a run keeps: configured checkpoint epochs up to ``train.epochs``, and the final epoch."""
+    return tuple(sorted({int(e) for e in train["checkpoint_epochs"] if int(e) <= train["epochs"]}
+                        | {int(train["epochs"])}))
+
+
+def upstream_train_images(data: Mapping[str, Any]) -> int:
+    """Pretraining images of a dataset config: per upstream class, all images but the held-out share."""
+    per_class = data.get("images_per_class") or NATIVE_IMAGES_PER_CLASS.get(data["name"])
+    if per_class is None:
+        raise ValueError(f"data={data['name']!r}: set data.images_per_class, or add the dataset's size to "
+                         "freeenergy.plan.NATIVE_IMAGES_PER_CLASS.")
+    heldout = max(1, round(data["heldout_fraction"] * per_class))
+    return UPSTREAM_CLASSES * (per_class - heldout)
+
+
+def plan_study(cfg: DictConfig) -> StudyPlan:
+    """Count the runs, checkpoints, SGD and SGLD steps, fine-tunings and episodes an experiment configures."""
+    seeds = len(cfg.sweep.seeds)
+    settings = study_settings(cfg)
+    runs = len(settings) * seeds
+    epochs = saved_epochs(cfg.train)
+    checkpoints = runs * len(epochs)
+    images = upstream_train_images(cfg.data)
+    fe = cfg.free_energy
+    kinds = set(cfg.downstream.kinds)
+    fewshot = cfg.downstream.fewshot
+    return StudyPlan(
+        experiment=cfg.experiment_name, settings=len(settings), seeds=seeds, runs=runs, epochs=cfg.train.epochs,
+        checkpoint_epochs=epochs, checkpoints=checkpoints, upstream_train_images=images,
+        sgd_steps=seeds * cfg.train.epochs * sum(images // setting["batch_size"] for setting in settings),
+        free_energy_estimates=2 * checkpoints,
+        sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
+        finetunings=checkpoints if "finetune" in kinds else 0,
+        fewshot_episodes=checkpoints * len(fewshot.shots) * fewshot.episodes if "fewshot" in kinds else 0,
+        metric_records=checkpoints,
+    )
+
+
+def records_on_disk(runs_dir: str | Path) -> dict[str, int]:
+    """How many checkpoints under ``runs_dir`` already hold each step's record (finished or not checked)."""
+    root = Path(runs_dir)
+    return {step: sum(1 for _ in root.glob(f"*/epoch_*/{name}")) for step, name in STEP_RECORDS.items()}
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int) -> LaunchPlan:
+    """./reproduce.sh's way of running each step, from ``launch.*``, the launcher chosen and the cores.
+
+    No launcher given (``basic``): ``launch.local_jobs`` processes at once, at most one per core, each with
+    ``cores // jobs`` threads, so that they never ask for more threads than there are cores. A launcher
+    given: every checkpoint step becomes ``launch.shards`` jobs, and the launcher's own settings decide
+    where and how many run at once.
+    """
+    for key in ("local_jobs", "shards"):
+        value = launch[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"launch.{key}={value!r} is not allowed: a positive integer (1 turns parallel "
+                             f"{'local processes' if key == 'local_jobs' else 'shards'} off).")
+    if launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
+        return LaunchPlan(launcher, jobs=1, threads=None, shards=launch["shards"])
+    jobs = min(launch["local_jobs"], cores)
+    if jobs == 1:
+        return LaunchPlan(launcher, jobs=1, threads=None, shards=1)
+    return LaunchPlan(launcher, jobs=jobs, threads=max(1, cores // jobs), shards=jobs)
+
+
+def shell_lines(launch: LaunchPlan, results_dir: str, figures_dir: str) -> list[str]:
+    """``key=value`` lines that ./reproduce.sh reads, one per line."""
+    return [f"launcher={launch.launcher}", f"jobs={launch.jobs}", f"threads={launch.threads or ''}",
+            f"shards={launch.shards}", f"results={results_dir}", f"figures={figures_dir}"]
+
+
+def _count(n: int, unit: str | None = None) -> str:
+    """``n`` with thousands separators, and ``unit`` made plural when n != 1."""
+    text = f"{n:,}"
+    return text if unit is None else f"{text} {unit}{'' if n == 1 else 's'}"
+
+
+def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping[str, int]) -> str:
+    """The plan as a few lines of text, for a person deciding whether to start."""
+    fe, ft = cfg.free_energy, cfg.downstream.finetune
+    axes = ", ".join(f"{axis} {list(cfg.sweep.get(axis) or [])}" for axis in SWEEP_AXES)
+    base = ", ".join(f"{axis} {OmegaConf.select(cfg, key)}" for axis, key in SWEEP_AXES.items())
+    lines = [
+        f"Experiment {plan.experiment}: data {cfg.data.name}, model {cfg.model.name}, device {cfg.device}",
+        f"  runs:         {_count(plan.runs)} = {_count(plan.settings, 'setting')} × {_count(plan.seeds, 'seed')} "
+        f"(base {base}; sweeps {axes}; seeds {list(cfg.sweep.seeds)})",
+        f"  pretraining:  {_count(plan.epochs, 'epoch')} per run, ≈{_count(plan.upstream_train_images)} images per epoch, "
+        f"≈{_count(plan.sgd_steps)} SGD steps in all",
+        f"  checkpoints:  {_count(plan.checkpoints)} = {plan.runs} runs × epochs {list(plan.checkpoint_epochs)}",
+        f"  free energy:  {_count(plan.free_energy_estimates)} SGLD estimates (upstream + downstream), each "
+        f"{fe.num_chains} chains × {fe.get('num_burnin', 0) + fe.num_draws} steps of batch {fe.batch_size} "
+        f"= {_count(plan.free_energy_estimates * plan.sgld_steps)} SGLD steps in all",
+        f"  downstream:   {_count(plan.finetunings)} fine-tunings ({_count(ft.epochs, 'epoch')} each), "
+        f"{_count(plan.fewshot_episodes)} few-shot episodes",
+        f"  metrics:      {_count(plan.metric_records)} checkpoints (Hessian trace, CDNV, geometric complexity)",
+        f"  on disk ({cfg.paths.runs}): " + ", ".join(f"{step} {n}" for step, n in done.items()),
+    ]
+    if launch.launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
+        lines.append(f"  ./reproduce.sh: sweeps through hydra/launcher={launch.launcher}; each checkpoint step as "
+                     f"{launch.shards} shards (launch.shards), one step after the other")
+    elif launch.jobs > 1:
+        lines.append(f"  ./reproduce.sh: {launch.jobs} processes at once with num_threads={launch.threads} "
+                     f"(launch.local_jobs): sweeps through Hydra's joblib launcher, each checkpoint step as "
+                     f"{launch.shards} shards; launch.local_jobs=1 runs one process at a time")
+    else:
+        lines.append("  ./reproduce.sh: one process at a time (launch.local_jobs=1 or a single core)")
+    timings = Path(cfg.paths.results) / "reproduce_timings.tsv"
+    seconds = steps_seconds(timings)
+    if seconds is not None:
+        lines.append(f"  last measured: {seconds / 60:.1f} min for the steps in {timings}")
+    return "\n".join(lines)
+
+
+def steps_seconds(timings: Path) -> float | None:
+    """Total seconds of a previous ./reproduce.sh run (its reproduce_timings.tsv), or None."""
+    if not timings.exists():
+        return None
+    rows = [line.split("\t") for line in timings.read_text().splitlines()[1:] if line.strip()]
+    seconds = [float(row[1]) for row in rows if len(row) == 2 and row[1].replace(".", "", 1).isdigit()]
+    return math.fsum(seconds) if seconds else None

@@ -1,0 +1,137 @@
+"""What an experiment costs before it starts (freeenergy.plan), how ./reproduce.sh spreads it over processes,
+and the per-class subsample that runs the real-data pipeline at CPU size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose_config
+from freeenergy.data import FewShotData, ImageSet, load_data
+from freeenergy.data.subsample import subsample_per_class
+from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, study_settings
+
+
+# ---------------------------------------------------------------- counts
+
+@pytest.mark.parametrize("experiment, runs, checkpoints", [
+    ("cifar_fs", 70, 490),       # (1 base + 4 + 5 + 4 off-base values) × 5 seeds × 7 checkpoint epochs
+    ("mini_imagenet", 55, 385),  # (1 + 2 + 5 + 3) × 5 × 7
+    ("smoke", 5, 10),            # (1 + 1 + 1 + 2) × 1 × 2
+])
+def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, checkpoints):
+    plan = plan_study(compose_config([f"experiment={experiment}"]))
+    assert (plan.runs, plan.checkpoints, plan.free_energy_estimates) == (runs, checkpoints, 2 * checkpoints)
+    assert plan.metric_records == plan.finetunings == checkpoints
+
+
+def test_plan_counts_a_setting_once_whatever_the_number_format():
+    cfg = compose_config(["experiment=smoke", "optim.momentum=0", "sweep.momentum=[0.0,0.9]", "sweep.lr=[0.05,0.05]",
+                          "sweep.batch_size=[]", "sweep.seeds=[0,1,2]"])
+    assert len(study_settings(cfg)) == 2  # base (momentum 0 = 0.0) and momentum 0.9; lr 0.05 is the base
+    assert plan_study(cfg).runs == 6
+
+
+def test_plan_counts_sgd_and_sgld_steps_from_the_config():
+    cfg = compose_config(["experiment=smoke", "sweep.lr=[]", "sweep.batch_size=[]", "sweep.momentum=[]",
+                          "free_energy.num_burnin=10"])
+    plan = plan_study(cfg)
+    # 64 classes × (60 images − 12 held out) = 3,072 images; 3,072 // 64 = 48 steps × 4 epochs
+    assert plan.upstream_train_images == 3072 and plan.sgd_steps == 48 * 4
+    assert plan.sgld_steps == 2 * (10 + 40)  # chains × (burn-in + draws) per estimate
+
+
+def test_saved_epochs_drop_epochs_past_the_end_and_keep_the_final_one():
+    assert saved_epochs({"epochs": 3, "checkpoint_epochs": [2, 4, 8]}) == (2, 3)
+    assert saved_epochs({"epochs": 8, "checkpoint_epochs": [8, 2, 4]}) == (2, 4, 8)
+
+
+def test_plan_of_a_subsampled_real_dataset_counts_its_images():
+    cfg = compose_config(["experiment=cifar_fs", "data.images_per_class=60", "sweep.seeds=[0]"])
+    plan = plan_study(cfg)
+    assert plan.runs == 14 and plan.upstream_train_images == 64 * (60 - 6)
+
+
+# ---------------------------------------------------------------- how ./reproduce.sh spreads the steps
+
+@pytest.mark.parametrize("local_jobs, cores, expected", [
+    (2, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),   # this machine: two 1-thread processes
+    (2, 16, LaunchPlan("basic", jobs=2, threads=8, shards=2)),  # never more threads than cores
+    (4, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),   # never more processes than cores
+    (2, 1, LaunchPlan("basic", jobs=1, threads=None, shards=1)),
+    (1, 8, LaunchPlan("basic", jobs=1, threads=None, shards=1)),  # off: one process, torch's threads
+])
+def test_local_jobs_never_ask_for_more_threads_than_cores(local_jobs, cores, expected):
+    plan = launch_plan({"local_jobs": local_jobs, "shards": 8}, "basic", cores)
+    assert plan == expected
+    if plan.threads:
+        assert plan.jobs * plan.threads <= cores
+
+
+def test_a_given_launcher_gets_the_configured_shards():
+    assert launch_plan({"local_jobs": 2, "shards": 8}, "slurm", 2) == LaunchPlan("slurm", 1, None, 8)
+    assert launch_plan({"local_jobs": 2, "shards": 3}, "submitit_local", 2).shards == 3
+
+
+@pytest.mark.parametrize("key, value", [("local_jobs", 0), ("shards", -1), ("shards", "4"), ("local_jobs", True)])
+def test_bad_launch_values_are_refused_by_name(key, value):
+    launch = {"local_jobs": 2, "shards": 8, key: value}
+    with pytest.raises(ValueError, match=f"launch.{key}={value!r}"):
+        launch_plan(launch, "basic", 2)
+
+
+# ---------------------------------------------------------------- subsample of a real dataset
+
+def _image_set(counts: list[int], offset: int = 0) -> ImageSet:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = (torch.arange(len(labels)) + offset).remainder(256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+    return ImageSet(images.contiguous(), labels, [f"class{c}" for c in range(len(counts))])
+
+
+def _dataset() -> FewShotData:
+    return FewShotData("fake", upstream_train=_image_set([54, 54, 20]), upstream_heldout=_image_set([6, 6, 2], 100),
+                       validation=_image_set([60, 60]), downstream=_image_set([60, 60, 30]),
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _per_class(images: ImageSet) -> list[int]:
+    return torch.bincount(images.labels, minlength=images.num_classes).tolist()
+
+
+def test_subsample_keeps_the_count_per_class_and_the_train_heldout_share():
+    small = subsample_per_class(_dataset(), 20, seed=0)
+    assert _per_class(small.upstream_train) == [18, 18, 18] and _per_class(small.upstream_heldout) == [2, 2, 2]
+    assert _per_class(small.validation) == [20, 20] and _per_class(small.downstream) == [20, 20, 20]
+    assert small.upstream_train.class_names == ["class0", "class1", "class2"]
+
+
+def test_subsample_is_the_same_every_time_and_changes_with_the_seed():
+    first, again = subsample_per_class(_dataset(), 10, seed=0), subsample_per_class(_dataset(), 10, seed=0)
+    other = subsample_per_class(_dataset(), 10, seed=1)
+    assert torch.equal(first.downstream.images, again.downstream.images)
+    assert not torch.equal(first.downstream.images, other.downstream.images)
+
+
+def test_subsample_larger_than_a_class_keeps_the_whole_class():
+    small = subsample_per_class(_dataset(), 40, seed=0)
+    assert _per_class(small.downstream) == [40, 40, 30] and _per_class(small.upstream_train)[2] == 20
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, "60"])
+def test_subsample_refuses_a_size_that_leaves_no_held_out_image(bad):
+    with pytest.raises(ValueError, match=f"data.images_per_class={bad!r}"):
+        subsample_per_class(_dataset(), bad)
+
+
+def test_load_data_subsamples_a_real_dataset_and_leaves_the_synthetic_one_to_its_generator(monkeypatch, tmp_path):
+    import freeenergy.data as data_module
+
+    monkeypatch.setitem(data_module._LOADERS, "cifar_fs", (__name__, "_fake_loader"))
+    small = load_data({"name": "cifar_fs", "root": str(tmp_path), "split_seed": 0, "images_per_class": 10})
+    assert _per_class(small.downstream) == [10, 10, 10]
+    synthetic = load_data({"name": "synthetic", "root": str(tmp_path), "image_size": 8, "images_per_class": 10})
+    assert _per_class(synthetic.downstream) == [10] * 20
+
+
+def _fake_loader(root: str, split_seed: int = 0) -> FewShotData:
+    return _dataset()
