@@ -1,72 +1,152 @@
 #!/usr/bin/env bash
-# Run the whole study, or the tests, on a fresh machine.
-#   ./reproduce.sh                      the embedded default study (CPU, no download)
-#   ./reproduce.sh smoke                the same pipeline at toy size (< 3 minutes)
-#   ./reproduce.sh <experiment> [k=v…]  a named experiment of conf/experiment/, e.g. cifar_fs data.root=/data
-#   ./reproduce.sh [k=v…]               the default study with overrides, e.g. num_threads=2
-#   ./reproduce.sh test [pytest args]   the test suite
+# Run the whole study, or the tests, on a fresh machine. `./reproduce.sh --help` prints the usage.
 set -euo pipefail
-cd "$(dirname "$0")"
 
-VENV=.venv
-PY="$VENV/bin/python"
+REPO="$(cd "$(dirname "$0")" && pwd)"
+VENV="$REPO/.venv"
+
+usage() {
+  cat <<EOF
+Usage:
+  ./reproduce.sh [EXPERIMENT] [--dry-run] [KEY=VALUE ...]   run every step of a study
+  ./reproduce.sh test [PYTEST ARGS ...]                     run the test suite
+  ./reproduce.sh setup                                      only create .venv (then: source .venv/bin/activate)
+  ./reproduce.sh --help                                     this message
+
+EXPERIMENT is one of conf/experiment/: $(experiments) (default: default).
+  default   the embedded study on CPU, no download (see the README for its wall time)
+  smoke     the same pipeline at toy size, about 2 minutes on 2 CPU cores
+  cifar_fs, mini_imagenet   the paper's experiments: real data and a GPU or a cluster (see the README)
+
+Steps, in order, each one after the previous has finished: the pretraining sweeps (one Hydra multirun per
+sweep axis of the experiment's sweep: block), the pretraining and downstream free energy, fine-tuning and
+few-shot, the other metrics, then the tables and figures. Finished work is never recomputed, so a rerun
+continues where a stopped one ended. Wall time per step: results/EXPERIMENT/reproduce_timings.tsv.
+
+KEY=VALUE overrides go to every step, e.g.
+  ./reproduce.sh smoke                                      the quick end-to-end check
+  ./reproduce.sh cifar_fs data.root=/data/cifar             a paper experiment on data you hold
+  ./reproduce.sh cifar_fs --dry-run                         print the runs, checkpoints and estimates; run nothing
+  ./reproduce.sh cifar_fs hydra/launcher=slurm data.root=/data/cifar
+                 every step through SLURM: the sweeps as job arrays, each checkpoint step as launch.shards
+                 jobs (shard.index=0..shards-1); this command waits for each step's jobs before the next
+  ./reproduce.sh launch.local_jobs=1                        one process at a time (default: 2 at once, 1 thread each)
+
+Environment: the first run creates .venv from requirements.txt (a few minutes). FREEENERGY_PYTHON=/path/to/python
+uses that interpreter instead and installs nothing. FREEENERGY_ROOT=/some/dir moves the default runs/, results/,
+figures/, data_cache/ and data/ folders there (default: this repository).
+EOF
+}
+
+experiments() { ls "$REPO/conf/experiment" | sed 's/\.yaml$//' | paste -sd ' ' -; }
 
 bootstrap() {  # create .venv and install the pinned requirements when they changed
-  local requirements=$1
-  local stamp="$VENV/.installed-$(cat "$requirements" requirements.txt pyproject.toml | sha1sum | cut -c1-12)"
+  local requirements=$REPO/$1
+  if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; return; fi
+  PY="$VENV/bin/python"
+  local stamp
+  stamp="$VENV/.installed-$(cat "$requirements" "$REPO/requirements.txt" "$REPO/pyproject.toml" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  echo "Installing $requirements into $VENV (a few minutes the first time)…"
+  echo "Installing $1 into $VENV (a few minutes the first time)…"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet -r "$requirements"
-  "$PY" -m pip install --quiet --no-deps -e .
+  "$PY" -m pip install --quiet --no-deps -e "$REPO"
   touch "$stamp"
 }
 
 mode=default
-if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then  # a first argument with '=' is already an override
+if [ $# -gt 0 ] && [[ "$1" != *=* ]] && [ "$1" != --dry-run ]; then  # an argument with '=' is an override
   mode=$1
   shift
 fi
 
-if [ "$mode" = test ]; then
-  bootstrap requirements-dev.txt
-  exec "$PY" -m pytest "$@"
-fi
+case $mode in
+  -h|--help|help)
+    usage
+    exit 0 ;;
+  setup)
+    bootstrap requirements-dev.txt
+    echo "Ready. In a new shell: cd $REPO && source .venv/bin/activate (or call $PY directly)."
+    exit 0 ;;
+  test)
+    bootstrap requirements-dev.txt
+    cd "$REPO"
+    exec "$PY" -m pytest "$@" ;;
+esac
 
 experiment=$mode
-if [ ! -f "conf/experiment/$experiment.yaml" ]; then
-  echo "Unknown experiment '$experiment'. Choose one of: test $(ls conf/experiment | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+if [ ! -f "$REPO/conf/experiment/$experiment.yaml" ]; then
+  echo "Unknown experiment '$experiment'. Choose one of: $(experiments) (or test, setup; see ./reproduce.sh --help)" >&2
   exit 2
 fi
+dry_run=false
+overrides=()
+for arg in "$@"; do
+  case $arg in
+    --dry-run) dry_run=true ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "Unknown option '$arg' (see ./reproduce.sh --help)" >&2; exit 2 ;;
+    *) overrides+=("$arg") ;;
+  esac
+done
+set -- ${overrides[@]+"${overrides[@]}"}
 bootstrap requirements.txt
 
-mkdir -p "results/$experiment"
-timings="results/$experiment/reproduce_timings.tsv"
+if $dry_run; then
+  exec "$PY" "$REPO/scripts/plan.py" "experiment=$experiment" "$@"
+fi
+
+# How to spread each step (scripts/plan.py, from launch.* in conf/config.yaml and the launcher chosen).
+launcher=basic jobs=1 threads='' shards=1 results='' figures=''
+while IFS='=' read -r key value; do
+  case $key in
+    launcher) launcher=$value ;; jobs) jobs=$value ;; threads) threads=$value ;;
+    shards) shards=$value ;; results) results=$value ;; figures) figures=$value ;;
+  esac
+done < <("$PY" "$REPO/scripts/plan.py" --shell "experiment=$experiment" "$@")
+shard_list=$(seq -s, 0 $((shards - 1)))
+if [ "$launcher" != basic ]; then  # the launcher given in the overrides runs every job
+  sweep_args=()
+  shard_args=(-m "shard.index=$shard_list" "shard.count=$shards")
+  echo "Launcher $launcher: each checkpoint step as $shards shards (launch.shards)."
+elif [ "$jobs" -gt 1 ]; then  # the user's own num_threads=… comes later on the command line and wins
+  parallel=(hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" "num_threads=$threads")
+  sweep_args=("${parallel[@]}")
+  shard_args=(-m "${parallel[@]}" "shard.index=$shard_list" "shard.count=$shards")
+  echo "$jobs processes at once, $threads thread(s) each (launch.local_jobs=1: one at a time)."
+else
+  sweep_args=()
+  shard_args=()
+fi
+
+mkdir -p "$results"
+timings="$results/reproduce_timings.tsv"
 printf 'step\tseconds\n' > "$timings"
 step() {  # step NAME SCRIPT ARGS…: run one step of the study and log its wall time
-  local name=$1; shift
-  echo "=== $name: python $*"
+  local name=$1 script=$2; shift 2
+  echo "=== $name: python scripts/$script $*"
   local start=$SECONDS
-  "$PY" "$@"
+  "$PY" "$REPO/scripts/$script" "$@"
   printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$timings"
 }
 
 quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-mapfile -t sweeps < <("$PY" scripts/sweep_overrides.py "experiment=$experiment" "${quiet[@]}" "$@")
+mapfile -t sweeps < <("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")
 for axis in "${sweeps[@]}"; do
   # shellcheck disable=SC2086  # each line holds several overrides
-  step "pretrain ${axis%%=*}" scripts/pretrain.py -m "experiment=$experiment" $axis "$@"
+  step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
 done
-step "free energy (upstream)" scripts/free_energy.py "experiment=$experiment" "$@"
-step "free energy (downstream)" scripts/free_energy.py "experiment=$experiment" free_energy.split=downstream "$@"
-step "downstream" scripts/downstream.py "experiment=$experiment" "$@"
-step "metrics" scripts/metrics.py "experiment=$experiment" "$@"
-step "figures" scripts/figures.py "experiment=$experiment" "$@"
+step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
+  free_energy.split=downstream "$@"
+step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+step "figures" figures.py "experiment=$experiment" "$@"
 
 echo
 echo "Step timings (seconds), in $timings:"
 column -t -s $'\t' "$timings"
 echo
-echo "Figures in figures/$experiment/, tables in results/$experiment/ (summary.csv, correlations.md)."
-[ -f "results/$experiment/headline.txt" ] && cat "results/$experiment/headline.txt"
+echo "Tables in $results/ (summary.csv, correlations.md), figures in $figures/."
+if [ -f "$results/headline.txt" ]; then cat "$results/headline.txt"; fi

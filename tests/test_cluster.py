@@ -1,4 +1,5 @@
-"""Sweeps through Hydra's submitit launcher: the SLURM config, and a real local sweep with preemption."""
+"""Through Hydra's launchers: the SLURM config, a real local sweep with preemption, and every step of
+./reproduce.sh as submitit jobs."""
 
 import os
 import signal
@@ -7,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, compose_config, tiny_overrides
+from conftest import CONF_DIR, TINY_OVERRIDES, compose_config, tiny_overrides
 from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.records import load_torch, read_json
 
@@ -71,3 +73,47 @@ def test_local_submitit_sweep_survives_preemption_and_matches_an_uninterrupted_r
     reference = load_torch(reference_dir / "epoch_012" / "model.pt")
     for name in reference:
         torch.testing.assert_close(preempted[name], reference[name], rtol=0, atol=0)
+
+
+# A tiny study for ./reproduce.sh: one sweep axis (2 runs × 2 checkpoints), every later step at toy size.
+TINY_STUDY = [o for o in TINY_OVERRIDES if not o.startswith("experiment=")] + [
+    "sweep.lr=[0.05,0.2]", "sweep.batch_size=[]", "sweep.momentum=[]", "num_threads=1",
+    "free_energy.num_chains=2", "free_energy.num_draws=8", "free_energy.batch_size=32",
+    "downstream.fewshot.shots=[1]", "downstream.fewshot.n_query=3", "downstream.fewshot.episodes=10",
+    "downstream.finetune.epochs=1", "downstream.finetune.batch_size=32", "downstream.finetune.images_per_class=null",
+    "metrics.hessian.probes=2", "metrics.hessian.images=32", "metrics.neural_collapse.images=128",
+    "metrics.geometric_complexity.images=32", "analysis.bootstrap=50",
+]
+# The record files of the checkpoint steps, in the order ./reproduce.sh runs the steps.
+STEP_RECORDS = ["free_energy.json", "free_energy_downstream.json", "finetune.json", "metrics.json"]
+
+
+def run_reproduce(root: Path, *arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """./reproduce.sh smoke with every default path under ``root``, with this interpreter (no install)."""
+    env = {**os.environ, "FREEENERGY_ROOT": str(root), "FREEENERGY_PYTHON": sys.executable, "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([str(REPO / "reproduce.sh"), "smoke", *arguments, *TINY_STUDY], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_reproduce_runs_every_checkpoint_step_through_the_launcher_as_shards_one_step_after_the_other(tmp_path):
+    """`./reproduce.sh smoke hydra/launcher=submitit_local`: the sweep and each checkpoint step become submitit
+    jobs (launch.shards=2 per checkpoint step), each step starts only once the previous step's jobs all
+    returned, and the figures step runs once, locally."""
+    result = run_reproduce(tmp_path, "hydra/launcher=submitit_local", "launch.shards=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    runs = tmp_path / "runs" / "smoke"
+    checkpoints = sorted(runs.glob("*/epoch_*/pretrain.json"))
+    assert len(checkpoints) == 4  # 2 learning rates × 2 checkpoint epochs
+    for record in STEP_RECORDS + ["fewshot.json"]:
+        assert len(list(runs.glob(f"*/epoch_*/{record}"))) == 4, record
+    assert len(pd.read_csv(tmp_path / "results" / "smoke" / "summary.csv")) == 4
+
+    # Every step but the figures ran as submitit jobs: the sweep (2 runs), then 4 steps of 2 shards each.
+    submitted = sorted(sum(job.name.isdigit() for job in (d / ".submitit").iterdir())  # one folder per job id
+                       for d in (runs / ".hydra").glob("multirun_*") if (d / ".submitit").is_dir())
+    assert submitted == [2, 2, 2, 2, 2], submitted
+    # The launcher blocks: every record of a step was written before any record of the next step.
+    times = [[p.stat().st_mtime for p in runs.glob(f"*/epoch_*/{name}")] for name in STEP_RECORDS]
+    for earlier, later, names in zip(times, times[1:], zip(STEP_RECORDS, STEP_RECORDS[1:])):
+        assert max(earlier) <= min(later), names
