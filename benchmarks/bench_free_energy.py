@@ -8,7 +8,7 @@ draws, step size, localization and nβ. Throughput is in samples (images) per se
 - devinterp: ``estimate_learning_coeff_with_summary`` with its SGLD, given a baseline loss so it computes none
   (only its speed is measured here; tests/test_free_energy_devinterp.py compares the numbers);
 - the limit: a bare training loop (forward + backward + plain SGD step), the cost floor of one SGLD step;
-  timed in train mode (the issue's limit; devinterp samples in train mode) and in eval mode (batch norm
+  timed in train mode (the reference limit; devinterp samples in train mode) and in eval mode (batch norm
   frozen, which is how we sample and is cheaper).
 
     python benchmarks/bench_free_energy.py                         # narrow ResNet, 16×16, batch 256, CPU

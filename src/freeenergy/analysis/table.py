@@ -33,7 +33,7 @@ import pandas as pd
 from freeenergy.pretrain.sweeps import SWEEP_AXES, sweeps_of_run
 from freeenergy.records import Checkpoint, iter_checkpoints
 
-# The columns the issue fixes, in order; more follow them in summary.csv.
+# The columns summary.csv always starts with, in order; more follow them.
 SUMMARY_COLUMNS = [
     "run_id", "experiment", "dataset", "model", "lr", "batch_size", "momentum", "seed", "epoch",
     "train_loss", "train_acc", "val_loss", "val_acc", "free_energy", "free_energy_std", "llc", "llc_std",
