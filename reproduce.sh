@@ -55,98 +55,106 @@ bootstrap() {  # create .venv and install the pinned requirements when they chan
   touch "$stamp"
 }
 
-mode=default
-if [ $# -gt 0 ] && [[ "$1" != *=* ]] && [ "$1" != --dry-run ]; then  # an argument with '=' is an override
-  mode=$1
-  shift
-fi
+# The whole script is one function, read before it runs: editing or updating this file (git pull) while a
+# study runs cannot change the running study's commands.
+main() {
+  mode=default
+  if [ $# -gt 0 ] && [[ "$1" != *=* ]] && [ "$1" != --dry-run ]; then  # an argument with '=' is an override
+    mode=$1
+    shift
+  fi
 
-case $mode in
-  -h|--help|help)
-    usage
-    exit 0 ;;
-  setup)
-    bootstrap requirements-dev.txt
-    echo "Ready. In a new shell: cd $REPO && source .venv/bin/activate (or call $PY directly)."
-    exit 0 ;;
-  test)
-    bootstrap requirements-dev.txt
-    cd "$REPO"
-    exec "$PY" -m pytest "$@" ;;
-esac
-
-experiment=$mode
-if [ ! -f "$REPO/conf/experiment/$experiment.yaml" ]; then
-  echo "Unknown experiment '$experiment'. Choose one of: $(experiments) (or test, setup; see ./reproduce.sh --help)" >&2
-  exit 2
-fi
-dry_run=false
-overrides=()
-for arg in "$@"; do
-  case $arg in
-    --dry-run) dry_run=true ;;
-    -h|--help) usage; exit 0 ;;
-    -*) echo "Unknown option '$arg' (see ./reproduce.sh --help)" >&2; exit 2 ;;
-    *) overrides+=("$arg") ;;
+  case $mode in
+    -h|--help|help)
+      usage
+      exit 0 ;;
+    setup)
+      bootstrap requirements-dev.txt
+      echo "Ready. In a new shell: cd $REPO && source .venv/bin/activate (or call $PY directly)."
+      exit 0 ;;
+    test)
+      bootstrap requirements-dev.txt
+      cd "$REPO"
+      exec "$PY" -m pytest "$@" ;;
   esac
-done
-set -- ${overrides[@]+"${overrides[@]}"}
-bootstrap requirements.txt
 
-if $dry_run; then
-  exec "$PY" "$REPO/scripts/plan.py" "experiment=$experiment" "$@"
-fi
+  experiment=$mode
+  if [ ! -f "$REPO/conf/experiment/$experiment.yaml" ]; then
+    echo "Unknown experiment '$experiment'. Choose one of: $(experiments) (or test, setup; see ./reproduce.sh --help)" >&2
+    exit 2
+  fi
+  dry_run=false
+  overrides=()
+  for arg in "$@"; do
+    case $arg in
+      --dry-run) dry_run=true ;;
+      -h|--help) usage; exit 0 ;;
+      -*) echo "Unknown option '$arg' (see ./reproduce.sh --help)" >&2; exit 2 ;;
+      *) overrides+=("$arg") ;;
+    esac
+  done
+  set -- ${overrides[@]+"${overrides[@]}"}
+  bootstrap requirements.txt
 
-# How to spread each step (scripts/plan.py, from launch.* in conf/config.yaml and the launcher chosen).
-launcher=basic jobs=1 threads='' shards=1 results='' figures=''
-while IFS='=' read -r key value; do
-  case $key in
-    launcher) launcher=$value ;; jobs) jobs=$value ;; threads) threads=$value ;;
-    shards) shards=$value ;; results) results=$value ;; figures) figures=$value ;;
-  esac
-done < <("$PY" "$REPO/scripts/plan.py" --shell "experiment=$experiment" "$@")
-shard_list=$(seq -s, 0 $((shards - 1)))
-if [ "$launcher" != basic ]; then  # the launcher given in the overrides runs every job
-  sweep_args=()
-  shard_args=(-m "shard.index=$shard_list" "shard.count=$shards")
-  echo "Launcher $launcher: each checkpoint step as $shards shards (launch.shards)."
-elif [ "$jobs" -gt 1 ]; then  # the user's own num_threads=… comes later on the command line and wins
-  parallel=(hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" "num_threads=$threads")
-  sweep_args=("${parallel[@]}")
-  shard_args=(-m "${parallel[@]}" "shard.index=$shard_list" "shard.count=$shards")
-  echo "$jobs processes at once, $threads thread(s) each (launch.local_jobs=1: one at a time)."
-else
-  sweep_args=()
-  shard_args=()
-fi
+  if $dry_run; then
+    exec "$PY" "$REPO/scripts/plan.py" "experiment=$experiment" "$@"
+  fi
 
-mkdir -p "$results"
-timings="$results/reproduce_timings.tsv"
-printf 'step\tseconds\n' > "$timings"
-step() {  # step NAME SCRIPT ARGS…: run one step of the study and log its wall time
-  local name=$1 script=$2; shift 2
-  echo "=== $name: python scripts/$script $*"
-  local start=$SECONDS
-  "$PY" "$REPO/scripts/$script" "$@"
-  printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$timings"
+  # How to spread each step (scripts/plan.py, from launch.* in conf/config.yaml and the launcher chosen).
+  # It also stops here, before any process starts, when a real dataset's folder does not exist.
+  plan=$("$PY" "$REPO/scripts/plan.py" --shell "experiment=$experiment" "$@") || exit $?
+  launcher=basic jobs=1 threads='' shards=1 results='' figures=''
+  while IFS='=' read -r key value; do
+    case $key in
+      launcher) launcher=$value ;; jobs) jobs=$value ;; threads) threads=$value ;;
+      shards) shards=$value ;; results) results=$value ;; figures) figures=$value ;;
+    esac
+  done <<< "$plan"
+  shard_list=$(seq -s, 0 $((shards - 1)))
+  if [ "$launcher" != basic ]; then  # the launcher given in the overrides runs every job
+    sweep_args=()
+    shard_args=(-m "shard.index=$shard_list" "shard.count=$shards")
+    echo "Launcher $launcher: each checkpoint step as $shards shards (launch.shards)."
+  elif [ "$jobs" -gt 1 ]; then  # the user's own num_threads=… comes later on the command line and wins
+    parallel=(hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" "num_threads=$threads")
+    sweep_args=("${parallel[@]}")
+    shard_args=(-m "${parallel[@]}" "shard.index=$shard_list" "shard.count=$shards")
+    echo "$jobs processes at once, $threads thread(s) each (launch.local_jobs=1: one at a time)."
+  else
+    sweep_args=()
+    shard_args=()
+  fi
+
+  mkdir -p "$results"
+  timings="$results/reproduce_timings.tsv"
+  printf 'step\tseconds\n' > "$timings"
+  step() {  # step NAME SCRIPT ARGS…: run one step of the study and log its wall time
+    local name=$1 script=$2; shift 2
+    echo "=== $name: python scripts/$script $*"
+    local start=$SECONDS
+    "$PY" "$REPO/scripts/$script" "$@"
+    printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$timings"
+  }
+
+  quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
+  mapfile -t sweeps < <("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")
+  for axis in "${sweeps[@]}"; do
+    # shellcheck disable=SC2086  # each line holds several overrides
+    step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
+  done
+  step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
+    free_energy.split=downstream "$@"
+  step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  step "figures" figures.py "experiment=$experiment" "$@"
+
+  echo
+  echo "Step timings (seconds), in $timings:"
+  column -t -s $'\t' "$timings"
+  echo
+  echo "Tables in $results/ (summary.csv, correlations.md), figures in $figures/."
+  if [ -f "$results/headline.txt" ]; then cat "$results/headline.txt"; fi
 }
 
-quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-mapfile -t sweeps < <("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")
-for axis in "${sweeps[@]}"; do
-  # shellcheck disable=SC2086  # each line holds several overrides
-  step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
-done
-step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
-  free_energy.split=downstream "$@"
-step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-step "figures" figures.py "experiment=$experiment" "$@"
-
-echo
-echo "Step timings (seconds), in $timings:"
-column -t -s $'\t' "$timings"
-echo
-echo "Tables in $results/ (summary.csv, correlations.md), figures in $figures/."
-if [ -f "$results/headline.txt" ]; then cat "$results/headline.txt"; fi
+main "$@"; exit $?  # one line: nothing after it is read

@@ -8,7 +8,8 @@ Run with the project's environment (source .venv/bin/activate):
     python scripts/plan.py experiment=cifar_fs 'sweep.seeds=[0]' data.images_per_class=60
     ./reproduce.sh cifar_fs --dry-run                             # the same, through reproduce.sh
 
---shell (first argument) prints key=value lines for reproduce.sh instead.
+--shell (first argument) prints key=value lines for reproduce.sh instead, and stops with an error when a real
+dataset's folder does not exist.
 """
 
 import sys
@@ -18,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.cli import prepare_entry_point
-from freeenergy.plan import describe, launch_plan, plan_study, records_on_disk, shell_lines, usable_cores
+from freeenergy.plan import describe, launch_plan, missing_data, plan_study, records_on_disk, shell_lines, usable_cores
 
 prepare_entry_point(__file__, __doc__)
 SHELL_FLAG = "--shell"
@@ -35,6 +36,9 @@ def main(cfg: DictConfig) -> None:
     launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
     launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores())
     if SHELL:
+        problem = missing_data(cfg.data)
+        if problem:  # stop before any process starts, not in every job
+            raise FileNotFoundError(problem)
         print("\n".join(shell_lines(launch, str(cfg.paths.results), str(cfg.paths.figures))))
         return
     print(describe(plan_study(cfg), cfg, launch, records_on_disk(cfg.paths.runs)))

@@ -32,8 +32,15 @@ def test_plan_counts_a_setting_once_whatever_the_number_format():
     assert plan_study(cfg).runs == 6
 
 
+def test_plan_counts_what_the_sweeps_launch_the_base_only_when_an_axis_lists_it():
+    cfg = compose_config(["experiment=smoke", "sweep.lr=[0.1]", "sweep.batch_size=[]", "sweep.momentum=[]"])
+    assert study_settings(cfg) == [{"lr": 0.1, "batch_size": 64, "momentum": 0.9}]
+    empty = compose_config(["experiment=smoke", "sweep.lr=[]", "sweep.batch_size=[]", "sweep.momentum=[]"])
+    assert plan_study(empty).runs == 0
+
+
 def test_plan_counts_sgd_and_sgld_steps_from_the_config():
-    cfg = compose_config(["experiment=smoke", "sweep.lr=[]", "sweep.batch_size=[]", "sweep.momentum=[]",
+    cfg = compose_config(["experiment=smoke", "sweep.lr=[0.05]", "sweep.batch_size=[]", "sweep.momentum=[]",
                           "free_energy.num_burnin=10"])
     plan = plan_study(cfg)
     # 64 classes × (60 images − 12 held out) = 3,072 images; 3,072 // 64 = 48 steps × 4 epochs

@@ -29,6 +29,7 @@ STEP_RECORDS = {
     "metrics": "metrics.json",
 }
 LAUNCHERS_WITHOUT_PARALLELISM = ("basic",)
+GENERATED_DATASETS = ("synthetic",)  # drawn by the loader, nothing to find on disk
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,13 @@ class LaunchPlan:
 
 
 def study_settings(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The distinct settings of the one-at-a-time sweeps: the base setting, then each off-base value per axis."""
+    """The distinct settings the one-at-a-time sweeps train: each listed value of an axis, the others at base.
+
+    As ``scripts/sweep_overrides.py`` launches them: the base setting trains (once) when an axis lists its
+    value, as every experiment's sweeps do.
+    """
     base = {axis: OmegaConf.select(cfg, key) for axis, key in SWEEP_AXES.items()}
-    settings = [base]
+    settings: list[dict[str, Any]] = []
     for axis in SWEEP_AXES:
         for value in cfg.sweep.get(axis) or []:
             setting = {**base, axis: value}
@@ -110,6 +115,22 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         fewshot_episodes=checkpoints * len(fewshot.shots) * fewshot.episodes if "fewshot" in kinds else 0,
         metric_records=checkpoints,
     )
+
+
+def missing_data(data: Mapping[str, Any]) -> str | None:
+    """Why a real dataset cannot be found before anything starts (None when it can), with the fix.
+
+    Only the folder is checked here, in a second; its layout is the loader's to check.
+    """
+    if data["name"] in GENERATED_DATASETS or Path(str(data["root"])).is_dir():
+        return None
+    if data.get("download"):
+        return None
+    fix = {"cifar_fs": "point data.root (or $CIFAR_ROOT) at the folder that contains cifar-100-python/, or add "
+                       "data.download=true to let torchvision fetch CIFAR-100 there",
+           "mini_imagenet": "point data.root (or $MINI_IMAGENET_ROOT) at your mini-ImageNet copy (README, Real data)"}
+    return (f"data.root={data['root']!r} does not exist ({data['name']}): "
+            f"{fix.get(data['name'], 'point data.root at the dataset')}.")
 
 
 def records_on_disk(runs_dir: str | Path) -> dict[str, int]:
@@ -176,6 +197,9 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
         f"  metrics:      {_count(plan.metric_records)} checkpoints (Hessian trace, CDNV, geometric complexity)",
         f"  on disk ({cfg.paths.runs}): " + ", ".join(f"{step} {n}" for step, n in done.items()),
     ]
+    problem = missing_data(cfg.data)
+    if problem:
+        lines.append(f"  data: not found yet: {problem}")
     if launch.launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
         lines.append(f"  ./reproduce.sh: sweeps through hydra/launcher={launch.launcher}; each checkpoint step as "
                      f"{launch.shards} shards (launch.shards), one step after the other")
