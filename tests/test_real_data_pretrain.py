@@ -1,0 +1,36 @@
+"""One epoch of pretraining on tiny real-data copies in their own formats, as a user would start it.
+
+The experiment configs of the paper (``experiment=cifar_fs|mini_imagenet``) with a tiny copy written in
+a format other than our historical one, a narrow ResNet of width 4 and 8×8 images: the data is detected,
+decoded once, cached, and a checkpoint with its record comes out.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import compose_config
+from freeenergy.pretrain.trainer import run_pretraining
+from freeenergy.records import iter_checkpoints
+from test_real_data_formats import write_cifar_pickles, write_mini_cache_pickles
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*other than 600 images")  # tiny copies: 3 images per class
+
+
+@pytest.mark.parametrize("experiment, write, fmt", [
+    ("cifar_fs", write_cifar_pickles, "pickles"),
+    ("mini_imagenet", write_mini_cache_pickles, "cache_pickles"),
+])
+def test_one_epoch_of_pretraining_on_a_tiny_copy(tmp_path, capsys, one_thread, experiment, write, fmt):
+    write(tmp_path / "copy")
+    cfg = compose_config([
+        f"experiment={experiment}", f"data.root={tmp_path / 'copy'}", "data.image_size=8", "model=resnet_narrow",
+        "model.width=4", "train.epochs=1", "train.checkpoint_epochs=[1]", "train.batch_size=32", "train.augment.padding=2",
+        "progress=false",
+        "device=cpu", f"paths.runs={tmp_path / 'runs'}", f"paths.data_cache={tmp_path / 'cache'}",
+    ])
+    run_dir = run_pretraining(cfg)
+    assert f"as data.format={fmt} " in capsys.readouterr().out
+    (checkpoint,) = iter_checkpoints(tmp_path / "runs")
+    assert checkpoint.run_dir == run_dir and checkpoint.epoch == 1 and checkpoint.model_path.exists()
+    assert (tmp_path / "copy" / "cache_8.pt").exists()
