@@ -34,3 +34,12 @@ def test_one_epoch_of_pretraining_on_a_tiny_copy(tmp_path, capsys, one_thread, e
     (checkpoint,) = iter_checkpoints(tmp_path / "runs")
     assert checkpoint.run_dir == run_dir and checkpoint.epoch == 1 and checkpoint.model_path.exists()
     assert (tmp_path / "copy" / "cache_8.pt").exists()
+
+
+@pytest.mark.parametrize("experiment", ["cifar_fs", "mini_imagenet"])
+def test_the_format_and_the_cache_folder_do_not_change_a_run_s_identity(tmp_path, experiment):
+    from freeenergy.pretrain.config import run_identity
+    base = run_identity(compose_config([f"experiment={experiment}"]))
+    moved = compose_config([f"experiment={experiment}", "data.format=pickles", f"data.cache_dir={tmp_path}"])
+    assert run_identity(moved) == base
+    assert run_identity(compose_config([f"experiment={experiment}", "data.image_size=16"])) != base

@@ -13,7 +13,7 @@ import json
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
@@ -74,8 +74,10 @@ def assemble(parts: list[Part], benchmark: str) -> dict[str, ImageSet]:
 
 def warn_unusual_counts(sets: dict[str, ImageSet], benchmark: str, root: Path) -> None:
     """Warn (do not refuse) when classes hold other than 600 images."""
-    counts = {name: n for imageset in sets.values()
-              for name, n in zip(imageset.class_names, torch.bincount(imageset.labels, minlength=imageset.num_classes).tolist())}
+    counts = {}
+    for imageset in sets.values():
+        per_class = torch.bincount(imageset.labels, minlength=imageset.num_classes).tolist()
+        counts.update(zip(imageset.class_names, per_class))
     unusual = {name: n for name, n in counts.items() if n != IMAGES_PER_CLASS}
     if unusual:
         low, high = min(unusual.values()), max(unusual.values())
@@ -100,20 +102,16 @@ def check_options(image_size: object, heldout_fraction: object) -> None:
 
 
 def load_splits(benchmark: str, formats: list[DataFormat], root: Path, data_format: str, image_size: int,
-                cache_dir: str | None, refuse: Callable[[Path], None] | None = None,
-                advice: str = "") -> dict[str, ImageSet]:
+                cache_dir: str | None, advice: str = "") -> dict[str, ImageSet]:
     """The three splits of the copy under ``root``, decoded once and cached as ``cache_<image_size>.pt``.
 
-    ``refuse`` raises for copies to turn away before any format is tried; ``advice`` ends the error
-    when no format is found. The cache lives in
+    ``advice`` ends the error when no format is found. The cache lives in
     ``cache_dir`` (default: ``root``); it is rebuilt when the copy changes or the cache is damaged.
     Raises FileNotFoundError (no copy found), ValueError (not the standard split, bad contents).
     """
     if not root.is_dir():
         raise DataNotFoundError(f"data.root={str(root)!r} does not exist; point data.root at your {benchmark} copy "
                                 "(the formats are listed in docs/data.md).")
-    if refuse is not None:
-        refuse(root)
     fmt, match = detect(benchmark, formats, root, data_format, advice)
     source = fmt.scan(match)
     if source.classes is not None:

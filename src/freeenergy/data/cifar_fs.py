@@ -141,8 +141,10 @@ def cifar_fs_formats(verify_checksums: bool = True) -> list[DataFormat]:
     """The formats CIFAR-FS is read from, in the order detection tries them."""
     return [
         _torchvision_format(verify_checksums),
-        DataFormat("pickles", "pickles of MetaOptNet / RFS", "CIFAR_FS_{train,val,test}.pickle or {train,val,test}.pickle",
-                   lambda root: files_match("pickles", root, list(PICKLE_FILES.values())), _scan_pickles, _read_pickles),
+        DataFormat("pickles", "pickles of MetaOptNet / RFS",
+                   "CIFAR_FS_{train,val,test}.pickle or {train,val,test}.pickle",
+                   lambda root: files_match("pickles", root, list(PICKLE_FILES.values())),
+                   _scan_pickles, _read_pickles),
         class_folders_format(BENCHMARK, "bertinetto", halves=True,
                              title="class folders of r2d2 / learn2learn / cifar2png"),
     ]

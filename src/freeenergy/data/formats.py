@@ -119,7 +119,8 @@ def expect_dict(value: object, keys: tuple[str, ...], path: Path) -> dict:
     return value
 
 
-def expect_int_labels(labels: object, count: int, path: Path, key: str = "labels", upper: int | None = None) -> list[int]:
+def expect_int_labels(labels: object, count: int, path: Path, key: str = "labels",
+                      upper: int | None = None) -> list[int]:
     """``count`` integer labels (a list or array), in [0, upper) when given; else ValueError naming ``path``."""
     values = np.asarray(labels)
     if values.ndim != 1 or len(values) != count or not np.issubdtype(values.dtype, np.integer):
@@ -141,8 +142,9 @@ def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str
            advice: str = "") -> tuple[DataFormat, Match]:
     """The format of the copy under ``root``: ``requested`` when given, else the first complete match.
 
-    Prints which format was found. ``advice`` ends the error when nothing is found. Raises ValueError for an unknown ``requested`` name, and
-    DataNotFoundError naming every format looked for and the closest match when none is complete.
+    Prints which format was found. ``advice`` ends the error when nothing is found. Raises ValueError
+    for an unknown ``requested`` name, and DataNotFoundError naming every format looked for and the
+    closest match when none is complete.
     """
     names = [f.name for f in formats]
     if requested != AUTO and requested not in names:

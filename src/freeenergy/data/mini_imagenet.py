@@ -101,12 +101,18 @@ def _scan_files(match: Match) -> Source:
                   [file_fingerprint(p, match.location) for p in paths])
 
 
+def _mapping(content: dict, key: str, path: Path) -> dict:
+    if not isinstance(content[key], dict):
+        raise ValueError(f"{path}: '{key}' must be a dict keyed by WordNet id; found {type(content[key]).__name__}.")
+    return content[key]
+
+
 def _read_gidaris(source: Source, image_size: int) -> list[Part]:
     parts = []
     for split, path in source.pieces.items():
         content = expect_dict(load_pickle(path), ("data", "labels", "catname2label"), path)
         images = from_hwc_array(content["data"], image_size, str(path))
-        wnid_of = {int(label): str(wnid) for wnid, label in content["catname2label"].items()}
+        wnid_of = {int(label): str(wnid) for wnid, label in _mapping(content, "catname2label", path).items()}
         labels = expect_int_labels(content["labels"], len(images), path)
         unknown = sorted(set(labels) - set(wnid_of))
         if unknown:
@@ -127,7 +133,7 @@ def _read_ren(source: Source, image_size: int) -> list[Part]:
     for split, path in source.pieces.items():
         content = expect_dict(load_pickle(path), ("image_data", "class_dict"), path)
         data = content["image_data"]
-        rows = [(int(i), str(wnid)) for wnid, members in content["class_dict"].items() for i in members]
+        rows = [(int(i), str(wnid)) for wnid, members in _mapping(content, "class_dict", path).items() for i in members]
         if not isinstance(data, np.ndarray) or any(not 0 <= i < len(data) for i, _ in rows):
             raise ValueError(f"{path}: 'class_dict' names rows outside 'image_data'.")
         images = from_hwc_array(data[[i for i, _ in rows]], image_size, str(path))
@@ -205,7 +211,8 @@ def refuse_hugging_face(root: str | Path) -> None:
     card = root / "README.md"
     named = named or (card.is_file() and HF_NAME.search(card.read_text(errors="replace")[:20000]) is not None)
     if named or shards or (root / "dataset_dict.json").exists():
-        what = "Hugging Face's timm/mini-imagenet" if named else f"a Hugging Face dataset ({(shards or ['dataset_dict.json'])[0]})"
+        evidence = (shards or ["dataset_dict.json"])[0]
+        what = "Hugging Face's timm/mini-imagenet" if named else f"a Hugging Face dataset ({evidence})"
         raise ValueError(
             f"data.root={str(root)!r} is {what}. That dataset keeps all 100 classes in each of its train / "
             "validation / test parts (split by image): it is not the few-shot class split (64 / 16 / 20 classes, "
@@ -237,5 +244,5 @@ def load_mini_imagenet(
     """
     check_options(image_size, heldout_fraction)
     check_root(str(root))
-    sets = load_splits(BENCHMARK, FORMATS, Path(root), format, image_size, cache_dir, refuse=refuse_hugging_face)
+    sets = load_splits(BENCHMARK, FORMATS, Path(root), format, image_size, cache_dir)
     return few_shot_data(BENCHMARK, sets, heldout_fraction, split_seed, IMAGENET_MEAN, IMAGENET_STD)

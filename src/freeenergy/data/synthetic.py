@@ -230,9 +230,7 @@ def _read_cache(path: Path, image_size: int, images_per_class: int) -> dict | No
             warnings.warn(f"data cache {piece} is missing (beside {other.name}); rebuilding both.", stacklevel=3)
             return None
     names = read_json_cache(names_path)
-    if names is not None and not (isinstance(names, dict) and all(
-            isinstance(names.get(split), list) and len(names[split]) == size and all(isinstance(n, str) for n in names[split])
-            for split, size in SPLIT_SIZES.items())):
+    if names is not None and not _valid_class_names(names):
         warnings.warn(f"data cache {names_path} does not hold the class names of the "
                       f"{list(SPLIT_SIZES)} splits; rebuilding it.", stacklevel=3)
         names = None
@@ -245,6 +243,13 @@ def _read_cache(path: Path, image_size: int, images_per_class: int) -> dict | No
 
     tensors = read_tensor_cache(path, path.stem, check)
     return None if tensors is None else {**tensors, "class_names": names}
+
+
+def _valid_class_names(names: object) -> bool:
+    """Class names as the cache stores them: per split, a list of that split's number of strings."""
+    return isinstance(names, dict) and all(
+        isinstance(names.get(split), list) and len(names[split]) == size and all(isinstance(n, str) for n in names[split])
+        for split, size in SPLIT_SIZES.items())
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

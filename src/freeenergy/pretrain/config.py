@@ -14,7 +14,8 @@ from freeenergy.models import MODELS
 SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = ("fp32", "bf16")
 # Keys that change how a run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"), "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
+EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"),
+                  "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
