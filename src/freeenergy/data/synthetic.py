@@ -161,22 +161,34 @@ def render_class(factors: tuple[str, str, str], n: int, generator: torch.Generat
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
 
 
-def generate(images_per_class: int, image_size: int, seed: int) -> dict:
-    """Draw the whole dataset: images per split (uint8, resized to ``image_size``) and class names."""
+def split_counts(images_per_class: int, downstream_images_per_class: int | None = None) -> dict[str, int]:
+    """Images per class of each split: ``images_per_class``, except the held-out classes' own count if given."""
+    counts = {split: images_per_class for split in SPLIT_SIZES}
+    counts["downstream"] = downstream_images_per_class or images_per_class
+    return counts
+
+
+def generate(images_per_class: int, image_size: int, seed: int, downstream_images_per_class: int | None = None) -> dict:
+    """Draw the whole dataset: images per split (uint8, resized to ``image_size``) and class names.
+
+    ``downstream_images_per_class`` (default: ``images_per_class``) sets the held-out classes' count alone, so
+    the pretraining set can stay small while downstream accuracies rest on enough images.
+    """
     splits = class_factors(seed)
+    counts = split_counts(images_per_class, downstream_images_per_class)
     generator = torch.Generator().manual_seed(seed + 1)
     result = {}
     all_classes = [(split, factors) for split, classes in splits.items() for factors in classes]
     images: dict[str, list[torch.Tensor]] = {split: [] for split in splits}
     for split, factors in tqdm(all_classes, desc="synthetic data", unit="class", leave=False):
-        drawn = render_class(factors, images_per_class, generator)
+        drawn = render_class(factors, counts[split], generator)
         if image_size != CANVAS:
             drawn = TF.resize(drawn, [image_size, image_size], antialias=True)
         images[split].append(drawn)
     for split, classes in splits.items():
         result[split] = {
             "images": torch.cat(images[split]),
-            "labels": torch.arange(len(classes)).repeat_interleave(images_per_class),
+            "labels": torch.arange(len(classes)).repeat_interleave(counts[split]),
             "class_names": [class_name(f) for f in classes],
         }
     return result
@@ -193,16 +205,25 @@ def load_synthetic(
     images_per_class: int = 200,
     heldout_fraction: float = 0.2,
     seed: int = 0,
+    downstream_images_per_class: int | None = None,
 ) -> FewShotData:
-    """The embedded default dataset, generated on first use and cached under ``root``."""
+    """The embedded default dataset, generated on first use and cached under ``root``.
+
+    ``images_per_class`` images for every upstream and validation class; ``downstream_images_per_class``
+    (null: the same) for every held-out class.
+    """
     if image_size < 4 or image_size > CANVAS:
         raise ValueError(f"data.image_size={image_size} must lie in [4, {CANVAS}].")
-    if images_per_class < 2:
-        raise ValueError(f"data.images_per_class={images_per_class} must be at least 2.")
-    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed)
-    stored = _read_cache(path, image_size, images_per_class)
+    for key, value in (("images_per_class", images_per_class), ("downstream_images_per_class", downstream_images_per_class)):
+        if value is not None and (not isinstance(value, int) or value < 2):
+            raise ValueError(f"data.{key}={value!r} must be an integer of at least 2.")
+    if downstream_images_per_class == images_per_class:
+        downstream_images_per_class = None  # one dataset, one cache file
+    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
+    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+    stored = _read_cache(path, image_size, split_counts(images_per_class, downstream_images_per_class))
     if stored is None:
-        drawn = generate(images_per_class, image_size, seed)
+        drawn = generate(images_per_class, image_size, seed, downstream_images_per_class)
         stored = {f"{split}/{key}": drawn[split][key] for split in drawn for key in ("images", "labels")}
         stored["class_names"] = {split: drawn[split]["class_names"] for split in drawn}
         write_json_cache(path.with_suffix(".json"), stored["class_names"])
@@ -217,7 +238,7 @@ def load_synthetic(
     )
 
 
-def _read_cache(path: Path, image_size: int, images_per_class: int) -> dict | None:
+def _read_cache(path: Path, image_size: int, counts: dict[str, int]) -> dict | None:
     """The cached dataset (tensors and class names), or None when either file is absent or damaged.
 
     A damaged or incomplete file is reported with its path (a warning) and the dataset is drawn again.
@@ -236,7 +257,7 @@ def _read_cache(path: Path, image_size: int, images_per_class: int) -> dict | No
         names = None
     if names is None:
         return None  # the tensors are useless without their class names: draw both again
-    sizes = {split: size * images_per_class for split, size in SPLIT_SIZES.items()}
+    sizes = {split: size * counts[split] for split, size in SPLIT_SIZES.items()}
 
     def check(payload: dict) -> None:
         check_image_splits(payload, SPLIT_SIZES, image_size, sizes)
