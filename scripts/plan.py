@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     if SHELL:
         problem = missing_data(cfg.data)
         if problem:  # stop before any process starts, not in every job
-            raise FileNotFoundError(problem)
+            raise SystemExit(f"Error: {problem}")
         print("\n".join(shell_lines(launch, str(cfg.paths.results), str(cfg.paths.figures))))
         return
     print(describe(plan_study(cfg), cfg, launch, records_on_disk(cfg.paths.runs)))

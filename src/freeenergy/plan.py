@@ -118,19 +118,20 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
 
 
 def missing_data(data: Mapping[str, Any]) -> str | None:
-    """Why a real dataset cannot be found before anything starts (None when it can), with the fix.
+    """Why a real dataset's ``data.root`` cannot be read, with the dataset's fix (None when it can).
 
-    Only the folder is checked here, in a second; its layout is the loader's to check.
+    The loaders' own check (``freeenergy.data.check_data_root``), imported only for a real dataset so that
+    planning the synthetic studies stays free of torch.
     """
-    if data["name"] in GENERATED_DATASETS or Path(str(data["root"])).is_dir():
+    if data["name"] in GENERATED_DATASETS:
         return None
-    if data.get("download"):
-        return None
-    fix = {"cifar_fs": "point data.root (or $CIFAR_ROOT) at the folder that contains cifar-100-python/, or add "
-                       "data.download=true to let torchvision fetch CIFAR-100 there",
-           "mini_imagenet": "point data.root (or $MINI_IMAGENET_ROOT) at your mini-ImageNet copy (README, Real data)"}
-    return (f"data.root={data['root']!r} does not exist ({data['name']}): "
-            f"{fix.get(data['name'], 'point data.root at the dataset')}.")
+    from freeenergy.data import check_data_root
+
+    try:
+        check_data_root(data)
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    return None
 
 
 def records_on_disk(runs_dir: str | Path) -> dict[str, int]:
