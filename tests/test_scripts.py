@@ -153,4 +153,4 @@ def test_reproduce_stops_before_any_job_when_the_data_folder_is_missing(experime
     assert "Traceback" not in result.stderr
     assert "=== pretrain" not in result.stdout and not (tmp_path / "runs").exists()
     if experiment == "mini_imagenet":
-        assert "download" not in result.stderr  # mini-ImageNet is never downloaded
+        assert "data.download=true" not in result.stderr  # mini-ImageNet is never downloaded
