@@ -15,7 +15,7 @@ Usage:
 
 EXPERIMENT is one of conf/experiment/: $(experiments) (default: default).
   default   the embedded study on CPU, no download (see the README for its wall time)
-  smoke     the same pipeline at toy size, about 2 minutes on 2 CPU cores
+  smoke     the same pipeline at toy size: 2.5 minutes on 2 CPU cores (more when they are busy)
   cifar_fs, mini_imagenet   the paper's experiments: real data and a GPU or a cluster (see the README)
 
 Steps, in order, each one after the previous has finished: the pretraining sweeps (one Hydra multirun per
