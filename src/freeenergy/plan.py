@@ -37,7 +37,7 @@ class StudyPlan:
     """Counts of the work an experiment's sweeps configure (one-at-a-time sweeps × seeds, deduplicated)."""
 
     experiment: str
-    settings: int  # distinct (lr, batch size, momentum) settings: the base one plus each off-base sweep value
+    settings: int  # distinct (lr, batch size, momentum) settings the sweeps list (the base one once)
     seeds: int
     runs: int  # settings × seeds
     epochs: int  # per run
