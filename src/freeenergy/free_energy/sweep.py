@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.free_energy.diagnostics import trace_drift
-from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy
+from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.records import Checkpoint, checkpoints_of_shard
@@ -50,6 +50,12 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
         _refuse("nbeta", fe_cfg.nbeta, "a positive inverse temperature, or null for n / log n")
     if not 0 < fe_cfg.drift_test_level < 1:
         _refuse("drift_test_level", fe_cfg.drift_test_level, "a test level in (0, 1), e.g. 0.01")
+    if fe_cfg.precision not in PRECISIONS:
+        _refuse("precision", fe_cfg.precision, f"one of {sorted(PRECISIONS)}")
+    if not isinstance(fe_cfg.vectorize_chains, bool):
+        _refuse("vectorize_chains", fe_cfg.vectorize_chains, "true or false")
+    if fe_cfg.vectorize_chains and fe_cfg.precision != "fp32":
+        _refuse("vectorize_chains", True, f"fp32 only (precision={fe_cfg.precision!r}): set vectorize_chains=false")
 
 
 def split_images(data: FewShotData, split: str) -> ImageSet:
@@ -58,7 +64,9 @@ def split_images(data: FewShotData, split: str) -> ImageSet:
 
 def estimator_options(fe_cfg: DictConfig) -> dict:
     """The ``estimate_free_energy`` keyword arguments set by ``free_energy.*``."""
-    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {"eval_batch_size": fe_cfg.eval_batch_size}
+    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {
+        "eval_batch_size": fe_cfg.eval_batch_size, "precision": fe_cfg.precision,
+        "vectorize_chains": fe_cfg.vectorize_chains}
 
 
 def make_input_transform(data: FewShotData, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
