@@ -18,6 +18,7 @@ Source of the technique: PyTorch's ``torch.func`` model ensembling (``stack_modu
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -70,7 +71,11 @@ class BatchedChains:
                 output = functional_call(model, ({**shared, **dict(zip(names, params))},), (x,))
             return loss_fn(output, y)
 
-        grads, losses = vmap(grad_and_value(chain_loss))(tuple(self.params), inputs, targets)
+        with warnings.catch_warnings():
+            # channels-last pooling calls as_strided_, which vmap runs chain by chain (one small op; the
+            # measured speed, benchmarks/gpu_check.py --only batched, includes it)
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            grads, losses = vmap(grad_and_value(chain_loss))(tuple(self.params), inputs, targets)
         return losses, grads
 
     def step(self, grads: tuple[torch.Tensor, ...], generators: list[torch.Generator], step_size: float,
