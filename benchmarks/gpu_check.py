@@ -32,6 +32,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -202,10 +203,16 @@ def random_problem(bench: Bench, spec: Model, n: int, num_classes: int = 10) -> 
     return model, (images, labels)
 
 
-def sgld_estimate(model: nn.Module, data: tuple, batch: int, draws: int, chains: int = 1, **options):
+def sgld_estimate(model: nn.Module, data: tuple, batch: int, draws: int, chains: int = 1, quiet: bool = True,
+                  **options):
+    """``estimate_free_energy`` with the cifar_fs SGLD settings; ``quiet``: without the health warnings
+    (throughput rows sample untrained models, whose failed checks say nothing about speed)."""
     options = {"step_size": SGLD_STEP_SIZE, "localization": SGLD_LOCALIZATION, "seed": 0, **options}
-    return estimate_free_energy(model, data, num_chains=chains, num_draws=draws, batch_size=batch,
-                                input_transform=_channels_last, **options)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", RuntimeWarning)
+        return estimate_free_energy(model, data, num_chains=chains, num_draws=draws, batch_size=batch,
+                                    input_transform=_channels_last, **options)
 
 
 def section_sgld(bench: Bench) -> None:
@@ -272,7 +279,7 @@ def section_llc(bench: Bench) -> None:
     nbeta = sizes.llc_nbeta_n / math.log(sizes.llc_nbeta_n)
     batch = min(batch, len(labels))
     estimates = {precision: sgld_estimate(model, (images, labels), batch, sizes.llc_draws, chains=sizes.llc_chains,
-                                          nbeta=nbeta, precision=precision)
+                                          quiet=False, nbeta=nbeta, precision=precision)
                  for precision in ("fp32", "bf16")}
     fp32, bf16 = estimates["fp32"], estimates["bf16"]
     relative = abs(bf16.llc - fp32.llc) / max(abs(fp32.llc), 1e-12)
@@ -284,6 +291,8 @@ def section_llc(bench: Bench) -> None:
         llc_per_chain_fp32=fp32.llc_per_chain, llc_per_chain_bf16=bf16.llc_per_chain,
         max_trace_difference=float(np.nanmax(np.abs(fp32.loss_trace - bf16.loss_trace))),
         sampling_seconds_fp32=fp32.sampling_time_s, sampling_seconds_bf16=bf16.sampling_time_s,
+        health_flags_fp32=list(fp32.health.flags), health_flags_bf16=list(bf16.health.flags),
+        grad_norm_sq=fp32.health.grad_norm_sq, gradient_bias=fp32.health.gradient_bias,
     )
     bench.emit(Row("llc", f"LLC fp32 vs bf16, {name} trained to L_n = {fp32.init_loss:.3g} on {len(labels)} synthetic "
                           f"images ({sizes.llc_chains}×{sizes.llc_draws} draws, batch {batch}, ε={SGLD_STEP_SIZE:g}, "
