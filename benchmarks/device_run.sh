@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 2 of issue 14 (about 6 minutes on one H200; everything ends within BUDGET=400 s): every row
+# The device call of issue 14 (about 4 minutes on one H200; everything ends within BUDGET=250 s): every row
 # of the issue, in order of need, each part under its own time limit (at most what is left of the budget),
 # results under $OUT as they are measured (8 files):
 #   log.txt          everything printed
@@ -37,7 +37,7 @@ else
     || { echo "wheel install failed: are the wheels in .whl/ and .whl in carry?"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD/src
 fi
-BUDGET=${BUDGET:-$((400 * SCALE))}
+BUDGET=${BUDGET:-$((250 * SCALE))}
 DEADLINE=$((START + BUDGET))
 
 part() {  # part NAME LIMIT COMMAND…: COMMAND under min(LIMIT × SCALE, what is left of the budget)
@@ -56,14 +56,12 @@ part() {  # part NAME LIMIT COMMAND…: COMMAND under min(LIMIT × SCALE, what i
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
 # 1-2: what the wall-time calculation needs; 3: the calculation; 4: the other rows of the issue
-part "end to end (cifar_fs, one setting)" 230 \
-  "$PY" benchmarks/gpu_end_to_end.py "${E2E[@]}" --work "$WORK" --out "$OUT" --deadline $(( $(date +%s) + 225 * SCALE ))
-part "gpu_check pretrain" 75 "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only pretrain --out "$OUT"
-part "gpu_check sgld" 50 "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only sgld --out "$OUT"
-part "wall time" 30 "$PY" benchmarks/wall_time.py --e2e "$OUT/e2e.json" --rows "$OUT/gpu_check.jsonl" --out "$OUT"
-part "gpu_check llc" 60 "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only llc --out "$OUT"
-part "gpu_check batched" 50 "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only batched --out "$OUT"
-part "gpu_check fewshot" 30 "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only fewshot --out "$OUT"
+part "end to end (cifar_fs, one setting)" 135 \
+  "$PY" benchmarks/gpu_end_to_end.py "${E2E[@]}" --work "$WORK" --out "$OUT" --upstream-draws 100 --downstream-draws 50 \
+  --deadline $(( $(date +%s) + 130 * SCALE ))
+part "gpu_check (one process: pretrain sgld batched llc fewshot)" 100 \
+  "$PY" benchmarks/gpu_check.py "${SIZES[@]}" --only pretrain sgld batched llc fewshot --out "$OUT"
+part "wall time" 15 "$PY" benchmarks/wall_time.py --e2e "$OUT/e2e.json" --rows "$OUT/gpu_check.jsonl" --out "$OUT"
 
 {
   echo "# Issue 14: measured on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo cpu), $(date -u +%F)"

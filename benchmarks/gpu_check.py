@@ -79,13 +79,13 @@ class Sizes:
 SGLD_STEP_SIZE, SGLD_LOCALIZATION = 3.0e-7, 100.0
 
 FULL = Sizes(
-    train_steps=30, train_models=(("resnet18_cifar", 32, 256, {}), ("vgg16_bn", 84, 128, {})),
-    batch_scan=(32, 64, 128, 256, 512, 1024), scan_images=4096,
-    sgld_models=(("resnet18_cifar", 32, 512, {}), ("vgg16_bn", 84, 256, {})), sgld_n=8192, sgld_draws=60,
-    llc_model=("resnet18_cifar", 32, 512, {}), llc_images_per_class=100, llc_epochs=40, llc_chains=2, llc_draws=200,
+    train_steps=20, train_models=(("resnet18_cifar", 32, 256, {}), ("vgg16_bn", 84, 128, {})),
+    batch_scan=(32, 64, 128, 256, 512, 1024), scan_images=3072,
+    sgld_models=(("resnet18_cifar", 32, 512, {}), ("vgg16_bn", 84, 256, {})), sgld_n=8192, sgld_draws=40,
+    llc_model=("resnet18_cifar", 32, 512, {}), llc_images_per_class=100, llc_epochs=25, llc_chains=2, llc_draws=100,
     llc_nbeta_n=64 * 540,
     batched_models=(("resnet_narrow", 16, 64, {"width": 16}), ("resnet18_cifar", 32, 512, {})), batched_chains=4,
-    batched_draws=50, episodes=600, feature_dims=(512, 4096),
+    batched_draws=40, episodes=600, feature_dims=(512, 4096),
 )
 SMOKE = Sizes(
     train_steps=2, train_models=(("resnet_narrow", 16, 4, {"width": 4}),), batch_scan=(2, 4), scan_images=8,

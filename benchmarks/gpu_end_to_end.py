@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (a dry run)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--upstream-draws", type=int, default=None,
+                        help="SGLD draws of the upstream estimate (default: the experiment's; the time per step is what counts)")
     parser.add_argument("--downstream-draws", type=int, default=100,
                         help="draws of the downstream free energy (the experiment's are scaled from these)")
     parser.add_argument("--deadline", type=float, default=None, help="unix time by which every step must end")
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
               f"device={device}", "progress=false", f"paths.runs={runs}", f"paths.results={args.work / 'results'}",
               f"paths.figures={args.work / 'figures'}", f"paths.data_cache={args.work / 'cache'}",
               *(SMOKE_OVERRIDES if args.smoke else [])]
-    draws = ["free_energy.num_draws=2"] if args.smoke else []
+    draws = (["free_energy.num_draws=2"] if args.smoke
+             else [f"free_energy.num_draws={args.upstream_draws}"] if args.upstream_draws else [])
     steps = [
         Step("startup", "scripts/free_energy.py", common + [f"paths.runs={args.work / 'empty'}"], 60),
         Step("pretrain", "scripts/pretrain.py",
