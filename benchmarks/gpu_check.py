@@ -204,7 +204,7 @@ def random_problem(bench: Bench, spec: Model, n: int, num_classes: int = 10) -> 
 
 
 def sgld_estimate(model: nn.Module, data: tuple, batch: int, draws: int, chains: int = 1, quiet: bool = True,
-                  **options):
+                  channels_last: bool = True, **options):
     """``estimate_free_energy`` with the cifar_fs SGLD settings; ``quiet``: without the health warnings
     (throughput rows sample untrained models, whose failed checks say nothing about speed)."""
     options = {"step_size": SGLD_STEP_SIZE, "localization": SGLD_LOCALIZATION, "seed": 0, **options}
@@ -212,7 +212,7 @@ def sgld_estimate(model: nn.Module, data: tuple, batch: int, draws: int, chains:
         if quiet:
             warnings.simplefilter("ignore", RuntimeWarning)
         return estimate_free_energy(model, data, num_chains=chains, num_draws=draws, batch_size=batch,
-                                    input_transform=_channels_last, **options)
+                                    input_transform=_channels_last if channels_last else None, **options)
 
 
 def section_sgld(bench: Bench) -> None:
@@ -307,11 +307,13 @@ def section_batched(bench: Bench) -> None:
     for spec in sizes.batched_models:
         name, size, batch, _ = spec
         model, data = random_problem(bench, spec, sizes.sgld_n)
+        model = model.to(memory_format=torch.contiguous_format)  # vmap refuses channels-last batch norm on CUDA
         estimates = {}
         for vectorize in (False, True):
-            sgld_estimate(model, data, batch, 2, chains=sizes.batched_chains, vectorize_chains=vectorize)  # warm-up
+            sgld_estimate(model, data, batch, 2, chains=sizes.batched_chains, vectorize_chains=vectorize,
+                          channels_last=False)  # warm-up; vmap refuses channels-last batch norm on CUDA
             estimates[vectorize] = sgld_estimate(model, data, batch, sizes.batched_draws, chains=sizes.batched_chains,
-                                                 vectorize_chains=vectorize)
+                                                 vectorize_chains=vectorize, channels_last=False)
         samples = sizes.batched_chains * sizes.batched_draws * batch
         sequential, batched = (samples / estimates[v].sampling_time_s for v in (False, True))
         difference = np.abs(estimates[True].loss_trace - estimates[False].loss_trace)
