@@ -18,6 +18,7 @@ from freeenergy.analysis import SUMMARY_COLUMNS
 from freeenergy.analysis.stats import (METHODS, BootstrapSettings, LevelSet, correlate, correlation_table,
                                        level_set_table)
 from freeenergy.analysis.table import base_setting, build_summary, flagged, usable_estimates
+from freeenergy.free_energy.diagnostics import Health
 from freeenergy.records import epoch_dirname, read_json, write_json
 
 EPOCHS = (1, 2, 4)  # epoch 1 before the collapse of the train loss, 2 and 4 after
@@ -48,11 +49,10 @@ def free_energy_record(llc: float | None, n: int, init_loss: float, flags: tuple
               "llc": None if diverged else llc, "llc_std": None if diverged else 0.05 * llc, "init_loss": init_loss,
               "n": n, "nbeta": n / math.log(n), "diverged": diverged, "loss_trace": [rise, rise[:1] + [None] + rise[2:]],
               "hyperparameters": {"num_burnin": burnin}, "seed": 0, "wall_time_s": 0.1, "device": "cpu"}
-    if health:
-        record.update(levelled_off="not levelled off" not in flags, drift_t=0.3, split_rhat=1.01,
-                      llc_rel_spread=None if diverged else 0.05, grad_norm_sq=1e-4,
-                      gradient_bias=-0.4, flags=list(flags) + (["diverged"] if llc is None else []),
-                      healthy=not flags and llc is not None)
+    if health:  # the estimator's own record of its health checks (BRIEF interface 3)
+        record.update(Health(levelled_off="not levelled off" not in flags, drift_t=0.3, drift_llc=0.1, split_rhat=1.01,
+                             llc_rel_spread=math.nan if diverged else 0.05, grad_norm_sq=1e-4, gradient_bias=-0.4,
+                             flags=list(flags) + (["diverged"] if llc is None else [])).to_record())
     return record
 
 

@@ -49,6 +49,7 @@ PERCENT_COLUMNS = ("finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc", "tr
                    "train_acc_running", "fe_complexity_share", "downstream_fe_complexity_share")
 SETTING = "setting"
 NO_DATA = "no records yet"
+ALL_FLAGGED = "every estimate flagged (red ×)"
 BASE = "base setting"  # pooled panels: colour of the runs at the base setting (in every sweep)
 EPOCH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 FLAG_COLOUR = "red"
@@ -177,7 +178,7 @@ def curve_panel(ax: plt.Axes, frame: pd.DataFrame, column: str, order: list[str]
         sns.lineplot(data=healthy, x="epoch", y=column, hue=SETTING, hue_order=order, palette=_palette(order),
                      marker="o", errorbar="sd", ax=ax, legend=False)
     else:
-        _empty(ax)
+        _empty(ax, ALL_FLAGGED if bad.any() else NO_DATA)
     marks = _mark_flagged(ax, frame[bad], "epoch", column)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set(xlabel=labels["epoch"], ylabel=labels[column])
@@ -195,7 +196,7 @@ def scatter_panel(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, order: list
         points[column] = pd.to_numeric(points[column], errors="coerce")
     points = points.dropna(subset=[x, y])
     if points.empty:
-        _empty(ax)
+        _empty(ax, ALL_FLAGGED if bad.any() else NO_DATA)
     else:
         epochs = sorted(points["epoch"].dropna().unique())
         sns.scatterplot(data=points, x=x, y=y, hue=hue, hue_order=order, palette=_palette(order), ax=ax,
@@ -249,7 +250,7 @@ def _panel_legend(ax: plt.Axes, order: list[str], title: str, seeds: dict[str, i
 def annotation(correlations: pd.DataFrame, group: str, metric: str, target: str, checkpoints: str) -> str:
     row = lookup(correlations, group, metric, target, "pearson")
     confidence = f"{100 * row.confidence:.0f}% CI" if row is not None else "CI"
-    return f"Pearson r = {format_correlation(row)}\n{confidence}, bootstrap over runs; {checkpoints} checkpoints"
+    return f"Pearson r = {format_correlation(row)}\n{confidence}, bootstrap over runs\n{checkpoints} checkpoints"
 
 
 def subsets_words(used: list[int], total: int) -> str:
@@ -405,6 +406,7 @@ def draw_traces(table: pd.DataFrame, runs_dir: Path, smoothing: int) -> plt.Figu
     splits = [(split, step, prefix) for (split, step), prefix in zip(STEP_FREE_ENERGY.items(), FREE_ENERGY_PREFIXES)]
     fig, axes = plt.subplots(len(splits), len(SWEEP_AXES), figsize=(6 * len(SWEEP_AXES), 4.2 * len(splits)),
                              squeeze=False)
+    burnins: set[int] = set()
     for row, (split, step, prefix) in enumerate(splits):
         for col, axis in enumerate(SWEEP_AXES):
             final = sweep_rows(table[table["is_final"].astype(bool)], axis).sort_values("seed", kind="stable")
@@ -416,8 +418,11 @@ def draw_traces(table: pd.DataFrame, runs_dir: Path, smoothing: int) -> plt.Figu
             trace_panel(axes[row, col], traces, setting_order(final, axis), smoothing, AXIS_NAMES[axis])
             axes[row, col].set(xlabel="SGLD step", ylabel="Sampled loss − Lₙ(w*) (nats/image)",
                                title=f"{split} estimate, {AXIS_NAMES[axis]} sweep ({len(traces)} runs)")
+            burnins.update(trace.burnin for trace in traces.values())
+    burnin = (f"shaded: burn-in ({', '.join(str(b) for b in sorted(burnins))} steps, left out)" if any(burnins)
+              else "no burn-in (hyperparameters.num_burnin = 0)")
     fig.suptitle("SGLD loss traces of the final checkpoint of each setting, lowest seed (faint: mean over chains; "
-                 f"bold: rolling mean over {smoothing} steps).\nShaded: burn-in (left out); dashed: plateau = "
+                 f"bold: rolling mean over {smoothing} steps).\n{burnin.capitalize()}; dashed: plateau = "
                  "post-burn-in mean = λ̂/nβ; dotted: flagged estimate (its flags in the legend). A converged "
                  "estimate rises from 0 and levels off.", fontsize=11)
     fig.tight_layout()

@@ -110,10 +110,10 @@ def level_set_markdown(level_sets: pd.DataFrame, a: DictConfig, choices: list[st
         if rows.empty:
             continue
         first = rows.iloc[0]
-        spread = (f"; its train losses span {first.band_min:.4g}–{first.band_max:.4g}" if first.in_band else "")
+        spread = f"; `{level.column}` spans {first.band_min:.4g}–{first.band_max:.4g} in it" if first.in_band else ""
         parts += ["", f"### `checkpoints={choice}`: {int(first.in_band)} checkpoints of {int(first.in_band_runs)} runs "
                   f"in the band{spread} ({int(first.outside_band)} outside it, {int(first.without_value)} without "
-                  "a train loss)"]
+                  f"a `{level.column}` value)"]
         for method in a.methods if choice == choices[0] else ["pearson"]:
             parts += ["", f"{method.capitalize()}:", "",
                       markdown_table(rows.assign(group=POOLED), POOLED, method, metrics, targets)]
