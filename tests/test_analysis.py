@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import compose_config, tiny_overrides
-from scipy import stats
 
 from freeenergy.analysis import SUMMARY_COLUMNS
 from freeenergy.analysis.stats import (METHODS, BootstrapSettings, LevelSet, correlate, correlation_table,
