@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
 from freeenergy.models.evaluate import eval_mode
+
+if TYPE_CHECKING:
+    from freeenergy.free_energy.calibration import AutoRule, SGLDChoice
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
@@ -118,8 +121,8 @@ def estimate_free_energy(
     num_chains: int = 4,
     num_draws: int = 200,
     num_burnin: int = 0,
-    step_size: float = 1e-4,
-    localization: float = 100.0,
+    step_size: float | str | None = None,
+    localization: float | None = None,
     nbeta: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
@@ -129,6 +132,7 @@ def estimate_free_energy(
     frozen_parameters: Collection[str] = (),
     eval_batch_size: int | None = None,
     progress: bool = False,
+    auto_rule: "AutoRule | None" = None,
 ) -> FreeEnergyEstimate:
     """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
 
@@ -142,10 +146,25 @@ def estimate_free_energy(
     The model is never modified: chains run on a copy, in **eval mode** (batch norm uses its running
     statistics, dropout is off), so the sampled loss and L_n(w*) are the same fixed function of the
     weights. Same ``seed`` and device → identical estimate.
+
+    ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a safe ε depends
+    on the model and data (SGLD is stable only for ε < 4/(nβ·λ_max + γ)). ``step_size="auto"`` measures
+    λ_max and chooses ε (and γ, unless given) by ``calibration.choose_sgld_settings`` with ``auto_rule``'s
+    constants; the choice is printed and kept in ``estimate.extra["auto"]``. Raises ``ValueError`` for a
+    missing or bad setting, before any sampling.
     """
     inputs, targets = _as_tensors(dataset)
     n = len(targets)
     nbeta = n / math.log(n) if nbeta is None else float(nbeta)
+    auto = None
+    if isinstance(step_size, str):
+        auto = _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size,
+                              localization, auto_rule, seed)
+        step_size, localization = auto.step_size, auto.localization
+    elif step_size is None or localization is None:
+        raise ValueError(f"step_size={step_size!r} and localization={localization!r}: both are required (no default "
+                         "is safe for every model). Pass step_size='auto' to measure the sharpness and choose them, or "
+                         "values from scripts/calibrate_sgld.py (ε < 4 / (nβ·λ_max + γ)).")
     settings = SGLDSettings(num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta,
                             batch_size, seed)
     _check_settings(settings, n)
@@ -166,7 +185,26 @@ def estimate_free_energy(
     end = time.perf_counter()
     estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device))
     estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+    if auto is not None:
+        estimate.extra["auto"] = auto.to_record()
     return estimate
+
+
+def _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
+                   auto_rule, seed) -> "SGLDChoice":
+    """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
+    from freeenergy.free_energy.calibration import AutoRule, auto_sgld_settings  # calibration imports this module
+
+    if step_size != "auto":
+        raise ValueError(f"step_size={step_size!r} is not allowed: a positive number, or 'auto'.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    if _model_device(model) != device:
+        model = copy.deepcopy(model).to(device)
+    choice = auto_sgld_settings(model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
+                                input_transform=input_transform, localization=localization,
+                                rule=auto_rule or AutoRule(), seed=seed)
+    tqdm.write(choice.describe())
+    return choice
 
 
 def summarize(
