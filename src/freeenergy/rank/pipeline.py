@@ -24,16 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from freeenergy.free_energy.calibration import AutoRule, SGLDChoice, choose_sgld_settings, sharpness_of
-from freeenergy.free_energy.diagnostics import max_stable_step_size, trace_drift
+from freeenergy.free_energy.diagnostics import HealthCriteria, assess_health, max_stable_step_size
 from freeenergy.free_energy.estimator import FreeEnergyEstimate
 from freeenergy.free_energy.head import fit_head, head_parameter_names
-from freeenergy.free_energy.sweep import estimate_prepared_model, summary_line, validate_free_energy_config
+from freeenergy.free_energy.sweep import (
+    estimate_prepared_model, health_criteria, summary_line, validate_free_energy_config,
+)
 from freeenergy.rank.data import RankData, load_rank_data
 from freeenergy.rank.models import (
     Candidate, LoadFailure, ModelSpec, check_one_class_count, expand_checkpoints, load_candidate, model_spec,
@@ -106,22 +109,6 @@ def read_record(path: Path, candidate: Candidate) -> dict:
 
 def finished(part: dict | None, identity: str) -> bool:
     return bool(part) and part.get("identity") == identity
-
-
-# --- health ---------------------------------------------------------------------------------------------
-
-def health_flags(estimate: FreeEnergyEstimate, drift_test_level: float) -> list[str]:
-    """The failed health checks of an estimate (``estimate.health.flags`` when the estimator provides them)."""
-    health = getattr(estimate, "health", None)
-    if health is not None:
-        return list(health.flags)
-    flags = ["diverged"] if estimate.diverged else []
-    draws = estimate.draws
-    if not estimate.diverged and draws.shape[0] >= 2 and draws.shape[1] >= 8 and not trace_drift(draws, drift_test_level).levelled_off:
-        flags.append("not levelled off")
-    if math.isfinite(estimate.llc) and estimate.llc < 0:
-        flags.append("negative LLC")
-    return flags
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------
@@ -296,13 +283,9 @@ def estimate_candidates(state: Prepared, fe: DictConfig, identity: str) -> tuple
     for candidate in tqdm(pending, desc="free energy", unit="checkpoint", disable=not state.cfg.progress):
         model, fields = prepared_model(state, candidate)
         estimate = estimate_prepared_model(model, state.data.split, fe, progress=state.cfg.progress)
-        flags = health_flags(estimate, fe.drift_test_level)
-        state.records[candidate.name]["estimate"] = {
-            **estimate.to_record(**fields), "identity": identity, "flags": flags,
-            "status": ", ".join(flags) if flags else "ok",
-        }
+        state.records[candidate.name]["estimate"] = {**estimate.to_record(**fields), "identity": identity}
         state.save(candidate)
-        tqdm.write(summary_line(candidate.name, estimate) + ("" if not flags else f" [{', '.join(flags)}]"))
+        tqdm.write(summary_line(candidate.name, estimate))
     print(f"estimated {len(pending)} checkpoint(s) in {format_duration(time.perf_counter() - start)}")
     return [c.name for c in pending], done
 
@@ -330,7 +313,9 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     fe = sgld_config(state, choice)
     validate_free_energy_config(fe)
     estimated, reused = estimate_candidates(state, fe, estimate_identity(state, fe))
-    estimates = {c.name: state.records[c.name]["estimate"] for c in state.candidates}
+    criteria = health_criteria(fe)
+    estimates = {c.name: {**state.records[c.name]["estimate"], "status": status(state.records[c.name]["estimate"], criteria)}
+                 for c in state.candidates}
     z = cfg.rank.distinguish_z
     table = ranking_table(estimates, state.failures, z)
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
@@ -343,6 +328,17 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
                                f"{cfg.rank.name}: {cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
                                f"(n = {state.data.n}), ε = {choice.step_size:.2g}, γ = {choice.localization:.3g}")
     return RankResult(table, choice, hardest, state.failures, estimated, reused, csv_path, markdown_path, figure_path)
+
+
+def status(record: dict, criteria: HealthCriteria) -> str:
+    """``ok``, or the failed health checks of a recorded estimate, judged by the current ``free_energy.health``
+    thresholds (so changing a threshold re-judges finished estimates without recomputing them)."""
+    loss_trace = np.array(record["loss_trace"], dtype=float)  # null (non-finite) → NaN
+    number = lambda value: math.nan if value is None else float(value)
+    health = assess_health(loss_trace[:, record["hyperparameters"]["num_burnin"]:], number(record["llc"]),
+                           number(record["llc_std"]), record["nbeta"], record["hyperparameters"]["localization"],
+                           record["grad_norm_sq"], record["diverged"], criteria)
+    return ", ".join(health.flags) if health.flags else "ok"
 
 
 def calibration_grid(cal: DictConfig, choice: SGLDChoice) -> tuple[list[float], list[float]]:
