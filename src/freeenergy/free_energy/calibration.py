@@ -169,9 +169,9 @@ def choose_sgld_settings(
     return choice
 
 
-def sampled_weights(model: torch.nn.Module) -> tuple[int, float]:
-    """d and ‖w‖² of the parameters that require grad (the sampled ones)."""
-    params = [p.detach() for p in model.parameters() if p.requires_grad]
+def sampled_weights(model: torch.nn.Module, frozen: Sequence[str] = ()) -> tuple[int, float]:
+    """d and ‖w‖² of the sampled parameters: those that require grad, except the ``frozen`` names."""
+    params = [p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in set(frozen)]
     return sum(p.numel() for p in params), float(sum(p.double().pow(2).sum() for p in params))
 
 

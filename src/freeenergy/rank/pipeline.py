@@ -30,7 +30,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.free_energy.calibration import AutoRule, SGLDChoice, choose_sgld_settings, sharpness_of
+from freeenergy.free_energy.calibration import (
+    AutoRule, SGLDChoice, choose_sgld_settings, sampled_weights, sharpness_of,
+)
 from freeenergy.free_energy.diagnostics import HealthCriteria, assess_health, max_stable_step_size
 from freeenergy.free_energy.estimator import FreeEnergyEstimate
 from freeenergy.free_energy.head import fit_head, head_parameter_names
@@ -182,13 +184,6 @@ def prepared_model(state: Prepared, candidate: Candidate) -> tuple[torch.nn.Modu
     return model, fields
 
 
-def sampled_weights(model: torch.nn.Module, sample_head: bool) -> tuple[int, float]:
-    """d and ‖w*‖² of the parameters SGLD samples (all, or all but the head)."""
-    frozen = set() if sample_head else set(head_parameter_names(model))
-    params = [p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in frozen]
-    return sum(p.numel() for p in params), float(sum(p.double().pow(2).sum() for p in params))
-
-
 def measure_sharpness(state: Prepared) -> dict[str, dict]:
     """λ_max, d and ‖w*‖² of every candidate (from its record when the file and settings are unchanged)."""
     cal = state.cfg.calibrate
@@ -199,7 +194,8 @@ def measure_sharpness(state: Prepared) -> dict[str, dict]:
         model, _ = prepared_model(state, candidate)
         start = time.perf_counter()
         value = sharpness_of(model, state.data.split, cal)
-        num_parameters, norm_sq = sampled_weights(model, state.cfg.free_energy.sample_head)
+        frozen = () if state.cfg.free_energy.sample_head else head_parameter_names(model)
+        num_parameters, norm_sq = sampled_weights(model, frozen)
         state.records[candidate.name]["sharpness"] = {
             "identity": identity, "value": value, "num_parameters": num_parameters, "weight_norm_sq": norm_sq,
             "wall_time_s": time.perf_counter() - start}
@@ -325,7 +321,7 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     header = describe_run(state, fe, choice, hardest)
     markdown_path = write_markdown(results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z)
     figure_path = plot_ranking(estimates, table, figures / "ranking.png",
-                               f"{cfg.rank.name}: {cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
+                               f"{cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
                                f"(n = {state.data.n}), ε = {choice.step_size:.2g}, γ = {choice.localization:.3g}")
     return RankResult(table, choice, hardest, state.failures, estimated, reused, csv_path, markdown_path, figure_path)
 

@@ -13,6 +13,7 @@ and errs towards "not distinguishable"). Checkpoints that failed to load close t
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -99,6 +100,14 @@ def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.Data
     return path
 
 
+def short_names(names: list[str]) -> list[str]:
+    """The names without their common folder (for figure labels)."""
+    if len(names) < 2:
+        return [Path(name).name for name in names]
+    common = os.path.commonpath([str(Path(name).parent) for name in names])
+    return [os.path.relpath(name, common) if common else name for name in names]
+
+
 def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, title: str) -> Path:
     """F ± sd per checkpoint, its two terms, and each checkpoint's excess sampled loss over the SGLD steps."""
     import matplotlib.pyplot as plt
@@ -106,6 +115,7 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
 
     ranked = table[table["checkpoint"].isin(estimates)].reset_index(drop=True)
     names = list(ranked["checkpoint"])
+    labels = short_names(names)
     sns.set_theme(style="whitegrid", font_scale=0.8)
     palette = dict(zip(names, sns.color_palette("viridis", len(names))))
     height = max(2.8, 0.35 * len(names) + 1.2)
@@ -113,7 +123,8 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
     positions = np.arange(len(names))[::-1]
     left.errorbar(ranked["free_energy"], positions, xerr=ranked["free_energy_std"], fmt="o", color="black",
                   ecolor="grey", capsize=3)
-    left.set_yticks(positions, [f"{r}. {n}" if r is not pd.NA else f"–  {n}" for r, n in zip(ranked["rank"], names)])
+    left.set_yticks(positions, [f"{r}. {label}" if r is not pd.NA else f"–  {label}"
+                                for r, label in zip(ranked["rank"], labels)])
     left.set_xlabel("free energy F = n·L̄ (± sd across chains)")
     left.set_title("F, lowest first")
     width = 0.4
@@ -131,13 +142,13 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
         excess = np.nanmean(trace, axis=0) - _number(record["init_loss"])
         window = max(1, len(excess) // 25)
         smooth = pd.Series(excess).rolling(window, min_periods=1).mean()
-        right.plot(np.arange(len(excess)), smooth, color=palette[name], linewidth=1.2, label=name)
+        right.plot(np.arange(len(excess)), smooth, color=palette[name], linewidth=1.2, label=labels[names.index(name)])
         burnin = record["hyperparameters"]["num_burnin"]
     if burnin:
         right.axvline(burnin, color="grey", linestyle=":", linewidth=1)
     right.axhline(0, color="black", linestyle="--", linewidth=0.8)
     right.set_xlabel("SGLD step (dotted: end of burn-in)")
-    right.set_ylabel("sampled loss − L_n(w*) (chains' mean, smoothed)")
+    right.set_ylabel("L̄ − L_n(w*), nats (chains' mean, smoothed)")
     right.set_title("traces")
     if len(names) <= 12:
         right.legend(fontsize="x-small", loc="best")
