@@ -169,6 +169,7 @@ def test_rank_refuses_bad_input_naming_the_key(project, tmp_path):
         "free_energy.localization=auto free_energy.step_size=1e-4": "free_energy.localization='auto'",
         "free_energy.num_chains=1": "free_energy.num_chains=1",
         "rank.normalization=sideways": "rank.normalization='sideways'",
+        "rank.checkpoints=ckpts/*.pt": "in brackets",
     }
     for override, message in cases.items():
         with pytest.raises(ValueError, match=message):
@@ -212,3 +213,20 @@ def test_distinguishable_uses_the_standard_errors_of_both_neighbours():
     # se = 1/√4 = 0.5 each → combined 0.707; z = 2 → threshold 1.41: gap 2 yes, gap 0.5 no, next is NaN → None
     assert distinguishable(table, z=2.0) == [True, False, None, None]
     assert distinguishable(table, z=3.0) == [False, False, None, None]  # threshold 2.12 > 2
+
+
+def test_a_project_model_on_a_project_dataset(tmp_path):
+    """The README's worked example in miniature: this project's resnet_narrow, its synthetic data (upstream split)."""
+    torch.manual_seed(0)
+    from freeenergy.models import create_model
+    torch.save(create_model("resnet_narrow", num_classes=64, width=4).state_dict(), tmp_path / "model.pt")
+    overrides = tiny_overrides(tmp_path, tmp_path / "out") + [
+        "rank.model=resnet_narrow", "rank.model_kwargs={width: 4}", f"rank.checkpoints=[{tmp_path / 'model.pt'}]",
+        "rank.data=synthetic", "data.image_size=8", "data.images_per_class=5", f"paths.data_cache={tmp_path / 'cache'}",
+        "free_energy.batch_size=32"]
+    result = run_rank(rank_config(overrides), CONF_DIR)
+    record = read_json(next((tmp_path / "out" / "results" / "records").glob("*.json")))
+    assert list(result.table["rank"]) == [1] and record["estimate"]["n"] == 64 * 4  # 5 per class, 20% held out
+    assert record["estimate"]["init_loss"] == pytest.approx(math.log(64), rel=0.2)  # an untrained 64-way head
+    with pytest.raises(ValueError, match="add data=cifar_fs"):
+        run_rank(rank_config(overrides + ["rank.data=cifar_fs"]), CONF_DIR)

@@ -65,8 +65,12 @@ def validate_rank_config(cfg: DictConfig) -> None:
             _refuse(f"rank.{key}", rank[key], "a non-empty string")
     if "/" in rank.name or rank.name.startswith("."):
         _refuse("rank.name", rank.name, "a plain folder name (no '/', not starting with '.')")
-    if not rank.checkpoints or not all(isinstance(c, str) and c for c in rank.checkpoints):
-        _refuse("rank.checkpoints", rank.checkpoints, "a non-empty list of files or globs, e.g. 'rank.checkpoints=[ckpts/*.pt]'")
+    if isinstance(rank.checkpoints, str) or not rank.checkpoints or not all(isinstance(c, str) and c for c in rank.checkpoints):
+        _refuse("rank.checkpoints", rank.checkpoints, "a non-empty list of files or globs in brackets, e.g. "
+                "'rank.checkpoints=[ckpts/*.pt]'")
+    if rank.model_kwargs is not None and not isinstance(rank.model_kwargs, (dict, DictConfig)):
+        _refuse("rank.model_kwargs", rank.model_kwargs, "null or a mapping of constructor arguments, e.g. "
+                "'rank.model_kwargs={img_size: 32}'")
     for key in ("image_size", "probe_steps"):
         if not isinstance(rank[key], int) or rank[key] < 1:
             _refuse(f"rank.{key}", rank[key], "a positive integer")
@@ -145,7 +149,8 @@ def prepare(cfg: DictConfig, conf_dir: str | Path | None = None) -> Prepared:
     validate_rank_config(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
-    spec = model_spec(cfg.rank.model, OmegaConf.to_container(cfg.rank.model_kwargs), conf_dir)
+    kwargs = {} if cfg.rank.model_kwargs is None else OmegaConf.to_container(cfg.rank.model_kwargs, resolve=True)
+    spec = model_spec(cfg.rank.model, kwargs, conf_dir)
     files = expand_checkpoints(list(cfg.rank.checkpoints))
     candidates, failures = read_candidates(files, spec)
     for failure in failures:
@@ -210,14 +215,15 @@ def sharpest(sharpness: dict[str, dict]) -> str:
     return max(finite, key=finite.get)
 
 
-def choose_settings(state: Prepared, sharpness: dict[str, dict], hardest: str) -> SGLDChoice:
+def choose_settings(state: Prepared, sharpness: dict[str, dict], hardest: str, automatic: bool = False) -> SGLDChoice:
     """ε and γ: the automatic rule on the sharpest candidate (locality from the smallest ‖w*‖ of all), or the
-    given values checked against the sharpest one's stability bound."""
+    given values checked against the sharpest one's stability bound. ``automatic``: the rule for both, whatever
+    the config says."""
     fe = state.cfg.free_energy
     rule = AutoRule.from_config(fe.get("auto"))
     top = sharpness[hardest]["value"]
-    if fe.step_size == "auto":
-        gamma = None if fe.localization == "auto" else float(fe.localization)
+    if automatic or fe.step_size == "auto":
+        gamma = None if automatic or fe.localization == "auto" else float(fe.localization)
         smallest_norm = min(part["weight_norm_sq"] for part in sharpness.values())
         return choose_sgld_settings(top, state.nbeta, fe.num_burnin, rule, gamma,
                                     sharpness[hardest]["num_parameters"], smallest_norm)
@@ -366,8 +372,7 @@ def run_rank_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) ->
         target = matches[0]
     candidate = next(c for c in state.candidates if c.name == target)
     value = sharpness[target]["value"]
-    auto_cfg = OmegaConf.merge(cfg, {"free_energy": {"step_size": "auto", "localization": "auto"}})
-    choice = choose_settings(Prepared(**{**state.__dict__, "cfg": auto_cfg}), sharpness, target)
+    choice = choose_settings(state, sharpness, target, automatic=True)
     print(f"SGLD calibration on {candidate.name} (λ_max = {value:.4g}); the automatic choice: {choice.describe()}")
     steps, gammas = calibration_grid(cfg.calibrate, choice)
     model, _ = prepared_model(state, candidate)
