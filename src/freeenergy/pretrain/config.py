@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from freeenergy.data import DATASETS
+from freeenergy.data import DATASETS, check_data_root
 from freeenergy.models import MODELS
 
 SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = ("fp32", "bf16")
 # Keys that change how a run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = {"data": ("root", "download"), "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
+EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"),
+                  "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
@@ -26,9 +26,7 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
     """Raise a ValueError naming the key, the value and what is allowed, for the first bad value."""
     if cfg.data.name not in DATASETS:
         _refuse("data", cfg.data.name, f"choose one of {list(DATASETS)}")
-    if cfg.data.name != "synthetic" and not Path(cfg.data.root).exists() and not cfg.data.get("download", False):
-        _refuse("data.root", cfg.data.root, "the folder does not exist; point data.root at the dataset "
-                "(or set data.download=true for CIFAR-100)")
+    check_data_root(cfg.data)  # each dataset's own message and fix
     if cfg.model.name not in MODELS:
         _refuse("model", cfg.model.name, f"choose one of {sorted(MODELS)}")
     if not cfg.optim.lr > 0:
