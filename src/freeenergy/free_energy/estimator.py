@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from tqdm import tqdm
 from freeenergy.free_energy.batched import run_batched_chains
 from freeenergy.free_energy.diagnostics import Health, HealthCriteria, assess_health, runaway_chains
 from freeenergy.models.evaluate import eval_mode
+
+if TYPE_CHECKING:
+    from freeenergy.free_energy.calibration import AutoRule, SGLDChoice
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # free_energy.precision → autocast dtype of the forward pass
@@ -124,8 +127,8 @@ def estimate_free_energy(
     num_chains: int = 4,
     num_draws: int = 200,
     num_burnin: int = 0,
-    step_size: float = 1e-4,
-    localization: float = 100.0,
+    step_size: float | str | None = None,
+    localization: float | None = None,
     nbeta: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
@@ -138,6 +141,7 @@ def estimate_free_energy(
     health: HealthCriteria | None = None,
     precision: str = "fp32",
     vectorize_chains: bool = False,
+    auto_rule: "AutoRule | None" = None,
 ) -> FreeEnergyEstimate:
     """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
 
@@ -160,6 +164,12 @@ def estimate_free_energy(
     settings (``hyperparameters.precision``): fp32 and bf16 estimates are different estimates.
     ``vectorize_chains=True`` runs all chains at once (``free_energy/batched.py``: ``torch.func.vmap`` over
     stacked parameters; fp32 only); same seed → the same traces as the sequential chains up to float rounding.
+
+    ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a safe ε depends
+    on the model and data (SGLD is stable only for ε < 4/(nβ·λ_max + γ)). ``step_size="auto"`` measures
+    λ_max and chooses ε (and γ, unless given) by ``calibration.choose_sgld_settings`` with ``auto_rule``'s
+    constants; the choice is printed and kept in ``estimate.extra["auto"]``. Raises ``ValueError`` for a
+    missing or bad setting, before any sampling.
     """
     inputs, targets = _as_tensors(dataset)
     n = len(targets)
@@ -171,6 +181,15 @@ def estimate_free_energy(
         # torch.func's batch-norm batching rule refuses a bf16 input with float32 running statistics
         raise ValueError(f"vectorize_chains=True runs in fp32 only, not precision={precision!r}: set "
                          "free_energy.vectorize_chains=false for bf16, or free_energy.precision=fp32.")
+    auto = None
+    if isinstance(step_size, str):
+        auto = _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size,
+                              localization, auto_rule, seed)
+        step_size, localization = auto.step_size, auto.localization
+    elif step_size is None or localization is None:
+        raise ValueError(f"step_size={step_size!r} and localization={localization!r}: both are required (no default "
+                         "is safe for every model). Pass step_size='auto' to measure the sharpness and choose them, or "
+                         "values from scripts/calibrate_sgld.py (ε < 4 / (nβ·λ_max + γ)).")
     settings = SGLDSettings(num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta,
                             batch_size, seed, precision)
     _check_settings(settings, n)
@@ -194,7 +213,26 @@ def estimate_free_energy(
     end = time.perf_counter()
     estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device), grad_norm_sq, health)
     estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+    if auto is not None:
+        estimate.extra["auto"] = auto.to_record()
     return estimate
+
+
+def _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
+                   auto_rule, seed) -> "SGLDChoice":
+    """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
+    from freeenergy.free_energy.calibration import AutoRule, auto_sgld_settings  # calibration imports this module
+
+    if step_size != "auto":
+        raise ValueError(f"step_size={step_size!r} is not allowed: a positive number, or 'auto'.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    if _model_device(model) != device:
+        model = copy.deepcopy(model).to(device)
+    choice = auto_sgld_settings(model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
+                                input_transform=input_transform, localization=localization,
+                                rule=auto_rule or AutoRule(), seed=seed)
+    tqdm.write(choice.describe())
+    return choice
 
 
 def summarize(
