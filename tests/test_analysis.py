@@ -12,12 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import compose_config, tiny_overrides
+from omegaconf import OmegaConf
 from scipy import stats
 
 from freeenergy.analysis import SUMMARY_COLUMNS
 from freeenergy.analysis.figures import expected_files
 from freeenergy.analysis.stats import METHODS, BootstrapSettings, correlate, correlation_table
 from freeenergy.analysis.table import base_setting, build_summary
+from freeenergy.identity import identity_config, run_id_from_identity
+from freeenergy.pretrain.sweeps import study_runs
 from freeenergy.records import epoch_dirname, write_json
 
 EPOCHS = (1, 2, 4)
@@ -42,19 +45,28 @@ def free_energy_record(free_energy: float | None, n: int, init_loss: float, dive
             "hyperparameters": {"num_burnin": 5}, "seed": 0, "wall_time_s": 0.1, "device": "cpu"}
 
 
-def fabricate_experiment(runs: Path, base: dict) -> list[str]:
-    """Runs of the three sweeps around ``base`` (base with two seeds), with records whose free energy
-    falls with epoch and learning rate and whose accuracy rises as free energy falls."""
+def sweep_overrides(base: dict) -> list[str]:
+    """The ``sweep:`` block whose runs ``fabricate_experiment`` fabricates (so they belong to the study)."""
+    lr, bs = base["optim"]["lr"], base["train"]["batch_size"]
+    return ["sweep.seeds=[0,1]", f"sweep.lr=[{2 * lr},{lr / 4}]", f"sweep.batch_size=[{2 * bs}]", "sweep.momentum=[0.5]"]
+
+
+def fabricate_experiment(runs: Path, cfg) -> list[str]:
+    """Runs of the three sweeps around the base setting of ``cfg`` (base with two seeds), with records whose
+    free energy falls with epoch and learning rate and whose accuracy rises as free energy falls."""
+    base = base_setting(cfg)
     lr, bs, mom = base["optim"]["lr"], base["train"]["batch_size"], base["optim"]["momentum"]
     settings = [(lr, bs, mom, 0), (lr, bs, mom, 1), (2 * lr, bs, mom, 0), (lr / 4, bs, mom, 0),
                 (lr, 2 * bs, mom, 0), (lr, bs, 0.5, 0)]
     rng = np.random.default_rng(0)
     run_ids = []
     for lr_, bs_, mom_, seed in settings:
-        run_id = f"lr{lr_:g}-bs{bs_}-m{mom_:g}-s{seed}"
+        setting = cfg.copy()
+        for key, value in (("optim.lr", lr_), ("train.batch_size", bs_), ("optim.momentum", mom_), ("seed", seed)):
+            OmegaConf.update(setting, key, value)
+        config = identity_config(setting)  # the run's real identity, as pretraining would record it
+        run_id = run_id_from_identity(config)
         run_ids.append(run_id)
-        config = {"data": {"name": "synthetic"}, "model": {"name": "resnet_narrow"}, "seed": seed,
-                  "optim": {"lr": lr_, "momentum": mom_, "weight_decay": 5e-4}, "train": {"batch_size": bs_, "epochs": 4}}
         write_json(runs / run_id / "run.json", {"run_id": run_id, "experiment": "fake", "status": "done",
                                                 "num_classes": 64, "config": config, "seed": seed})
         for epoch in EPOCHS:
@@ -90,9 +102,9 @@ class Fake:
 @pytest.fixture
 def fake(tmp_path) -> Fake:
     overrides = tiny_overrides(tmp_path) + ["analysis.bootstrap=200"]
+    overrides += sweep_overrides(base_setting(compose_config(overrides)))
     cfg = compose_config(overrides)
-    base = base_setting(cfg)
-    run_ids = fabricate_experiment(tmp_path / "runs", base)
+    run_ids = fabricate_experiment(tmp_path / "runs", cfg)
     skip, diverge = (run_ids[2], 2), (run_ids[3], 4)  # no step after pretraining; a diverged estimate
     directory = tmp_path / "runs" / skip[0] / epoch_dirname(skip[1])
     for step in ("free_energy_downstream", "finetune", "fewshot", "metrics"):
@@ -170,7 +182,7 @@ def test_few_points_or_constant_column_give_no_interval():
 
 def test_table_join_handles_missing_and_diverged_records(fake):
     cfg, run_ids, skip, diverge = fake.cfg, fake.run_ids, fake.skip, fake.diverge
-    table = build_summary(cfg.paths.runs, base_setting(cfg))
+    table = build_summary(cfg.paths.runs, study_runs(cfg))
     assert list(table.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
     assert len(table) == len(run_ids) * len(EPOCHS)
     row = lambda key: table[(table.run_id == key[0]) & (table.epoch == key[1])].iloc[0]
@@ -197,7 +209,7 @@ def test_table_join_handles_missing_and_diverged_records(fake):
 
 def test_correlations_recover_the_fabricated_relation(fake):
     cfg = fake.cfg
-    table = build_summary(cfg.paths.runs, base_setting(cfg))
+    table = build_summary(cfg.paths.runs, study_runs(cfg))
     settings = BootstrapSettings(resamples=200)
     result = correlation_table(table, ["free_energy", "nc_cdnv"], ["finetune_acc"], ["pearson", "kendall"], "final", settings)
     pooled = result[(result.group == "pooled") & (result.metric == "free_energy")].set_index("method")

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from freeenergy.analysis.figures import AXIS_NAMES, FigureSettings, draw_all
 from freeenergy.analysis.stats import POOLED, BootstrapSettings, correlation_table, format_correlation, lookup
-from freeenergy.analysis.table import FewShotChoice, base_setting, build_summary, select_checkpoints
-from freeenergy.pretrain.sweeps import SWEEP_AXES
+from freeenergy.analysis.table import FewShotChoice, build_summary, select_checkpoints
+from freeenergy.pretrain.sweeps import SWEEP_AXES, study_settings
 
 SUMMARY_FILE = "summary.csv"
 CORRELATIONS_FILE = "correlations.csv"
@@ -125,8 +125,7 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
     choices = [a.checkpoints, other_choice(a.checkpoints)]  # the configured one leads; both are written
     results, figures_dir = Path(cfg.paths.results), Path(cfg.paths.figures)
     results.mkdir(parents=True, exist_ok=True)
-    base = base_setting(OmegaConf.to_container(cfg, resolve=True))
-    table = build_summary(cfg.paths.runs, base, FewShotChoice(a.fewshot_classifier, a.fewshot_n_way))
+    table = build_summary(cfg.paths.runs, study_settings(cfg), FewShotChoice(a.fewshot_classifier, a.fewshot_n_way))
     if table.empty:
         print(f"No finished checkpoint in {cfg.paths.runs}: run scripts/pretrain.py (or ./reproduce.sh) first. "
               "Writing empty tables and figures.")

@@ -23,15 +23,19 @@ the split exact for any nβ. Accuracies are fractions in [0, 1] (the figures sho
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from freeenergy.pretrain.sweeps import SWEEP_AXES, sweeps_of_run
-from freeenergy.records import Checkpoint, iter_checkpoints
+from freeenergy.identity import run_identity
+from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
+from freeenergy.records import PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints, read_json
+
+log = logging.getLogger(__name__)
 
 # The columns the issue fixes, in order; more follow them in summary.csv.
 SUMMARY_COLUMNS = [
@@ -41,7 +45,7 @@ SUMMARY_COLUMNS = [
     "nc_cdnv", "geometric_complexity",
 ]
 EXTRA_COLUMNS = [
-    "status", "weight_decay", "is_final",
+    "status", "weight_decay", "epochs", "is_final",
     "free_energy_diverged", "free_energy_n", "free_energy_nbeta", "init_loss", "fe_loss_term", "fe_complexity_term",
     "downstream_free_energy_std", "downstream_llc", "downstream_llc_std", "downstream_free_energy_diverged",
     "downstream_free_energy_n", "downstream_init_loss", "downstream_fe_loss_term", "downstream_fe_complexity_term",
@@ -107,27 +111,27 @@ def metrics_columns(record: dict | None) -> dict[str, float]:
     return columns
 
 
-def run_columns(run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-    """Identity of a run: experiment, data, model, optimiser settings and sweep membership."""
+def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
+    """Identity of a run: experiment, data, model, optimiser settings and sweep membership (``sweeps``)."""
     config = run.get("config", {})
     optim, train = config.get("optim", {}), config.get("train", {})
-    sweeps = sweeps_of_run(config, base)
     return {
         "experiment": run.get("experiment"), "status": run.get("status"),
         "dataset": config.get("data", {}).get("name"), "model": config.get("model", {}).get("name"),
         "lr": _number(optim.get("lr")), "batch_size": train.get("batch_size"),
         "momentum": _number(optim.get("momentum")), "weight_decay": _number(optim.get("weight_decay")),
+        "epochs": train.get("epochs"),
         "seed": run.get("seed", config.get("seed")),
         **{f"in_{axis}_sweep": axis in sweeps for axis in SWEEP_AXES},
     }
 
 
-def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], base: Mapping[str, Any],
+def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[str],
                    choice: FewShotChoice) -> dict[str, Any]:
     """Every column of one checkpoint; a missing record leaves its columns empty."""
     pretrain = checkpoint.read_record("pretrain")
     finetune = _read(checkpoint, "finetune") or {}
-    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, base)}
+    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, sweeps)}
     row.update({key: _number(pretrain.get(key)) for key in ("train_loss", "train_acc", "val_loss", "val_acc")})
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["upstream"]), ""))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["downstream"]), "downstream_"))
@@ -143,14 +147,55 @@ def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "train": {"batch_size": cfg["train"]["batch_size"]}}
 
 
-def build_summary(runs_dir: str | Path, base: Mapping[str, Any], choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
-    """The summary table of an experiment's records (empty, with every column, when there are none)."""
+def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun]) -> dict[str, list[str]]:
+    """Run id → sweep axes, for the runs in ``runs_dir`` that belong to the study; the others are listed in a
+    warning, with what sets each apart (``pretrain.sweeps.study_settings``), and left out.
+
+    ``study``: ``study_runs(cfg)`` (membership), or ``study_settings(cfg)`` (membership and identities, so
+    the warning can say e.g. ``train.epochs: 8 → 2``). A run whose ``run.json`` does not match its folder's
+    id (edited or damaged) is left out too.
+    """
+    settings = [] if isinstance(study, Mapping) else list(study)
+    membership = dict(study) if isinstance(study, Mapping) else {run.run_id: list(run.axes) for run in settings}
+    members, outsiders = {}, []
+    for run_file in sorted(Path(runs_dir).glob(f"*/{RUN_FILE}")):
+        run_id = run_file.parent.name
+        if not any(run_file.parent.glob(f"epoch_*/{PRETRAIN_RECORD}.json")):
+            continue
+        config = read_json(run_file).get("config") or {}
+        try:
+            consistent = run_identity(config) == run_id
+        except (KeyError, TypeError, ValueError):
+            consistent = False
+        if run_id in membership and consistent:
+            members[run_id] = membership[run_id]
+        elif not consistent:
+            outsiders.append(f"{run_id} (its run.json does not match the folder: rerun scripts/pretrain.py)")
+        else:
+            outsiders.append(f"{run_id} ({distinguishing_keys(config, settings) or 'not a configured setting'})"
+                             if settings else run_id)
+    if outsiders:
+        log.warning("%d run(s) in %s are not part of this experiment's sweeps and are left out of the table: %s. "
+                    "Keep exploratory runs in their own folder with experiment_name=<name>.",
+                    len(outsiders), runs_dir, "; ".join(outsiders))
+    return members
+
+
+def build_summary(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun],
+                  choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
+    """The summary table of an experiment's records (empty, with every column, when there are none).
+
+    Only the runs of the study (``study_members``) are in it.
+    """
+    members = study_members(runs_dir, study)
     runs: dict[str, dict] = {}
     rows = []
     for checkpoint in iter_checkpoints(runs_dir, require_model=False):
+        if checkpoint.run_id not in members:
+            continue
         if checkpoint.run_id not in runs:
             runs[checkpoint.run_id] = checkpoint.run_record()
-        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], base, choice))
+        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], members[checkpoint.run_id], choice))
     table = pd.DataFrame(rows)
     for column in SUMMARY_COLUMNS + EXTRA_COLUMNS:
         if column not in table:
