@@ -8,12 +8,25 @@ finds no drift across chains: |mean(d)| ≤ t_{1−α/2, C−1} · sd(d)/√C. I
 step multiplies the distance to w* by 1 − ε·(nβ·λ_max + γ)/2, so chains oscillate with growing
 amplitude once ε > 4 / (nβ·λ_max + γ); below it, the discretization bias in that direction is
 1/(1 − ε·(nβ·λ_max + γ)/4).
+
+**Health of an estimate** (``assess_health``; thresholds in ``HealthCriteria``, set by ``free_energy.health.*``):
+
+- *diverged*: a chain's loss became non-finite, or ran away (``runaway_chains``);
+- *not levelled off*: the drift test above rejects (the record also keeps the drift in LLC units,
+  ``drift_llc`` = nβ·mean(d), for judging its size);
+- *chains disagree*: split-R̂ of the draws (Gelman et al., *Bayesian Data Analysis*, 3rd ed., §11.4) above
+  ``max_rhat``, or the spread of the per-chain LLCs, sd/|λ̂|, above ``max_llc_rel_spread``;
+- *not a minimum*: the checkpoint's full-data gradient g = ∇Lₙ(w*) pulls the chains downhill. In the
+  quadratic picture the localized posterior's mean moves by −(nβH + γ)⁻¹nβg, which changes λ̂ by at
+  most about −nβ²‖g‖²/γ (``gradient_bias``, reached in the flat, γ-held directions); flagged when
+  |gradient_bias| exceeds ``max_gradient_bias_fraction`` of |λ̂|;
+- *negative LLC*: λ̂ ≤ 0, the sampled loss settled below Lₙ(w*).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -77,3 +90,118 @@ def top_hessian_eigenvalue(
 def max_stable_step_size(sharpness: float, nbeta: float, localization: float) -> float:
     """The largest ε for which SGLD's gradient step is stable along the sharpest direction: 4 / (nβ·λ_max + γ)."""
     return 4.0 / (nbeta * max(sharpness, 0.0) + localization)
+
+
+def split_rhat(draws: np.ndarray) -> float:
+    """Split-R̂ of draws (num_chains, num_draws): each chain cut in half, then Gelman–Rubin's potential scale
+    reduction over the 2·C half-chains (BDA3 §11.4). ≈ 1 for chains that sample one distribution; larger when
+    chains sit at different levels or drift. NaN with fewer than 4 draws per chain or non-finite draws."""
+    num_chains, num_draws = draws.shape
+    half = num_draws // 2
+    if half < 2 or not np.isfinite(draws).all():
+        return math.nan
+    halves = np.concatenate([draws[:, :half], draws[:, -half:]])  # (2C, half)
+    within = halves.var(axis=1, ddof=1).mean()
+    between = half * halves.mean(axis=1).var(ddof=1)
+    if within <= 0:
+        return 1.0 if between <= 0 else math.inf
+    pooled = (half - 1) / half * within + between / half
+    return float(math.sqrt(pooled / within))
+
+
+def runaway_chains(loss_trace: np.ndarray, init_loss: float, nbeta: float, num_parameters: int, z: float) -> list[int]:
+    """Chains whose loss became non-finite, or ran away from any equilibrium an LLC allows.
+
+    A learning coefficient is at most d/2 (d sampled parameters, a regular model). For a chain at
+    equilibrium the LLC implied by the mean of the last quarter of its trace, nβ·(mean − Lₙ(w*)), has mean
+    at most d/2 and two sources of noise: where the chain happens to be (for a regular model nβ·(L − L*) is
+    Gamma(d/2, 1)-distributed, variance d/2) and the minibatch noise of the draws (standard error of the
+    tail mean from successive differences, which ignore slow trends: σ² ≈ mean(Δ²)/2). A chain ran away
+    when its implied LLC exceeds d/2 + z·sqrt(d/2 + (nβ·se)²). Climbing or exploding traces are far above
+    it; healthy chains of any size sit below it except with probability ≈ the normal tail at z.
+    """
+    diverged = []
+    ceiling = num_parameters / 2
+    for chain, trace in enumerate(loss_trace):
+        tail = trace[-max(2, len(trace) // 4):]
+        if not np.isfinite(trace).all():
+            diverged.append(chain)
+            continue
+        noise_sd = math.sqrt(np.mean(np.diff(tail) ** 2) / 2)
+        minibatch_se = nbeta * noise_sd / math.sqrt(len(tail))
+        implied_llc = nbeta * (tail.mean() - init_loss)
+        if implied_llc > ceiling + z * math.sqrt(ceiling + minibatch_se**2):
+            diverged.append(chain)
+    return diverged
+
+
+def gradient_bias(grad_norm_sq: float, nbeta: float, localization: float) -> float:
+    """The LLC bias a non-minimum can cause, −nβ²·‖∇Lₙ(w*)‖²/γ (module docstring); −inf for γ = 0 and g ≠ 0."""
+    if localization > 0:
+        return -nbeta**2 * grad_norm_sq / localization
+    return 0.0 if grad_norm_sq == 0 else -math.inf
+
+
+@dataclass(frozen=True)
+class HealthCriteria:
+    """Thresholds of the health checks (module docstring); ``free_energy.health.*`` in the config."""
+
+    drift_test_level: float = 0.01
+    max_rhat: float = 1.1
+    max_llc_rel_spread: float = 0.15
+    max_gradient_bias_fraction: float = 0.1
+    runaway_z: float = 5.0
+
+
+FLAGS = ("diverged", "not levelled off", "chains disagree", "not a minimum", "negative LLC")
+
+
+@dataclass
+class Health:
+    """The diagnostics of one estimate and the checks it failed (``flags``, in the order of ``FLAGS``)."""
+
+    levelled_off: bool | None  # None: too few chains or draws to test
+    drift_t: float
+    drift_llc: float  # nβ·(mean of the last quarter − mean of the quarter before), averaged over chains
+    split_rhat: float
+    llc_rel_spread: float  # sd of the per-chain LLCs / |λ̂|
+    grad_norm_sq: float  # ‖∇Lₙ(w*)‖² over the sampled parameters
+    gradient_bias: float  # −nβ²‖∇Lₙ(w*)‖²/γ
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.flags
+
+    def to_record(self) -> dict:
+        return asdict(self) | {"healthy": self.healthy}
+
+
+def assess_health(
+    draws: np.ndarray, llc: float, llc_std: float, nbeta: float, localization: float, grad_norm_sq: float,
+    diverged: bool, criteria: HealthCriteria,
+) -> Health:
+    """Run every check of the module docstring on the post-burn-in draws (num_chains, num_draws)."""
+    num_chains, num_draws = draws.shape
+    testable = num_chains >= 2 and num_draws >= 8 and np.isfinite(draws).all()
+    drift = trace_drift(draws, criteria.drift_test_level) if testable else Drift(math.nan, False)
+    quarter = num_draws // 4
+    drift_llc = (float(nbeta * (draws[:, -quarter:].mean() - draws[:, -2 * quarter:-quarter].mean()))
+                 if quarter and np.isfinite(draws).all() else math.nan)
+    scale = abs(llc) if math.isfinite(llc) and llc != 0 else math.nan
+    levelled = drift.levelled_off if testable else None
+    rhat = split_rhat(draws)
+    rel_spread = llc_std / scale if math.isfinite(scale) else math.nan
+    bias = gradient_bias(grad_norm_sq, nbeta, localization)
+    checks = {
+        "diverged": diverged,
+        "not levelled off": levelled is False,
+        "chains disagree": rhat > criteria.max_rhat or rel_spread > criteria.max_llc_rel_spread,
+        "not a minimum": not abs(bias) <= criteria.max_gradient_bias_fraction * scale,
+        "negative LLC": not llc > 0,
+    }
+    if diverged:  # the other checks are meaningless on a diverged chain
+        checks = {name: name == "diverged" for name in checks}
+    return Health(levelled_off=levelled, drift_t=drift.statistic, drift_llc=drift_llc, split_rhat=rhat,
+                  llc_rel_spread=rel_spread, grad_norm_sq=grad_norm_sq, gradient_bias=bias,
+                  flags=[name for name in FLAGS if checks[name]])

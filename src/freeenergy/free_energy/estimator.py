@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
+from freeenergy.free_energy.diagnostics import Health, HealthCriteria, assess_health, runaway_chains
 from freeenergy.models.evaluate import eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,6 +64,7 @@ class FreeEnergyEstimate:
 
     When any chain diverged, ``free_energy``, ``llc`` and their spreads are NaN (never an average that
     silently drops or includes a failed chain); per-chain values stay available for the healthy chains.
+    ``health`` holds the diagnostics (levelled off, chain agreement, non-minimum bias) and the failed checks.
     """
 
     free_energy: float
@@ -82,6 +84,7 @@ class FreeEnergyEstimate:
     wall_time_s: float  # the whole estimate: L_n(w*) and all chains
     sampling_time_s: float  # the chains only
     device: str
+    health: Health  # diagnostics and failed checks (free_energy.diagnostics)
     extra: dict = field(default_factory=dict)  # options recorded with the hyperparameters
 
     @property
@@ -102,7 +105,7 @@ class FreeEnergyEstimate:
             "free_energy_per_chain": self.free_energy_per_chain, "num_parameters": self.num_parameters,
             "loss_trace": [[_compact(v) for v in chain] for chain in self.loss_trace.tolist()],
             "hyperparameters": hyperparameters, "seed": self.settings.seed,
-            "wall_time_s": self.wall_time_s, "device": self.device, **fields,
+            "wall_time_s": self.wall_time_s, "device": self.device, **self.health.to_record(), **fields,
         }
 
 
@@ -129,6 +132,7 @@ def estimate_free_energy(
     frozen_parameters: Collection[str] = (),
     eval_batch_size: int | None = None,
     progress: bool = False,
+    health: HealthCriteria | None = None,
 ) -> FreeEnergyEstimate:
     """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
 
@@ -142,6 +146,9 @@ def estimate_free_energy(
     The model is never modified: chains run on a copy, in **eval mode** (batch norm uses its running
     statistics, dropout is off), so the sampled loss and L_n(w*) are the same fixed function of the
     weights. Same ``seed`` and device → identical estimate.
+
+    ``health`` sets the thresholds of the checks in ``estimate.health`` (``free_energy.diagnostics``); each
+    failed check raises a ``RuntimeWarning`` naming it and what to change.
     """
     inputs, targets = _as_tensors(dataset)
     n = len(targets)
@@ -156,7 +163,8 @@ def estimate_free_energy(
 
     start = time.perf_counter()
     sampler = _Sampler(model, device, frozen_parameters)
-    init_loss = full_data_loss(sampler.model, inputs, targets, loss_fn, transform, eval_batch_size or batch_size)
+    init_loss, grad_norm_sq = full_data_loss_and_gradient(sampler.model, sampler.params, inputs, targets, loss_fn,
+                                                          transform, eval_batch_size or batch_size)
     sampling_start = time.perf_counter()
     traces = [
         sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
@@ -164,54 +172,61 @@ def estimate_free_energy(
     ]
     loss_trace = torch.stack(traces).double().numpy()
     end = time.perf_counter()
-    estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device))
+    estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device), grad_norm_sq, health)
     estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
     return estimate
 
 
 def summarize(
     loss_trace: np.ndarray, init_loss: float, n: int, settings: SGLDSettings, num_parameters: int, device: str = "cpu",
+    grad_norm_sq: float = 0.0, criteria: HealthCriteria | None = None,
 ) -> FreeEnergyEstimate:
-    """LLC and free energy from the loss traces, with divergence detection (and a warning)."""
+    """LLC and free energy from the loss traces (num_chains, num_steps), with their health and a warning per failed check.
+
+    ``grad_norm_sq`` is ‖∇Lₙ(w*)‖² over the sampled parameters (for the non-minimum check).
+    """
+    criteria = criteria or HealthCriteria()
     draws = loss_trace[:, settings.num_burnin :]
     chain_means = draws.mean(axis=1)
     llc_per_chain = settings.nbeta * (chain_means - init_loss)
     free_energy_per_chain = n * chain_means
-    diverged_chains = divergent_chains(loss_trace, init_loss, settings, num_parameters)
+    diverged_chains = runaway_chains(loss_trace, init_loss, settings.nbeta, num_parameters, criteria.runaway_z)
     llc, llc_std = _mean_and_spread(llc_per_chain)
     free_energy, free_energy_std = _mean_and_spread(free_energy_per_chain)
     if diverged_chains:
         llc = llc_std = free_energy = free_energy_std = math.nan
-        warnings.warn(
-            f"SGLD diverged in chain(s) {diverged_chains} of {settings.num_chains} (step_size={settings.step_size:g}, "
-            f"localization={settings.localization:g}, nbeta={settings.nbeta:.4g}): the sampled loss became "
-            "non-finite or ran away, so the free energy and LLC are reported as NaN. Lower step_size below "
-            "4 / (nbeta·λ_max + localization) (scripts/calibrate_sgld.py finds the stable range).", RuntimeWarning,
-            stacklevel=3,
-        )
+    health = assess_health(draws, llc, llc_std, settings.nbeta, settings.localization, grad_norm_sq,
+                           bool(diverged_chains), criteria)
+    for flag in health.flags:
+        warnings.warn(_flag_message(flag, health, settings, diverged_chains), RuntimeWarning, stacklevel=3)
     finite = lambda values: [float(v) if math.isfinite(v) else math.nan for v in values]
     return FreeEnergyEstimate(
         free_energy=free_energy, free_energy_std=free_energy_std, llc=llc, llc_std=llc_std,
         init_loss=float(init_loss), n=n, nbeta=settings.nbeta, loss_trace=loss_trace,
         diverged=bool(diverged_chains), diverged_chains=diverged_chains, llc_per_chain=finite(llc_per_chain),
         free_energy_per_chain=finite(free_energy_per_chain), num_parameters=num_parameters, settings=settings,
-        wall_time_s=math.nan, sampling_time_s=math.nan, device=device,
+        wall_time_s=math.nan, sampling_time_s=math.nan, device=device, health=health,
     )
 
 
-def divergent_chains(loss_trace: np.ndarray, init_loss: float, settings: SGLDSettings, num_parameters: int) -> list[int]:
-    """Chains whose loss became non-finite, or ran away.
-
-    A chain ran away when the LLC implied by the mean of the last quarter of its trace,
-    nβ·(mean − L_n(w*)), exceeds the number of sampled parameters d: twice the largest value a
-    learning coefficient can take (d/2, a regular model), so no correctly sampling chain gets there.
-    """
-    diverged = []
-    for chain, trace in enumerate(loss_trace):
-        tail = trace[-max(1, len(trace) // 4) :]
-        if not np.isfinite(trace).all() or settings.nbeta * (tail.mean() - init_loss) > num_parameters:
-            diverged.append(chain)
-    return diverged
+def _flag_message(flag: str, health: Health, settings: SGLDSettings, diverged_chains: list[int]) -> str:
+    """What a failed check means and what to change (docs/free_energy.md, "Health")."""
+    where = f"(step_size={settings.step_size:g}, localization={settings.localization:g}, nbeta={settings.nbeta:.4g})"
+    return {
+        "diverged": f"SGLD diverged in chain(s) {diverged_chains} of {settings.num_chains} {where}: the sampled loss "
+                    "became non-finite or ran away, so the free energy and LLC are reported as NaN. Lower step_size "
+                    "below 4 / (nbeta·λ_max + localization) (scripts/calibrate_sgld.py finds the stable range).",
+        "not levelled off": f"SGLD traces have not levelled off {where}: the last quarter of the draws differs from "
+                            f"the quarter before by {health.drift_llc:.3g} in LLC units (t = {health.drift_t:.3g}). "
+                            "Raise num_burnin (and num_draws), or localization.",
+        "chains disagree": f"SGLD chains disagree {where}: split-R̂ {health.split_rhat:.3g}, per-chain LLC spread "
+                           f"{health.llc_rel_spread:.1%} of λ̂. Raise num_draws/num_burnin or num_chains.",
+        "not a minimum": f"the checkpoint is not a local minimum at this temperature {where}: ‖∇Lₙ(w*)‖² = "
+                         f"{health.grad_norm_sq:.3g} can bias λ̂ by about {health.gradient_bias:.3g} "
+                         "(−nβ²‖∇Lₙ‖²/γ). Train it longer, or raise localization.",
+        "negative LLC": f"the LLC is not positive {where}: the chains settled below Lₙ(w*), as they do around an "
+                        "under-trained checkpoint, so λ̂ is not a learning coefficient here.",
+    }[flag]
 
 
 def _mean_and_spread(values: np.ndarray) -> tuple[float, float]:
@@ -220,18 +235,22 @@ def _mean_and_spread(values: np.ndarray) -> tuple[float, float]:
     return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-@torch.no_grad()
-def full_data_loss(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+def full_data_loss_and_gradient(
+    model: nn.Module, params: Sequence[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
     transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-) -> float:
-    """L_n(w): the mean loss over the whole dataset, in batches, model in eval mode."""
+) -> tuple[float, float]:
+    """L_n(w) and ‖∇L_n(w)‖² over ``params``, in one pass over the data in batches, model in eval mode."""
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    gradient = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    n = len(targets)
     with eval_mode(model):
-        for start in range(0, len(targets), batch_size):
+        for start in range(0, n, batch_size):
             target = targets[start : start + batch_size]
-            total += loss_fn(model(transform(inputs[start : start + batch_size])), target).double() * len(target)
-    return total.item() / len(targets)
+            loss = loss_fn(model(transform(inputs[start : start + batch_size])), target)
+            for accumulated, grad in zip(gradient, torch.autograd.grad(loss * (len(target) / n), params)):
+                accumulated += grad
+            total += loss.detach().double() * len(target)
+    return total.item() / n, float(sum((g * g).sum() for g in gradient))
 
 
 class _Sampler:

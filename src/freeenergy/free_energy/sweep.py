@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
-from freeenergy.free_energy.diagnostics import trace_drift
+from freeenergy.free_energy.diagnostics import HealthCriteria
 from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
@@ -52,6 +52,15 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
         _refuse("nbeta", fe_cfg.nbeta, "a positive inverse temperature, or null for n / log n")
     if not 0 < fe_cfg.drift_test_level < 1:
         _refuse("drift_test_level", fe_cfg.drift_test_level, "a test level in (0, 1), e.g. 0.01")
+    health = fe_cfg.health
+    for key in ("max_rhat", "max_llc_rel_spread", "max_gradient_bias_fraction", "runaway_z"):
+        if not isinstance(health[key], (int, float)) or isinstance(health[key], bool) or not health[key] > 0:
+            _refuse(f"health.{key}", health[key], "a positive number")
+
+
+def health_criteria(fe_cfg: DictConfig) -> HealthCriteria:
+    """The thresholds of the estimate's health checks, from ``free_energy.drift_test_level`` and ``free_energy.health``."""
+    return HealthCriteria(drift_test_level=fe_cfg.drift_test_level, **OmegaConf.to_container(fe_cfg.health))
 
 
 def split_images(data: FewShotData, split: str) -> ImageSet:
@@ -95,7 +104,8 @@ def estimate_prepared_model(model: torch.nn.Module, split: SplitData, fe_cfg: Di
     """``estimate_free_energy`` with the ``free_energy.*`` settings, on a model from ``prepare_model``."""
     frozen = () if fe_cfg.sample_head else head_parameter_names(model)
     estimate = estimate_free_energy(model, (split.images, split.labels), input_transform=split.transform,
-                                    frozen_parameters=frozen, **estimator_options(fe_cfg), **options)
+                                    frozen_parameters=frozen, health=health_criteria(fe_cfg),
+                                    **estimator_options(fe_cfg), **options)
     estimate.extra.update(sample_head=fe_cfg.sample_head)
     if fe_cfg.split == "downstream":
         estimate.extra.update(downstream_head=OmegaConf.to_container(fe_cfg.downstream_head))
@@ -108,25 +118,18 @@ def estimate_checkpoint_model(model: torch.nn.Module, split: SplitData, fe_cfg: 
     return estimate_prepared_model(prepared, split, fe_cfg, **options), fields
 
 
-def _levelled_off(estimate: FreeEnergyEstimate, level: float) -> bool | None:
-    draws = estimate.draws
-    if draws.shape[0] < 2 or draws.shape[1] < 8:
-        return None
-    return trace_drift(draws, level).levelled_off
-
-
 def checkpoint_record(checkpoint: Checkpoint, fe_cfg: DictConfig, estimate: FreeEnergyEstimate, fields: dict) -> dict:
-    return estimate.to_record(split=fe_cfg.split, run_id=checkpoint.run_id, epoch=checkpoint.epoch,
-                              levelled_off=_levelled_off(estimate, fe_cfg.drift_test_level), **fields)
+    return estimate.to_record(split=fe_cfg.split, run_id=checkpoint.run_id, epoch=checkpoint.epoch, **fields)
 
 
 def summary_line(name: str, estimate: FreeEnergyEstimate) -> str:
     if estimate.diverged:
         return (f"{name}: DIVERGED in chain(s) {estimate.diverged_chains} (L_n(w*) = {estimate.init_loss:.4f}; "
                 f"{estimate.wall_time_s:.1f}s)")
+    health = "ok" if estimate.health.healthy else "FLAGGED: " + ", ".join(estimate.health.flags)
     return (f"{name}: F = {estimate.free_energy:.1f} ± {estimate.free_energy_std:.1f}, "
-            f"λ̂ = {estimate.llc:.1f} ± {estimate.llc_std:.1f}, L_n(w*) = {estimate.init_loss:.4f} "
-            f"({estimate.wall_time_s:.1f}s)")
+            f"λ̂ = {estimate.llc:.1f} ± {estimate.llc_std:.1f}, L_n(w*) = {estimate.init_loss:.4f}, "
+            f"R̂ {estimate.health.split_rhat:.3f} [{health}] ({estimate.wall_time_s:.1f}s)")
 
 
 def load_split(cfg: DictConfig, device: torch.device) -> SplitData:
