@@ -36,6 +36,7 @@ from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
 from freeenergy.records import PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints, read_json
 
 log = logging.getLogger(__name__)
+RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"
 
 # The columns the issue fixes, in order; more follow them in summary.csv.
 SUMMARY_COLUMNS = [
@@ -162,7 +163,7 @@ def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequenc
         run_id = run_file.parent.name
         if not any(run_file.parent.glob(f"epoch_*/{PRETRAIN_RECORD}.json")):
             continue
-        config = read_json(run_file).get("config") or {}
+        config = read_json(run_file, fix=RUN_RECORD_FIX).get("config") or {}
         try:
             consistent = run_identity(config) == run_id
         except (KeyError, TypeError, ValueError):
