@@ -1,5 +1,6 @@
 """The embedded synthetic dataset, class splits and batched augmentation."""
 
+import pytest
 import torch
 
 from freeenergy.data import ImageSet, load_data
@@ -76,3 +77,18 @@ def test_each_augmented_image_is_a_window_of_the_padded_image_possibly_flipped()
     for image, source in zip(out, padded):
         windows = [source[:, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
         assert any(torch.equal(image, w) or torch.equal(image, w.flip(-1)) for w in windows)
+
+
+def test_held_out_classes_can_have_their_own_image_count(tmp_path):
+    small = load_synthetic(root=str(tmp_path), image_size=8, images_per_class=6)
+    more = load_synthetic(root=str(tmp_path), image_size=8, images_per_class=6, downstream_images_per_class=9)
+    assert torch.equal(small.upstream_train.images, more.upstream_train.images)  # drawn first: the same pixels
+    assert torch.equal(small.validation.images, more.validation.images)
+    assert len(small.downstream) == 20 * 6 and len(more.downstream) == 20 * 9
+    assert torch.bincount(more.downstream.labels).tolist() == [9] * 20
+    assert len(list(tmp_path.glob("synthetic_*.pt"))) == 2
+    same = load_synthetic(root=str(tmp_path), image_size=8, images_per_class=6, downstream_images_per_class=6)
+    assert torch.equal(same.downstream.images, small.downstream.images)
+    assert len(list(tmp_path.glob("synthetic_*.pt"))) == 2  # equal counts: the same dataset and cache file
+    with pytest.raises(ValueError, match="downstream_images_per_class"):
+        load_synthetic(root=str(tmp_path), image_size=8, images_per_class=6, downstream_images_per_class=1)

@@ -21,6 +21,7 @@ from conftest import compose_config
 from freeenergy.data import load_data
 from freeenergy.data.splits import read_class_list
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*other than 600 images")  # tiny copies
 SPLITS = ("train", "val", "test")
 CIFAR_NAMES = sorted(sum((read_class_list("cifar_fs", s) for s in SPLITS), []))  # CIFAR-100's own order
 MINI_SPLITS = {s: read_class_list("mini_imagenet", s) for s in SPLITS}
@@ -146,8 +147,8 @@ def test_cifar_fs_checksums_refuse_a_changed_file(checksummed_cifar):
 
 @pytest.mark.parametrize("layout, message", [
     ("no root", r"data.root=.*nowhere.* does not exist.*data.download=true"),
-    ("empty root", r"has no 'cifar-100-python' folder.*data.download=true"),
-    ("no meta file", r"incomplete or corrupted.*data.download=true"),
+    ("empty root", r"(?s)No cifar_fs copy.*None of these was found.*data.download=true"),
+    ("no meta file", r"found train, test in .*cifar-100-python but no meta \(set data.download=true"),
 ])
 def test_cifar_fs_bad_layout_names_the_root_and_the_fix(tmp_path, layout, message):
     root = tmp_path / "nowhere" if layout == "no root" else tmp_path
@@ -253,12 +254,13 @@ def break_line(root):
 
 
 @pytest.mark.parametrize("break_layout, message", [
-    (lambda root: (root / "val.csv").unlink(), r"lacks \['val.csv'\]"),
-    (lambda root: (root / "images").rename(root / "pictures"), r"lacks \['images'\]"),
+    (lambda root: (root / "val.csv").unlink(), r"data.format=csv: found images, train.csv, test.csv .* but no val.csv"),
+    (lambda root: (root / "images").rename(root / "pictures"),
+     r"data.format=csv: found train.csv, val.csv, test.csv .* but no images"),
     (lambda root: (root / "images" / mini_filename(MINI_SPLITS["train"][0], 0)).unlink(),
      r"1 image\(s\) named in the CSVs .* missing .* 'n0153282900000001.png'"),
     (break_header, "test.csv must start with the header 'filename,label'"),
-    (break_classes, r"test.csv has classes .* differ from the Ravi & Larochelle test split"),
+    (break_classes, r"test.csv does not hold the standard mini_imagenet classes of the test split"),
     (break_line, r"train.csv, line 66: expected 'filename,label'"),
     (lambda root: (root / "images" / mini_filename(MINI_SPLITS["val"][0], 0)).write_bytes(b"not an image"),
      r"cannot decode .*n0185567200000001.png"),

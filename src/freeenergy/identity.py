@@ -10,8 +10,9 @@ Two configs that ask for the same computation must give the same identity, howev
 
 ``settings_digest`` is the sha1 of the canonical JSON; run ids (``run_identity``) and the per-step settings
 stored in records (``freeenergy.records``) both use it, so the two agree. Torch-free: the analysis uses it.
-Keys that change how a run executes but not what it computes (``EXECUTION_KEYS``: paths, batch sizes
-for evaluation only, memory layout, ``overwrite``, the thread count) are left out of identities; see
+Keys that change how a run executes but not what it computes (``EXECUTION_KEYS``: paths, file formats,
+batch sizes for evaluation only, memory layout, ``overwrite``, the thread count) are left out of identities,
+and keys that only later steps use (``NOT_PRETRAINING_KEYS``) out of the run identity; see
 ``docs/records.md`` for why the thread count is recorded but not part of an identity.
 """
 
@@ -28,8 +29,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 ORDER_FREE_KEYS = frozenset({
     "train.checkpoint_epochs", "train.step_epochs", "downstream.kinds", "fewshot.shots", "fewshot.classifiers",
 })
-# Keys that change how a pretraining run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = {"data": ("root", "download"), "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
+# Keys that change how a step executes, not what it computes: left out of every identity.
+EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"),
+                  "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
+# Keys that do not change pretraining (only later steps): left out of the run identity, kept in step settings.
+NOT_PRETRAINING_KEYS = {"data": ("downstream_images_per_class",)}
 RUN_GROUPS = ("data", "model", "optim", "train", "seed")
 
 
@@ -122,7 +126,7 @@ def identity_config(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """
     resolved = _plain(cfg) if not isinstance(cfg, DictConfig) else OmegaConf.to_container(cfg, resolve=True)
     identity = {key: resolved[key] for key in RUN_GROUPS}
-    for group, keys in EXECUTION_KEYS.items():
+    for group, keys in (*EXECUTION_KEYS.items(), *NOT_PRETRAINING_KEYS.items()):
         identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
     train = identity["train"]
     train["checkpoint_epochs"] = effective_checkpoint_epochs(train["epochs"], train.get("checkpoint_epochs", []))

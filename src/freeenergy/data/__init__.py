@@ -1,4 +1,8 @@
-"""Few-shot datasets as uint8 tensors: the embedded synthetic default, CIFAR-FS and mini-ImageNet."""
+"""Few-shot datasets as uint8 tensors: the embedded synthetic default, CIFAR-FS and mini-ImageNet.
+
+The real benchmarks are read from the on-disk formats the few-shot code bases distribute
+(``data.format``, detected by default; docs/data.md lists them).
+"""
 
 from __future__ import annotations
 
@@ -31,4 +35,19 @@ def load_data(data_cfg: Mapping[str, Any]) -> FewShotData:
     return _loader(name)(**options)
 
 
-__all__ = ["DATASETS", "FewShotData", "ImageSet", "load_data"]
+def check_data_root(data_cfg: Mapping[str, Any]) -> None:
+    """Refuse, before any compute, a ``data.root`` the dataset cannot be read from, with that dataset's fix.
+
+    Raises FileNotFoundError (a missing folder; CIFAR-FS may be downloaded into it instead) or ValueError
+    (mini-ImageNet pointed at Hugging Face's ``timm/mini-imagenet``). The synthetic data needs no root.
+    """
+    name = data_cfg["name"]
+    if name == "cifar_fs":
+        from freeenergy.data.cifar_fs import check_root
+        check_root(str(data_cfg["root"]), bool(data_cfg.get("download", False)))
+    elif name == "mini_imagenet":
+        from freeenergy.data.mini_imagenet import check_root
+        check_root(str(data_cfg["root"]))
+
+
+__all__ = ["DATASETS", "FewShotData", "ImageSet", "check_data_root", "load_data"]

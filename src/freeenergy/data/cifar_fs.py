@@ -1,21 +1,40 @@
 """CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 split by class into 64 / 16 / 20 few-shot classes.
 
 CIFAR-FS uses all 600 images of each class, CIFAR-100's training (500) and test (100) images together.
-The files are read by torchvision's ``CIFAR100`` (its native pickled batches and its MD5 integrity checks);
-``download=True`` fetches them only when the user asks. The standard class lists ship with the package.
-Images stay one uint8 tensor from the pickles on: no per-image PIL conversion.
+Read from any of the formats in circulation (``data.format``, detected by default):
+
+- ``torchvision``: CIFAR-100's python version, ``cifar-100-python/{train,test,meta}`` (data.root may be
+  the folder that contains it, or the folder itself). ``data.download=true`` fetches it there (the
+  tarball's MD5 is checked); ``data.verify_checksums`` checks each file against the published MD5 sums.
+- ``pickles``: MetaOptNet's ``CIFAR_FS_{train,val,test}.pickle`` or RFS's ``{train,val,test}.pickle``:
+  dicts ``data`` uint8 (N, 32, 32, 3) and ``labels``. They carry no class names: their labels must be
+  CIFAR-100 fine-label ids (the alphabetical order of CIFAR-100's ``fine_label_names``, which is
+  torchvision's ``classes`` order) of exactly the standard CIFAR-FS classes, else they are refused.
+- ``folders``: r2d2's ``cifar100/data/<class>/*.png`` (with ``splits/bertinetto/``), learn2learn's
+  ``processed/{train,val,test}/<class>/`` and cifar2png's ``train|test/<class>/`` (pooled by class).
+
+Every pickle is read without running code (:mod:`freeenergy.data.safe_pickle`); images are decoded once
+and cached as ``cache_<image_size>.pt`` under ``cache_dir`` (default: ``root``). The standard class
+lists ship with the package (``freeenergy/data/splits/``).
 """
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torchvision.datasets import CIFAR100
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from freeenergy.data.splits import read_class_list, select_classes, split_per_class
+from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
+from freeenergy.data.folders import class_folders_format
+from freeenergy.data.formats import (AUTO, DataFormat, DataNotFoundError, Match, Part, Source, expect_dict,
+                                     expect_int_labels, file_fingerprint, files_match, pick_files)
+from freeenergy.data.images import from_hwc_array, resize
+from freeenergy.data.safe_pickle import load_pickle
+from freeenergy.data.splits import SPLIT_NAMES, read_class_list, read_name_list
 from freeenergy.data.types import FewShotData
 
 # Per-channel mean and standard deviation of the 50,000 CIFAR-100 training images, pixels scaled to
@@ -23,47 +42,141 @@ from freeenergy.data.types import FewShotData
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 NATIVE_SIZE = 32
+BENCHMARK = "cifar_fs"
+FOLDER = CIFAR100.base_folder  # cifar-100-python
+FINE_LABEL_NAMES = read_name_list("cifar100_fine_labels")  # label id → name: CIFAR-100's meta order
 
 
-class _CIFAR100WithoutChecksums(CIFAR100):
-    """torchvision's CIFAR100 parsing, with file-presence checks instead of MD5 sums.
+# --- torchvision: cifar-100-python/{train,test,meta} -----------------------------------------------------
 
-    Used only with ``verify_checksums=false``: for files that are valid CIFAR-100 batches but not the
-    published ones (a re-packed copy, or small files written by a test).
+def _probe_torchvision(root: Path) -> Match:
+    location = root if root.name == FOLDER and not (root / FOLDER).is_dir() else root / FOLDER
+    match = files_match("torchvision", location, ["train", "test", "meta"])
+    tarball = root / CIFAR100.filename
+    if not match.found and tarball.exists():
+        return Match("torchvision", [CIFAR100.filename], [f"{FOLDER}/"], root,
+                     hint=f"unpack it there (tar xzf {tarball} -C {root}), or set data.download=true, which unpacks it")
+    if not match.complete:
+        match.hint = "set data.download=true to fetch CIFAR-100 again"
+    return match
+
+
+def _verify(paths: dict[str, Path]) -> None:
+    """Each file against the MD5 sum of the published release (torchvision's table)."""
+    published = {"train": CIFAR100.train_list[0][1], "test": CIFAR100.test_list[0][1], "meta": CIFAR100.meta["md5"]}
+    for name, path in paths.items():
+        if not check_integrity(str(path), published[name]):
+            raise RuntimeError(
+                f"CIFAR-100 under {path.parent} is incomplete or corrupted: {path} does not have the published "
+                "MD5 sum. Set data.download=true to fetch it again, or data.verify_checksums=false for a "
+                "re-packed copy of the same files.")
+
+
+def _torchvision_format(verify_checksums: bool) -> DataFormat:
+    def scan(match: Match) -> Source:
+        paths = dict(zip(("train", "test", "meta"), pick_files(match)))
+        fingerprint = [file_fingerprint(p, match.location) for p in paths.values()] + [f"verified={verify_checksums}"]
+        return Source(match.location, paths, fingerprint)
+
+    def read(source: Source, image_size: int) -> list[Part]:
+        paths = source.pieces
+        if verify_checksums:
+            _verify(paths)
+        names = expect_dict(load_pickle(paths["meta"]), ("fine_label_names",), paths["meta"])["fine_label_names"]
+        parts = []
+        for half in ("train", "test"):
+            batch = expect_dict(load_pickle(paths[half]), ("data", "fine_labels"), paths[half])
+            rows = batch["data"]
+            if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
+                raise ValueError(f"{paths[half]}: 'data' must be uint8 rows of 3072 pixels (N, 3072).")
+            images = resize(torch.from_numpy(rows.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE).copy()), image_size)
+            labels = expect_int_labels(batch["fine_labels"], len(images), paths[half], "fine_labels", upper=100)
+            parts.append(Part(images, [str(names[label]) for label in labels], None, str(paths[half])))
+        return parts
+
+    return DataFormat("torchvision", "CIFAR-100's python version, as torchvision reads it",
+                      f"{FOLDER}/{{train,test,meta}}", _probe_torchvision, scan, read)
+
+
+# --- pickles: MetaOptNet (CIFAR_FS_<split>.pickle) and RFS (<split>.pickle) ------------------------------
+
+PICKLE_FILES = {split: (f"CIFAR_FS_{split}.pickle", f"{split}.pickle") for split in SPLIT_NAMES}
+
+
+def _check_fine_ids(path: Path, split: str, ids: set[int]) -> None:
+    """Refuse labels that are not the CIFAR-100 fine-label ids of the standard CIFAR-FS classes of ``split``."""
+    expected = {FINE_LABEL_NAMES.index(name) for name in read_class_list(BENCHMARK, split)}
+    if ids == expected:
+        return
+    if len(ids) == len(expected) and max(ids) - min(ids) == len(ids) - 1:
+        why = "they are consecutive numbers (classes renumbered), so the class names are lost"
+    elif split == "train" and len(ids) == 60:
+        why = "60 classes: this looks like FC100 (60 / 20 / 20 classes split by superclass), not CIFAR-FS"
+    else:
+        named = sorted(FINE_LABEL_NAMES[i] for i in ids - expected)[:3]
+        why = f"as fine-label ids they name classes outside the CIFAR-FS {split} split (e.g. {named})"
+    raise ValueError(
+        f"{path}: its labels ({len(ids)} ids, {sorted(ids)[:5]}…) are not the CIFAR-100 fine-label ids of the "
+        f"{len(expected)} standard CIFAR-FS {split} classes: {why}. These pickles carry no class names, so the "
+        "classes cannot be identified; use CIFAR-100's python version (data.format=torchvision) or class folders.")
+
+
+def _read_pickles(source: Source, image_size: int) -> list[Part]:
+    parts = []
+    for split, path in source.pieces.items():
+        content = expect_dict(load_pickle(path), ("data", "labels"), path)
+        images = from_hwc_array(content["data"], image_size, str(path))
+        labels = expect_int_labels(content["labels"], len(images), path, upper=100)
+        _check_fine_ids(path, split, set(labels))
+        parts.append(Part(images, [FINE_LABEL_NAMES[label] for label in labels], split, str(path)))
+    return parts
+
+
+def _scan_pickles(match: Match) -> Source:
+    paths = pick_files(match)
+    return Source(match.location, dict(zip(SPLIT_NAMES, paths)), [file_fingerprint(p, match.location) for p in paths])
+
+
+def cifar_fs_formats(verify_checksums: bool = True) -> list[DataFormat]:
+    """The formats CIFAR-FS is read from, in the order detection tries them."""
+    return [
+        _torchvision_format(verify_checksums),
+        DataFormat("pickles", "pickles of MetaOptNet / RFS",
+                   "CIFAR_FS_{train,val,test}.pickle or {train,val,test}.pickle",
+                   lambda root: files_match("pickles", root, list(PICKLE_FILES.values())),
+                   _scan_pickles, _read_pickles),
+        class_folders_format(BENCHMARK, "bertinetto", halves=True,
+                             title="class folders of r2d2 / learn2learn / cifar2png"),
+    ]
+
+
+FORMAT_NAMES = tuple(f.name for f in cifar_fs_formats())
+
+
+# --- download --------------------------------------------------------------------------------------------
+
+def download_cifar100(root: Path) -> None:
+    """Fetch and unpack CIFAR-100's python version into ``root`` (skipped when the tarball is there and intact).
+
+    Raises RuntimeError naming the URL to fetch by hand, and where to put it, when the download fails.
     """
-
-    train_list = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in CIFAR100.test_list]
-    meta = {**CIFAR100.meta, "md5": None}
-
-
-def _check_root(root: str, download: bool) -> None:
-    if download:
-        return  # torchvision creates the folder and fetches the files
-    if not Path(root).is_dir():
-        raise FileNotFoundError(
-            f"data.root={root!r} does not exist. Point data.root at the folder that contains "
-            f"'{CIFAR100.base_folder}/', or set data.download=true to download CIFAR-100 there.")
-    if not (Path(root) / CIFAR100.base_folder).is_dir():
-        raise FileNotFoundError(
-            f"data.root={root!r} has no '{CIFAR100.base_folder}' folder (CIFAR-100 in its python format). "
-            "Point data.root at the folder that contains it, or set data.download=true to download it there.")
-
-
-def _read_cifar100(root: str, download: bool, verify_checksums: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """All CIFAR-100 images, train then test (uint8, N×3×32×32), their fine labels and the class names."""
-    _check_root(root, download)
-    reader = CIFAR100 if verify_checksums else _CIFAR100WithoutChecksums
+    tarball = root / CIFAR100.filename
     try:
-        parts = [reader(root, train=train, download=download) for train in (True, False)]
-    except RuntimeError as error:
+        download_and_extract_archive(CIFAR100.url, str(root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
         raise RuntimeError(
-            f"CIFAR-100 under data.root={root!r} is incomplete or corrupted ({error}). Set data.download=true "
-            "to fetch it again, or data.verify_checksums=false for a re-packed copy of the same files.") from error
-    # torchvision keeps the pixels as one (N, 32, 32, 3) uint8 array; only the axes change here
-    images = torch.from_numpy(np.concatenate([p.data for p in parts])).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([t for p in parts for t in p.targets])
-    return images, labels, list(parts[0].classes)
+            f"data.download=true could not download CIFAR-100 ({type(error).__name__}: {error}). Without internet "
+            f"access here, fetch {CIFAR100.url} by hand (about 160 MB, MD5 {CIFAR100.tgz_md5}) and put it at "
+            f"{tarball}; then run again with data.download=true (it is checked and unpacked there), or unpack it "
+            f"yourself (tar xzf {tarball} -C {root}) so that {root / FOLDER} holds train, test and meta.") from None
+
+
+def check_root(root: str, download: bool) -> None:
+    """Refuse, before any compute, a data.root that does not exist (unless CIFAR-100 is to be downloaded there)."""
+    if not download and not Path(root).is_dir():
+        raise DataNotFoundError(
+            f"data.root={root!r} does not exist. Point data.root at your CIFAR-FS copy, in any of the formats "
+            f"{list(FORMAT_NAMES)} (docs/data.md), or set data.download=true to download CIFAR-100 there.")
 
 
 def load_cifar_fs(
@@ -73,16 +186,25 @@ def load_cifar_fs(
     heldout_fraction: float = 0.1,
     split_seed: int = 0,
     verify_checksums: bool = True,
+    cache_dir: str | None = None,
+    format: str = AUTO,
 ) -> FewShotData:
-    """CIFAR-FS as uint8 tensors; upstream classes split per class into train / held-out images."""
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"data.image_size={image_size!r} must be a positive integer (CIFAR's own size is 32).")
-    images, labels, names = _read_cifar100(str(root), download, verify_checksums)
-    if image_size != NATIVE_SIZE:
-        images = TF.resize(images, [image_size, image_size], antialias=True)
-    upstream, validation, downstream = (
-        select_classes(images, labels, names, read_class_list("cifar_fs", split)) for split in ("train", "val", "test")
-    )
-    upstream_train, upstream_heldout = split_per_class(upstream, heldout_fraction, split_seed)
-    return FewShotData("cifar_fs", upstream_train, upstream_heldout, validation, downstream,
-                       CIFAR100_MEAN, CIFAR100_STD)
+    """CIFAR-FS as uint8 tensors (decoded once, then cached); upstream classes split per class into train / held-out.
+
+    ``format`` is ``auto`` (detect) or one of :data:`FORMAT_NAMES`. Raises FileNotFoundError (no copy, or
+    an incomplete one: the error lists the formats and the closest match), ValueError (not the standard
+    split, pickles without identifiable classes, bad options), RuntimeError (checksums, failed download),
+    UnsafePickleError (a pickle that would run code).
+    """
+    check_options(image_size, heldout_fraction)
+    check_root(str(root), download)
+    folder, formats = Path(root), cifar_fs_formats(verify_checksums)
+    if download:
+        if format not in (AUTO, "torchvision"):
+            raise ValueError(f"data.download=true fetches CIFAR-100's python version (data.format=torchvision); "
+                             f"it does not apply to data.format={format}. Drop one of the two.")
+        if not formats[0].probe(folder).complete:
+            download_cifar100(folder)
+    sets = load_splits(BENCHMARK, formats, folder, format, image_size, cache_dir,
+                       advice=", or set data.download=true to download CIFAR-100 there")
+    return few_shot_data(BENCHMARK, sets, heldout_fraction, split_seed, CIFAR100_MEAN, CIFAR100_STD)

@@ -11,12 +11,17 @@ from freeenergy.data.types import ImageSet
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def read_name_list(name: str) -> list[str]:
+    """The non-empty lines of the shipped list ``freeenergy/data/splits/<name>.txt``."""
+    text = resources.files("freeenergy.data").joinpath("splits", f"{name}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def read_class_list(benchmark: str, split: str) -> list[str]:
     """Class names of ``benchmark`` (``cifar_fs`` or ``mini_imagenet``) for ``split`` (train/val/test)."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split={split!r} is unknown; choose one of {SPLIT_NAMES}.")
-    text = resources.files("freeenergy.data").joinpath("splits", f"{benchmark}_{split}.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return read_name_list(f"{benchmark}_{split}")
 
 
 def split_per_class(images: ImageSet, heldout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

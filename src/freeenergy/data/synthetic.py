@@ -9,7 +9,9 @@ Each image is drawn on a 32×32 canvas and then resized to ``image_size``. Withi
 in position, scale, rotation (±30°), hue, saturation and brightness, texture frequency and phase; the
 background is a random colour gradient with distractor blobs (clutter), and pixel noise is added.
 Everything is drawn from one seeded ``torch.Generator``, so the same arguments give identical bytes.
-The result is cached on disk as a tensor file keyed by the arguments.
+The result is cached on disk, keyed by the arguments: a tensor file and the class names beside it as
+JSON, both written atomically and checked when read; a damaged or missing piece is reported with its
+path and the dataset is drawn again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +28,8 @@ from tqdm import tqdm
 
 from freeenergy.data.splits import split_per_class
 from freeenergy.data.types import FewShotData, ImageSet
-from freeenergy.records import load_torch, read_json, save_torch, write_json
+from freeenergy.data.cache import (check_image_splits, read_json_cache, read_tensor_cache, write_json_cache,
+                                   write_tensor_cache)
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "half_disc", "bar")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -157,22 +161,34 @@ def render_class(factors: tuple[str, str, str], n: int, generator: torch.Generat
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
 
 
-def generate(images_per_class: int, image_size: int, seed: int) -> dict:
-    """Draw the whole dataset: images per split (uint8, resized to ``image_size``) and class names."""
+def split_counts(images_per_class: int, downstream_images_per_class: int | None = None) -> dict[str, int]:
+    """Images per class of each split: ``images_per_class``, except the held-out classes' own count if given."""
+    counts = {split: images_per_class for split in SPLIT_SIZES}
+    counts["downstream"] = downstream_images_per_class or images_per_class
+    return counts
+
+
+def generate(images_per_class: int, image_size: int, seed: int, downstream_images_per_class: int | None = None) -> dict:
+    """Draw the whole dataset: images per split (uint8, resized to ``image_size``) and class names.
+
+    ``downstream_images_per_class`` (default: ``images_per_class``) sets the held-out classes' count alone, so
+    the pretraining set can stay small while downstream accuracies rest on enough images.
+    """
     splits = class_factors(seed)
+    counts = split_counts(images_per_class, downstream_images_per_class)
     generator = torch.Generator().manual_seed(seed + 1)
     result = {}
     all_classes = [(split, factors) for split, classes in splits.items() for factors in classes]
     images: dict[str, list[torch.Tensor]] = {split: [] for split in splits}
     for split, factors in tqdm(all_classes, desc="synthetic data", unit="class", leave=False):
-        drawn = render_class(factors, images_per_class, generator)
+        drawn = render_class(factors, counts[split], generator)
         if image_size != CANVAS:
             drawn = TF.resize(drawn, [image_size, image_size], antialias=True)
         images[split].append(drawn)
     for split, classes in splits.items():
         result[split] = {
             "images": torch.cat(images[split]),
-            "labels": torch.arange(len(classes)).repeat_interleave(images_per_class),
+            "labels": torch.arange(len(classes)).repeat_interleave(counts[split]),
             "class_names": [class_name(f) for f in classes],
         }
     return result
@@ -189,22 +205,29 @@ def load_synthetic(
     images_per_class: int = 200,
     heldout_fraction: float = 0.2,
     seed: int = 0,
+    downstream_images_per_class: int | None = None,
 ) -> FewShotData:
-    """The embedded default dataset, generated on first use and cached under ``root``."""
+    """The embedded default dataset, generated on first use and cached under ``root``.
+
+    ``images_per_class`` images for every upstream and validation class; ``downstream_images_per_class``
+    (null: the same) for every held-out class.
+    """
     if image_size < 4 or image_size > CANVAS:
         raise ValueError(f"data.image_size={image_size} must lie in [4, {CANVAS}].")
-    if images_per_class < 2:
-        raise ValueError(f"data.images_per_class={images_per_class} must be at least 2.")
-    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed)
-    if path.exists():
-        stored = load_torch(path)
-        stored["class_names"] = read_json(path.with_suffix(".json"))
-    else:
-        drawn = generate(images_per_class, image_size, seed)
+    for key, value in (("images_per_class", images_per_class), ("downstream_images_per_class", downstream_images_per_class)):
+        if value is not None and (not isinstance(value, int) or value < 2):
+            raise ValueError(f"data.{key}={value!r} must be an integer of at least 2.")
+    if downstream_images_per_class == images_per_class:
+        downstream_images_per_class = None  # one dataset, one cache file
+    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
+    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+    stored = _read_cache(path, image_size, split_counts(images_per_class, downstream_images_per_class))
+    if stored is None:
+        drawn = generate(images_per_class, image_size, seed, downstream_images_per_class)
         stored = {f"{split}/{key}": drawn[split][key] for split in drawn for key in ("images", "labels")}
         stored["class_names"] = {split: drawn[split]["class_names"] for split in drawn}
-        write_json(path.with_suffix(".json"), stored["class_names"])  # before the tensors: .pt implies .json
-        save_torch(path, {k: v for k, v in stored.items() if k != "class_names"})
+        write_json_cache(path.with_suffix(".json"), stored["class_names"])
+        write_tensor_cache(path, path.stem, {k: v for k, v in stored.items() if k != "class_names"})
     sets = {split: ImageSet(stored[f"{split}/images"], stored[f"{split}/labels"], stored["class_names"][split])
             for split in SPLIT_SIZES}
     upstream_train, upstream_heldout = split_per_class(sets["upstream"], heldout_fraction, seed)
@@ -213,6 +236,41 @@ def load_synthetic(
         name="synthetic", upstream_train=upstream_train, upstream_heldout=upstream_heldout,
         validation=sets["validation"], downstream=sets["downstream"], mean=mean, std=std,
     )
+
+
+def _read_cache(path: Path, image_size: int, counts: dict[str, int]) -> dict | None:
+    """The cached dataset (tensors and class names), or None when either file is absent or damaged.
+
+    A damaged or incomplete file is reported with its path (a warning) and the dataset is drawn again.
+    """
+    names_path = path.with_suffix(".json")
+    if not path.exists() and not names_path.exists():
+        return None
+    for piece, other in ((path, names_path), (names_path, path)):
+        if not piece.exists():
+            warnings.warn(f"data cache {piece} is missing (beside {other.name}); rebuilding both.", stacklevel=3)
+            return None
+    names = read_json_cache(names_path)
+    if names is not None and not _valid_class_names(names):
+        warnings.warn(f"data cache {names_path} does not hold the class names of the "
+                      f"{list(SPLIT_SIZES)} splits; rebuilding it.", stacklevel=3)
+        names = None
+    if names is None:
+        return None  # the tensors are useless without their class names: draw both again
+    sizes = {split: size * counts[split] for split, size in SPLIT_SIZES.items()}
+
+    def check(payload: dict) -> None:
+        check_image_splits(payload, SPLIT_SIZES, image_size, sizes)
+
+    tensors = read_tensor_cache(path, path.stem, check)
+    return None if tensors is None else {**tensors, "class_names": names}
+
+
+def _valid_class_names(names: object) -> bool:
+    """Class names as the cache stores them: per split, a list of that split's number of strings."""
+    return isinstance(names, dict) and all(
+        isinstance(names.get(split), list) and len(names[split]) == size and all(isinstance(n, str) for n in names[split])
+        for split, size in SPLIT_SIZES.items())
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

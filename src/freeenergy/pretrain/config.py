@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from freeenergy.data import DATASETS
+from freeenergy.data import DATASETS, check_data_root
 from freeenergy.identity import effective_checkpoint_epochs, identity_config, run_identity
 from freeenergy.models import MODELS
 
@@ -23,9 +22,7 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
     """Raise a ValueError naming the key, the value and what is allowed, for the first bad value."""
     if cfg.data.name not in DATASETS:
         _refuse("data", cfg.data.name, f"choose one of {list(DATASETS)}")
-    if cfg.data.name != "synthetic" and not Path(cfg.data.root).exists() and not cfg.data.get("download", False):
-        _refuse("data.root", cfg.data.root, "the folder does not exist; point data.root at the dataset "
-                "(or set data.download=true for CIFAR-100)")
+    check_data_root(cfg.data)  # each dataset's own message and fix
     if cfg.model.name not in MODELS:
         _refuse("model", cfg.model.name, f"choose one of {sorted(MODELS)}")
     if not cfg.optim.lr > 0:
