@@ -20,6 +20,7 @@ from scipy import stats
 
 from freeenergy.analysis.table import build_summary
 from freeenergy.downstream.probe import summarize
+from freeenergy.downstream.sweep import run_downstream
 from freeenergy.free_energy.estimator import estimate_free_energy
 from freeenergy.free_energy.sweep import run_free_energy
 from freeenergy.identity import canonical, identity_config, run_id_from_identity, run_identity, settings_digest
@@ -151,6 +152,13 @@ def test_a_batch_larger_than_the_data_is_refused_before_the_run_folder_exists(tm
     assert not (tmp_path / "runs" / run_identity(cfg)).exists()
 
 
+def test_padding_as_large_as_the_image_is_refused_before_the_run_folder_exists(tmp_path):
+    cfg = cfg_with(tmp_path, "train.augment.padding=8")  # 8×8 images: reflection padding must stay below 8
+    with pytest.raises(ValueError, match=r"train.augment.padding=8 .*\[0, 8\)"):
+        run_pretraining(cfg)
+    assert not (tmp_path / "runs" / run_identity(cfg)).exists()
+
+
 def test_a_run_that_dies_of_any_exception_is_marked_failed_with_the_error(tmp_path):
     def crash(epoch):
         raise RuntimeError("out of memory (simulated)")
@@ -168,13 +176,17 @@ def test_a_run_that_dies_of_any_exception_is_marked_failed_with_the_error(tmp_pa
     (run_metrics, "metrics.loss.train_images=600", r"metrics.loss.train_images=600 "),
     (run_free_energy, "free_energy.batch_size=600", r"free_energy.batch_size=600 .*512 images"),
     (run_free_energy, "free_energy.split=downstream", r"free_energy.batch_size=256 .*200 images"),
+    (run_downstream, "downstream.finetune.augment.padding=9", r"downstream.finetune.augment.padding=9 .*\[0, 8\)"),
+    (run_downstream, "downstream.fewshot.support_views=1", r"downstream.fewshot.augment.padding=8 "),
 ])
 def test_every_size_is_checked_against_the_data_before_compute(tiny_experiment, step, override, match):
     extra = ["free_energy.batch_size=256"] if "split" in override else []
+    extra += ["downstream.fewshot.augment.padding=8", "downstream.fewshot.shots=[1]"] if "views" in override else []
     with pytest.raises(ValueError, match=match):
         step(compose_config(tiny_overrides(tiny_experiment.path.parent) + extra + [override]))
     assert not list(tiny_experiment.path.glob("*/epoch_*/metrics.json"))
     assert not list(tiny_experiment.path.glob("*/epoch_*/free_energy*.json"))
+    assert not list(tiny_experiment.path.glob("*/epoch_*/f*shot.json")) + list(tiny_experiment.path.glob("*/*/finetune.json"))
 
 
 # ---------------------------------------------------------------- 4. numpy and torch scalars

@@ -114,16 +114,19 @@ def _json_safe(value: Any, path: str, flagged: set[str]) -> Any:
     return value
 
 
-def json_record(record: Mapping[str, Any]) -> dict:
-    """The JSON-able form of a record: plain numbers, NaN/inf as null, listed under ``non_finite``."""
+def json_record(record: Any) -> Any:
+    """The JSON-able form of a record: plain numbers, NaN/inf as null, listed under ``non_finite`` (for a
+    record object; other JSON values, e.g. a cached list, are only converted)."""
     flagged: set[str] = set()
+    if not isinstance(record, Mapping):
+        return _json_safe(record, "", flagged)
     safe = _json_safe({k: v for k, v in record.items() if k != NON_FINITE}, "", flagged)
     if flagged:
         safe[NON_FINITE] = sorted(flagged)
     return safe
 
 
-def write_json(path: str | Path, record: Mapping[str, Any]) -> None:
+def write_json(path: str | Path, record: Any) -> None:
     """Write a JSON record atomically (see ``json_record`` for what is converted)."""
     text = json.dumps(json_record(record), indent=2, sort_keys=True)
     _atomic_write(Path(path), lambda handle: handle.write(text.encode()))

@@ -46,8 +46,16 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
                 "train.epochs are dropped; the final epoch is always checkpointed)")
 
 
-def validate_against_data(cfg: DictConfig, train_images: int) -> None:
+def check_padding(key: str, padding: Any, image_size: int) -> None:
+    """Reflection padding must be a non-negative integer smaller than the image side."""
+    if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < image_size:
+        _refuse(key, padding, f"reflection padding must be an integer in [0, {image_size}) for "
+                f"{image_size}×{image_size} images; lower it (0 turns the random crop off)")
+
+
+def validate_against_data(cfg: DictConfig, train_images: int, image_size: int) -> None:
     """Refuse sizes the training data cannot supply (before the run folder is written)."""
+    check_padding("train.augment.padding", cfg.train.augment.padding, image_size)
     if cfg.train.batch_size > train_images:
         _refuse("train.batch_size", cfg.train.batch_size,
                 f"larger than the {train_images} upstream training images of data={cfg.data.name} "
@@ -68,5 +76,6 @@ def checkpoint_epochs_note(cfg: DictConfig) -> str | None:
     return f"train.checkpoint_epochs={configured} → {effective}: " + ", ".join(parts) + "."
 
 
-__all__ = ["validate_pretrain_config", "validate_against_data", "checkpoint_epochs_note", "identity_config",
+__all__ = ["validate_pretrain_config", "validate_against_data", "check_padding", "checkpoint_epochs_note",
+           "identity_config",
            "run_identity", "effective_checkpoint_epochs"]

@@ -84,7 +84,7 @@ class Pretraining:
         """Load the data, check sizes against it, build model and optimizer, resume unless ``fresh``; only
         then write ``run.json`` (status ``running``)."""
         self.data: FewShotData = load_data(self.cfg.data)
-        validate_against_data(self.cfg, len(self.data.upstream_train))
+        validate_against_data(self.cfg, len(self.data.upstream_train), self.data.upstream_train.images.shape[-1])
         torch.manual_seed(self.cfg.seed)
         num_classes = self.data.upstream_train.num_classes
         self.model = create_model(num_classes=num_classes, **self.cfg.model).to(self.device)
