@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.free_energy.diagnostics import HealthCriteria
-from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy
+from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.provenance import data_identity, group_settings, plan_step
@@ -52,6 +52,12 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
         _refuse("nbeta", fe_cfg.nbeta, "a positive inverse temperature, or null for n / log n")
     if not 0 < fe_cfg.drift_test_level < 1:
         _refuse("drift_test_level", fe_cfg.drift_test_level, "a test level in (0, 1), e.g. 0.01")
+    if fe_cfg.precision not in PRECISIONS:
+        _refuse("precision", fe_cfg.precision, f"one of {sorted(PRECISIONS)}")
+    if not isinstance(fe_cfg.vectorize_chains, bool):
+        _refuse("vectorize_chains", fe_cfg.vectorize_chains, "true or false")
+    if fe_cfg.vectorize_chains and fe_cfg.precision != "fp32":
+        _refuse("vectorize_chains", True, f"fp32 only (precision={fe_cfg.precision!r}): set vectorize_chains=false")
     health = fe_cfg.health
     for key in ("max_rhat", "max_llc_rel_spread", "max_gradient_bias_fraction", "runaway_z"):
         if not isinstance(health[key], (int, float)) or isinstance(health[key], bool) or not health[key] > 0:
@@ -69,7 +75,9 @@ def split_images(data: FewShotData, split: str) -> ImageSet:
 
 def estimator_options(fe_cfg: DictConfig) -> dict:
     """The ``estimate_free_energy`` keyword arguments set by ``free_energy.*``."""
-    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {"eval_batch_size": fe_cfg.eval_batch_size}
+    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {
+        "eval_batch_size": fe_cfg.eval_batch_size, "precision": fe_cfg.precision,
+        "vectorize_chains": fe_cfg.vectorize_chains}
 
 
 def make_input_transform(data: FewShotData, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
