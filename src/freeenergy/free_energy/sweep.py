@@ -157,7 +157,7 @@ class Outcome:
     record: dict | None = None
 
 
-FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last")  # speed/bookkeeping only
+FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains")  # speed only
 
 
 def free_energy_settings(cfg: DictConfig) -> dict:

@@ -323,11 +323,13 @@ def verify_checkpoint(run: Pretraining, epoch: int) -> tuple[dict | None, str | 
     if not check.current:
         return None, f"{path}: {check.reason or check.status}"
     record = check.record
-    if record.get("model_file") != file_stat(checkpoint.model_path) and \
-            file_sha256(checkpoint.model_path) != record.get("model_sha256"):
-        reason = model_problem(checkpoint.model_path) or f"{checkpoint.model_path}: not the file pretraining saved " \
-                                                         "(its sha256 differs from pretrain.json's)"
-        return None, reason
+    if record.get("model_file") != file_stat(checkpoint.model_path):  # touched or copied: compare the bytes
+        if file_sha256(checkpoint.model_path) != record.get("model_sha256"):
+            reason = model_problem(checkpoint.model_path) or (f"{checkpoint.model_path}: not the file pretraining "
+                                                              "saved (its sha256 differs from pretrain.json's)")
+            return None, reason
+        record = {**record, **model_fields(checkpoint.model_path)}  # the same bytes: refresh size and mtime
+        write_json(path, record)
     return record, None
 
 
