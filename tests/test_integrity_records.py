@@ -47,9 +47,11 @@ def step_cfg(experiment, *overrides: str):
 
 
 def pretrain_cfg(experiment, lr: float = 0.05, *overrides: str):
-    """A run of the tiny experiment, with the thread count its runs were trained with (conftest: 2), so that
-    retraining reproduces their weights exactly."""
-    return compose_config(tiny_overrides(experiment.path.parent) + [f"optim.lr={lr}", "num_threads=2", *overrides])
+    """A run of the tiny experiment, with the thread count its runs were trained with (as their records say),
+    so that retraining reproduces their weights exactly."""
+    threads = read_json(next(experiment.path.glob("*/epoch_001/pretrain.json")))["runtime"]["num_threads"]
+    return compose_config(tiny_overrides(experiment.path.parent) + [f"optim.lr={lr}", f"num_threads={threads}",
+                                                                     *overrides])
 
 
 def statuses(outcomes) -> list[str]:
@@ -82,17 +84,18 @@ def test_truncated_or_empty_step_records_are_detected_named_and_recomputed(tiny_
 
 
 def test_a_truncated_pretrain_record_or_run_record_is_repaired_by_pretraining(tiny_experiment, capsys):
-    run_dir = tiny_experiment.path / run_identity(pretrain_cfg(tiny_experiment))
+    cfg = pretrain_cfg(tiny_experiment)
+    run_dir = tiny_experiment.path / run_identity(cfg)
     model = run_dir / "epoch_002" / "model.pt"
     weights, mtime = load_torch(model), model.stat().st_mtime_ns
     truncate(run_dir / "run.json")
     with pytest.raises(RecordError, match=rf"{run_dir / 'run.json'}: not valid JSON.*scripts/pretrain.py"):
         build_summary(tiny_experiment.path, study_runs(tiny_experiment.cfg))  # the analysis names the file
-    run_pretraining(pretrain_cfg(tiny_experiment))
+    run_pretraining(cfg)
     assert "run.json was rebuilt" in capsys.readouterr().out and model.stat().st_mtime_ns == mtime  # no retraining
     assert read_json(run_dir / "run.json")["status"] == "done"
     truncate(run_dir / "epoch_001" / "pretrain.json", keep=0)
-    run_pretraining(pretrain_cfg(tiny_experiment))
+    run_pretraining(cfg)
     out = capsys.readouterr().out
     assert f"{run_dir / 'epoch_001' / 'pretrain.json'}: the file is empty" in out and "retraining" in out
     assert read_json(run_dir / "epoch_001" / "pretrain.json")["epoch"] == 1
@@ -253,7 +256,6 @@ def test_every_record_carries_its_runtime_and_a_differing_resume_or_reuse_warns(
             record = read_json(checkpoint.record_path(kind))
             assert set(record["runtime"]) == {"torch", "device", "num_threads"}
             assert record["runtime"]["torch"] == torch.__version__ and len(record["model_sha256"]) == 64
-    assert read_json(checkpoint.record_path("pretrain"))["runtime"]["num_threads"] == 2  # conftest's pretraining
     with caplog.at_level(logging.WARNING):
         assert set(statuses(run_metrics(step_cfg(tiny_experiment, "num_threads=3")))) == {"skipped"}
     assert "num_threads 1 → 3" in caplog.text and "not part of an identity" in caplog.text
