@@ -53,7 +53,9 @@ step() {  # step NAME SCRIPT ARGS…: run one step of the study and log its wall
 }
 
 quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-mapfile -t sweeps < <("$PY" scripts/sweep_overrides.py "experiment=$experiment" "${quiet[@]}" "$@")
+sweep_lines=$("$PY" scripts/sweep_overrides.py "experiment=$experiment" "${quiet[@]}" "$@")  # refuses a swept key
+sweeps=()
+[ -n "$sweep_lines" ] && mapfile -t sweeps <<< "$sweep_lines"
 for axis in "${sweeps[@]}"; do
   # shellcheck disable=SC2086  # each line holds several overrides
   step "pretrain ${axis%%=*}" scripts/pretrain.py -m "experiment=$experiment" $axis "$@"

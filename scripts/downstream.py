@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from freeenergy.downstream.sweep import run_downstream
+from freeenergy.provenance import exit_if_failed
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_downstream(cfg)
+    exit_if_failed("downstream", run_downstream(cfg))  # status 1 when a checkpoint failed, after the others
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from freeenergy.free_energy.sweep import run_free_energy
+from freeenergy.provenance import exit_if_failed
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_free_energy(cfg)
+    exit_if_failed("free energy", run_free_energy(cfg))  # status 1 when a checkpoint failed, after the others
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from freeenergy.metrics.sweep import run_metrics
+from freeenergy.provenance import exit_if_failed
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_metrics(cfg)
+    exit_if_failed("metrics", run_metrics(cfg))  # status 1 when a checkpoint failed, after the others
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import compose_config, tiny_overrides
+from omegaconf import OmegaConf
 
 from freeenergy.analysis import SUMMARY_COLUMNS
 from freeenergy.analysis.stats import (METHODS, BootstrapSettings, LevelSet, correlate, correlation_table,
                                        level_set_table)
 from freeenergy.analysis.table import base_setting, build_summary, flagged, usable_estimates
 from freeenergy.free_energy.diagnostics import Health
+from freeenergy.identity import identity_config, run_id_from_identity
+from freeenergy.pretrain.sweeps import study_runs
 from freeenergy.records import epoch_dirname, read_json, write_json
 
 EPOCHS = (1, 2, 4)  # epoch 1 before the collapse of the train loss, 2 and 4 after
@@ -65,18 +68,32 @@ class Study:
     special: dict[str, tuple[str, int]] = field(default_factory=dict)  # what was broken where
 
 
-def fabricate_experiment(runs: Path, base: dict) -> Study:
+def fabricated_settings(base: dict) -> list[tuple[float, int, float]]:
+    """(lr, batch size, momentum) of the 5 fabricated settings: the base and one step along each sweep."""
     lr, bs, mom = base["optim"]["lr"], base["train"]["batch_size"], base["optim"]["momentum"]
-    settings = [(lr, bs, mom), (2 * lr, bs, mom), (lr / 4, bs, mom), (lr, 2 * bs, mom), (lr, bs, 0.5)]
+    return [(lr, bs, mom), (2 * lr, bs, mom), (lr / 4, bs, mom), (lr, 2 * bs, mom), (lr, bs, 0.5)]
+
+
+def sweep_overrides(base: dict) -> list[str]:
+    """The ``sweep:`` block whose runs ``fabricate_experiment`` writes, so that they belong to the study."""
+    lr, bs, mom = base["optim"]["lr"], base["train"]["batch_size"], base["optim"]["momentum"]
+    seeds = ",".join(map(str, SEEDS))
+    return [f"sweep.seeds=[{seeds}]", f"sweep.lr=[{lr},{2 * lr},{lr / 4}]", f"sweep.batch_size=[{bs},{2 * bs}]",
+            f"sweep.momentum=[{mom},0.5]"]
+
+
+def fabricate_experiment(runs: Path, cfg) -> Study:
+    """The runs of ``fabricated_settings`` × ``SEEDS``, under their real identities (as pretraining names them)."""
     rng = np.random.default_rng(0)
     study = Study()
-    for (lr_, bs_, mom_), llc_of_setting in zip(settings, SETTING_LLC):
+    for (lr_, bs_, mom_), llc_of_setting in zip(fabricated_settings(base_setting(cfg)), SETTING_LLC):
         for seed in SEEDS:
-            run_id = f"lr{lr_:g}-bs{bs_}-m{mom_:g}-s{seed}"
+            setting = cfg.copy()
+            for key, value in (("optim.lr", lr_), ("train.batch_size", bs_), ("optim.momentum", mom_), ("seed", seed)):
+                OmegaConf.update(setting, key, value)
+            config = identity_config(setting)
+            run_id = run_id_from_identity(config)
             study.run_ids.append(run_id)
-            config = {"data": {"name": "synthetic"}, "model": {"name": "resnet_narrow"}, "seed": seed,
-                      "optim": {"lr": lr_, "momentum": mom_, "weight_decay": 5e-4},
-                      "train": {"batch_size": bs_, "epochs": 4}}
             write_json(runs / run_id / "run.json", {"run_id": run_id, "experiment": "fake", "status": "done",
                                                     "num_classes": 64, "config": config, "seed": seed})
             for epoch in EPOCHS:
@@ -135,8 +152,9 @@ class Fake:
 @pytest.fixture
 def fake(tmp_path) -> Fake:
     overrides = tiny_overrides(tmp_path) + ["analysis.bootstrap=200"]
+    overrides += sweep_overrides(base_setting(compose_config(overrides)))
     cfg = compose_config(overrides)
-    study = fabricate_experiment(tmp_path / "runs", base_setting(cfg))
+    study = fabricate_experiment(tmp_path / "runs", cfg)
     break_records(tmp_path / "runs", study)
     return Fake(cfg, overrides, study)
 
@@ -231,7 +249,7 @@ def test_run_bootstrap_of_repeated_checkpoints_equals_the_bootstrap_of_runs(meth
 
 
 def test_table_has_one_column_per_quantity_and_the_health_fields(fake):
-    table = build_summary(fake.cfg.paths.runs, base_setting(fake.cfg))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     assert list(table.columns) == SUMMARY_COLUMNS
     assert len(table) == len(fake.study.run_ids) * len(EPOCHS)
     run, epoch = fake.study.run_ids[0], 4
@@ -287,12 +305,12 @@ def test_every_summary_column_is_documented_and_vice_versa(fake):
     documented = dictionary_columns()
     assert len(documented) == len(set(documented)), "a column is documented twice"
     assert set(documented) == set(SUMMARY_COLUMNS)
-    table = build_summary(fake.cfg.paths.runs, base_setting(fake.cfg))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     assert set(table.columns) == set(documented)
 
 
 def test_table1_on_final_checkpoints_resamples_runs_and_leaves_flagged_estimates_out(fake):
-    table = build_summary(fake.cfg.paths.runs, base_setting(fake.cfg))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     settings = BootstrapSettings(resamples=200)
     metrics, targets = ["free_energy", "llc", "train_loss", "nc_cdnv"], ["finetune_acc", "downstream_free_energy"]
     final = correlation_table(table, metrics, targets, ["pearson", "kendall"], "final", settings)
@@ -320,7 +338,7 @@ def test_table1_on_final_checkpoints_resamples_runs_and_leaves_flagged_estimates
 
 def test_level_set_finds_that_llc_predicts_accuracy_where_train_loss_cannot(fake):
     """Fabricated: inside the collapsed band the train loss is noise, λ̂ sets the accuracy."""
-    table = build_summary(fake.cfg.paths.runs, base_setting(fake.cfg))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     settings = BootstrapSettings(resamples=400)
     result = level_set_table(table, LevelSet("train_loss", max=0.05), ["free_energy", "llc", "train_loss"],
                              ["finetune_acc"], ["pearson"], "final", settings).set_index("metric")

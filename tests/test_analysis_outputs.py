@@ -28,7 +28,8 @@ from freeenergy.analysis.figures import (FLAGGED_GID, column_labels, draw_sweep,
 from freeenergy.analysis.output import remove_leftover_temp_files, save_figure, write_csv
 from freeenergy.analysis.report import RESULT_FILES
 from freeenergy.analysis.stats import BootstrapSettings, correlation_table
-from freeenergy.analysis.table import base_setting, build_summary
+from freeenergy.analysis.table import build_summary
+from freeenergy.pretrain.sweeps import study_runs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "figures.py"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -80,7 +81,7 @@ def test_script_writes_every_output(fake, tmp_path):
 @pytest.fixture
 def drawn(fake):
     """The summary and its final-checkpoint correlations, for drawing figures in-process."""
-    table = build_summary(fake.cfg.paths.runs, base_setting(fake.cfg))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     correlations = correlation_table(table, ["free_energy"], ["finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc"],
                                      ["pearson"], "final", BootstrapSettings(resamples=100))
     yield table, correlations

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from freeenergy.analysis.figures import AXIS_NAMES, FigureSettings, draw_all, expected_files
 from freeenergy.analysis.output import remove_leftover_temp_files, write_csv, write_text
 from freeenergy.analysis.stats import (POOLED, BootstrapSettings, LevelSet, check_methods, correlation_table,
                                        format_correlation, level_set_table, lookup)
-from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, FewShotChoice, base_setting, build_summary, flagged,
+from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged,
                                        select_checkpoints)
-from freeenergy.pretrain.sweeps import SWEEP_AXES
+from freeenergy.pretrain.sweeps import SWEEP_AXES, study_settings
 
 SUMMARY_FILE = "summary.csv"
 CORRELATIONS_FILE = "correlations.csv"
@@ -224,8 +224,7 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
     choices = [a.checkpoints, other_choice(a.checkpoints)]  # the configured one leads; both are written
     results, figures_dir = Path(cfg.paths.results), Path(cfg.paths.figures)
     results.mkdir(parents=True, exist_ok=True)
-    base = base_setting(OmegaConf.to_container(cfg, resolve=True))
-    table = build_summary(cfg.paths.runs, base, FewShotChoice(a.fewshot_classifier, a.fewshot_n_way))
+    table = build_summary(cfg.paths.runs, study_settings(cfg), FewShotChoice(a.fewshot_classifier, a.fewshot_n_way))
     if table.empty:
         print(f"No finished checkpoint in {cfg.paths.runs}: run scripts/pretrain.py (or ./reproduce.sh) first. "
               "Writing empty tables and figures.")

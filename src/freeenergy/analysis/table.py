@@ -22,15 +22,20 @@ Accuracies are fractions in [0, 1] (the figures show percent).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from freeenergy.pretrain.sweeps import SWEEP_AXES, sweeps_of_run
-from freeenergy.records import Checkpoint, iter_checkpoints
+from freeenergy.identity import run_identity
+from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
+from freeenergy.records import PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints, read_json
+
+log = logging.getLogger(__name__)
+RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"
 
 FREE_ENERGY_PREFIXES = ("", "downstream_")  # upstream estimate, downstream estimate
 # Health fields of a free-energy record (BRIEF interface 3) copied into the summary, in this order.
@@ -54,7 +59,7 @@ def estimate_value_columns(prefix: str) -> list[str]:
 
 # Every column of summary.csv, in order (docs/summary_columns.md describes each).
 SUMMARY_COLUMNS = [
-    "run_id", "experiment", "status", "dataset", "model", "lr", "batch_size", "momentum", "weight_decay", "seed",
+    "run_id", "experiment", "status", "dataset", "model", "lr", "batch_size", "momentum", "weight_decay", "epochs", "seed",
     "epoch", "is_final", *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
     "train_loss", "train_acc", "heldout_loss", "heldout_acc", "train_loss_running", "train_acc_running",
     *free_energy_column_names(""), *free_energy_column_names("downstream_"),
@@ -153,27 +158,27 @@ def pretrain_columns(record: Mapping[str, Any]) -> dict[str, float]:
             "train_acc_running": _number(record.get("train_acc"))}
 
 
-def run_columns(run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-    """Identity of a run: experiment, data, model, optimiser settings and sweep membership."""
+def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
+    """Identity of a run: experiment, data, model, optimiser settings and sweep membership (``sweeps``)."""
     config = run.get("config", {})
     optim, train = config.get("optim", {}), config.get("train", {})
-    sweeps = sweeps_of_run(config, base)
     return {
         "experiment": run.get("experiment"), "status": run.get("status"),
         "dataset": config.get("data", {}).get("name"), "model": config.get("model", {}).get("name"),
         "lr": _number(optim.get("lr")), "batch_size": train.get("batch_size"),
         "momentum": _number(optim.get("momentum")), "weight_decay": _number(optim.get("weight_decay")),
+        "epochs": train.get("epochs"),
         "seed": run.get("seed", config.get("seed")),
         **{f"in_{axis}_sweep": axis in sweeps for axis in SWEEP_AXES},
     }
 
 
-def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], base: Mapping[str, Any],
+def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[str],
                    choice: FewShotChoice) -> dict[str, Any]:
     """Every column of one checkpoint; a missing record leaves its columns empty."""
     pretrain = checkpoint.read_record("pretrain")
     finetune = _read(checkpoint, "finetune") or {}
-    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, base)}
+    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, sweeps)}
     row.update(pretrain_columns(pretrain))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["upstream"]), ""))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["downstream"]), "downstream_"))
@@ -189,14 +194,55 @@ def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "train": {"batch_size": cfg["train"]["batch_size"]}}
 
 
-def build_summary(runs_dir: str | Path, base: Mapping[str, Any], choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
-    """The summary table of an experiment's records (empty, with every column, when there are none)."""
+def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun]) -> dict[str, list[str]]:
+    """Run id → sweep axes, for the runs in ``runs_dir`` that belong to the study; the others are listed in a
+    warning, with what sets each apart (``pretrain.sweeps.study_settings``), and left out.
+
+    ``study``: ``study_runs(cfg)`` (membership), or ``study_settings(cfg)`` (membership and identities, so
+    the warning can say e.g. ``train.epochs: 8 → 2``). A run whose ``run.json`` does not match its folder's
+    id (edited or damaged) is left out too.
+    """
+    settings = [] if isinstance(study, Mapping) else list(study)
+    membership = dict(study) if isinstance(study, Mapping) else {run.run_id: list(run.axes) for run in settings}
+    members, outsiders = {}, []
+    for run_file in sorted(Path(runs_dir).glob(f"*/{RUN_FILE}")):
+        run_id = run_file.parent.name
+        if not any(run_file.parent.glob(f"epoch_*/{PRETRAIN_RECORD}.json")):
+            continue
+        config = read_json(run_file, fix=RUN_RECORD_FIX).get("config") or {}
+        try:
+            consistent = run_identity(config) == run_id
+        except (KeyError, TypeError, ValueError):
+            consistent = False
+        if run_id in membership and consistent:
+            members[run_id] = membership[run_id]
+        elif not consistent:
+            outsiders.append(f"{run_id} (its run.json does not match the folder: rerun scripts/pretrain.py)")
+        else:
+            outsiders.append(f"{run_id} ({distinguishing_keys(config, settings) or 'not a configured setting'})"
+                             if settings else run_id)
+    if outsiders:
+        log.warning("%d run(s) in %s are not part of this experiment's sweeps and are left out of the table: %s. "
+                    "Keep exploratory runs in their own folder with experiment_name=<name>.",
+                    len(outsiders), runs_dir, "; ".join(outsiders))
+    return members
+
+
+def build_summary(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun],
+                  choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
+    """The summary table of an experiment's records (empty, with every column, when there are none).
+
+    Only the runs of the study (``study_members``) are in it.
+    """
+    members = study_members(runs_dir, study)
     runs: dict[str, dict] = {}
     rows = []
     for checkpoint in iter_checkpoints(runs_dir, require_model=False):
+        if checkpoint.run_id not in members:
+            continue
         if checkpoint.run_id not in runs:
             runs[checkpoint.run_id] = checkpoint.run_record()
-        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], base, choice))
+        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], members[checkpoint.run_id], choice))
     return tidy(pd.DataFrame(rows))
 
 
