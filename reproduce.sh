@@ -137,7 +137,9 @@ main() {
   }
 
   quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-  mapfile -t sweeps < <("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")
+  sweep_lines=$("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")  # refuses a swept key
+  sweeps=()
+  [ -n "$sweep_lines" ] && mapfile -t sweeps <<< "$sweep_lines"
   for axis in "${sweeps[@]}"; do
     # shellcheck disable=SC2086  # each line holds several overrides
     step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"

@@ -4,6 +4,9 @@ All three run in one process on the same model (a fresh ``create_model`` of the 
 pre-normalised random images on the device, the same batch size; ours and devinterp also share chains,
 draws, step size, localization and nβ. Throughput is in samples (images) per second of SGLD or training:
 
+devinterp is an extra test requirement (``pip install devinterp==1.3.2``, installed by ``./reproduce.sh test``);
+without it the script says so and prints the other rows.
+
 - ours: the chains of ``estimate_free_energy`` (its sampling time, without the one full-data L_n(w*));
 - devinterp: ``estimate_learning_coeff_with_summary`` with its SGLD, given a baseline loss so it computes none
   (only its speed is measured here; tests/test_free_energy_devinterp.py compares the numbers);
@@ -124,8 +127,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+DEVINTERP_MISSING = ("devinterp is not installed, so its rows are skipped: install it with `pip install devinterp==1.3.2` "
+                     "(`./reproduce.sh test` installs it with the other test requirements).")
+
+
+def devinterp_available() -> bool:
+    try:
+        import devinterp.slt.sampler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
     args = parse_args()
+    if not args.skip_devinterp and not devinterp_available():
+        print(DEVINTERP_MISSING)
+        args.skip_devinterp = True
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, images, labels = build(args, device)

@@ -132,10 +132,10 @@ def test_support_views_enter_the_support_set_only():
     assert episode_accuracies(corrupted, episodes, "centroid").mean() < 0.9
 
 
-def test_confidence_interval_is_1_96_standard_errors():
+def test_confidence_interval_is_student_t_standard_errors():
     score = summarize(torch.tensor([0.0, 1.0, 0.0, 1.0]))
     assert score.mean_acc == 0.5 and score.episodes == 4
-    assert score.ci95 == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
+    assert score.ci95 == pytest.approx(3.182446 * np.std([0, 1, 0, 1], ddof=1) / 2)  # t(0.975, 3 df)
 
 
 def test_features_are_unit_norm_eval_mode_and_views_reproducible():

@@ -138,7 +138,8 @@ def test_frozen_parameters_leave_the_llc_of_the_sampled_ones():
     assert within_chain_spread(estimate, expected), (estimate.llc, estimate.llc_std, expected)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the input model is untouched
     with pytest.raises(ValueError, match="frozen_parameters"):
-        estimate_free_energy(model, (inputs, targets), half_mse, frozen_parameters=["third"])
+        estimate_free_energy(model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0,
+                             frozen_parameters=["third"])
 
 
 def small_cnn(num_classes: int = 4, batch_norm: bool = False) -> nn.Module:

@@ -1,11 +1,16 @@
-"""Device choice and seeding, shared by every step."""
+"""Device choice, seeding and the runtime a result was computed on, shared by every step."""
 
 from __future__ import annotations
 
+import logging
 import random
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+RUNTIME_KEYS = ("torch", "device", "num_threads")
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
@@ -22,3 +27,37 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_threads(num_threads: int | None) -> None:
+    """``torch.set_num_threads`` when ``num_threads`` is set (the ``num_threads`` config key)."""
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+
+
+def runtime_info(device: str | torch.device) -> dict[str, Any]:
+    """What a record stores about where it was computed: torch version, device, CPU thread count.
+
+    Recorded, and compared on resume and on reuse (``runtime_differences``), but not part of any identity:
+    the thread count changes floating-point rounding, not the computation asked for (docs/records.md).
+    """
+    return {"torch": torch.__version__, "device": str(device), "num_threads": torch.get_num_threads()}
+
+
+def runtime_differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """``["num_threads 2 → 1", …]``: how the runtime of a stored result differs from this process's."""
+    recorded = recorded or {}
+    return [f"{key} {recorded.get(key)!r} → {current.get(key)!r}" for key in RUNTIME_KEYS
+            if key in recorded and recorded.get(key) != current.get(key)]
+
+
+def warn_runtime_mismatch(what: str, differing: Iterable[tuple[str, list[str]]]) -> None:
+    """One warning for the stored results (name, differences) made on another runtime than this process."""
+    differing = [(name, diffs) for name, diffs in differing if diffs]
+    if differing:
+        shown = "; ".join(f"{name} ({', '.join(diffs)})" for name, diffs in differing[:3])
+        more = f"; … ({len(differing)} in all)" if len(differing) > 3 else ""
+        log.warning("%s: %d stored result(s) were computed on another runtime: %s%s. They are kept (the thread "
+                    "count, torch version and device are recorded but not part of an identity; numbers can differ "
+                    "in the last digits, see docs/records.md); recompute with overwrite=true to make them uniform.",
+                    what, len(differing), shown, more)

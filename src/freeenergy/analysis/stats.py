@@ -1,16 +1,25 @@
 """Correlations of pretraining metrics with downstream measures, with bootstrap confidence intervals.
 
-The bootstrap resamples checkpoints (rows) with replacement. The interval is BCa (bias-corrected and
-accelerated, Efron & Tibshirani 1993, ch. 14) by default, or the plain percentile interval. On a few dozen
-checkpoints the percentile interval of Pearson's r undercovers and can exclude r itself; BCa narrows the gap
-(measured for ρ = 0.6, 1000 samples: 95% intervals cover 92% at n = 12 and 40, percentile 90% and 92%;
-Spearman and Kendall are at or above 95% either way). Resamples in which a column is constant have no
-correlation; they are dropped (and counted) instead of poisoning the interval with NaN, which is why the
-resampling is done here rather than with ``scipy.stats.bootstrap`` (whose interval is NaN as soon as one
-resample is). Point estimates and p-values come from ``scipy.stats`` directly. Each resample is held as the
-count of each checkpoint in it, so a coefficient of all resamples is a few array operations (Kendall's tau-b:
-quadratic forms of the pairwise sign matrices), exact and fast even for the ~500 checkpoints of a real-data
-study.
+The bootstrap resamples **runs** (clusters), not checkpoints: a resample draws runs with replacement and
+takes every selected checkpoint of each drawn run. On final checkpoints (one per run) this is the ordinary
+bootstrap; on all checkpoints it keeps the interval honest, since the checkpoints of one run are not
+independent draws (resampling them one by one gives intervals that are falsely narrow). The interval is
+BCa (bias-corrected and accelerated, Efron & Tibshirani 1993, ch. 14; the acceleration from the
+leave-one-run-out jackknife) by default, or the plain percentile interval. On a few dozen points the
+percentile interval of Pearson's r undercovers and can exclude r itself; BCa narrows the gap (measured for
+ρ = 0.6, 1000 samples: 95% intervals cover 92% at n = 12 and 40, percentile 90% and 92%; Spearman and
+Kendall are at or above 95% either way). Resamples in which a column is constant have no correlation; they
+are dropped (and counted) instead of poisoning the interval with NaN, which is why the resampling is done
+here rather than with ``scipy.stats.bootstrap`` (whose interval is NaN as soon as one resample is). Point
+estimates come from ``scipy.stats`` directly, and so do p-values, but only when every point is its own run
+(a p-value that treats the checkpoints of one run as independent would be falsely small). Each resample is
+held as the count of each checkpoint in it, so a coefficient of all resamples is a few array operations
+(Kendall's tau-b: quadratic forms of the pairwise sign matrices), exact and fast even for the ~500
+checkpoints of a real-data study.
+
+Flagged free-energy estimates (diverged, or failing a health check) never enter a correlation: the table
+is passed through :func:`freeenergy.analysis.table.usable_estimates` first, and each correlation counts the
+checkpoints it left out for that reason (``left_out``).
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ import pandas as pd
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
-from freeenergy.analysis.table import select_checkpoints, sweep_rows
+from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, estimate_value_columns, flagged, select_checkpoints,
+                                       sweep_rows, usable_estimates)
 from freeenergy.pretrain.sweeps import SWEEP_AXES
 
 POOLED = "pooled"
@@ -47,18 +57,32 @@ class BootstrapSettings:
 
 
 @dataclass
-class Correlation:
-    group: str  # pooled | a sweep axis
-    metric: str
-    target: str
-    method: str
+class Estimate:
+    """One correlation coefficient with its bootstrap interval."""
+
     r: float
-    p_value: float
+    p_value: float  # NaN unless every point is its own run (see the module docstring)
     ci_low: float
     ci_high: float
     n: int  # checkpoints with both values
+    runs: int  # runs those checkpoints come from (the bootstrap's resampling units)
     resamples_used: int  # resamples with a defined correlation (constant resamples dropped)
     note: str
+
+
+@dataclass
+class Correlation(Estimate):
+    """One row of ``correlations.csv``."""
+
+    group: str = POOLED  # pooled | a sweep axis
+    metric: str = ""
+    target: str = ""
+    method: str = "pearson"
+    left_out: int = 0  # checkpoints left out because their free-energy estimate is flagged
+
+
+CORRELATION_COLUMNS = ["group", "metric", "target", "method", "r", "p_value", "ci_low", "ci_high", "n", "runs",
+                       "left_out", "resamples_used", "note"]
 
 
 # A resample is a vector of counts: how often each of the n checkpoints was drawn (B × n for B resamples).
@@ -125,28 +149,36 @@ def _is_constant(values: np.ndarray) -> bool:
     return bool(np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())))
 
 
-def correlate(x: np.ndarray, y: np.ndarray, method: str, settings: BootstrapSettings,
-              rng: np.random.Generator) -> tuple[float, float, float, float, int, str]:
-    """(r, p, ci_low, ci_high, resamples_used, note) over the pairs where both values are finite."""
+def correlate(x: np.ndarray, y: np.ndarray, method: str, settings: BootstrapSettings, rng: np.random.Generator,
+              runs: np.ndarray | None = None) -> Estimate:
+    """The correlation of the pairs where both values are finite, with a bootstrap interval over runs.
+
+    ``runs`` labels each point's run (the resampling unit); None makes every point its own run. No interval
+    when fewer than ``settings.min_points`` runs, or when most resamples have a constant column.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    runs = np.arange(len(x)) if runs is None else np.asarray(runs)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = np.asarray(x[keep], float), np.asarray(y[keep], float)
-    n = len(x)
+    x, y = x[keep], y[keep]
+    codes = np.unique(runs[keep], return_inverse=True)[1].ravel()
+    n, k = len(x), int(codes.max()) + 1 if len(x) else 0
     if n < 2 or _is_constant(x) or _is_constant(y):
-        return math.nan, math.nan, math.nan, math.nan, 0, "too few points" if n < 2 else "constant column"
+        return Estimate(math.nan, math.nan, math.nan, math.nan, n, k, 0, "too few points" if n < 2 else "constant column")
     point, resampled = METHODS[method]
     result = point(x, y)
-    r, p = float(result.statistic), float(result.pvalue)
-    if n < settings.min_points:
-        return r, p, math.nan, math.nan, 0, f"n < {settings.min_points}: no interval"
+    r = float(result.statistic)
+    p = float(result.pvalue) if k == n else math.nan
+    if k < settings.min_points:
+        return Estimate(r, p, math.nan, math.nan, n, k, 0, f"fewer than {settings.min_points} runs: no interval")
     x, y = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()  # every coefficient is invariant to this
-    counts = resample_counts(rng, n, settings.resamples)
+    counts = resample_counts(rng, k, settings.resamples)[:, codes]  # each checkpoint counts as often as its run
     draws = resampled(x, y, counts)
     draws = draws[np.isfinite(draws)]
     if len(draws) < 0.5 * settings.resamples:
-        return r, p, math.nan, math.nan, len(draws), "most resamples constant: no interval"
-    levels = interval_levels(draws, r, jackknife(x, y, resampled), settings)
+        return Estimate(r, p, math.nan, math.nan, n, k, len(draws), "most resamples constant: no interval")
+    levels = interval_levels(draws, r, jackknife(x, y, codes, resampled), settings)
     low, high = np.quantile(draws, levels)
-    return r, p, float(low), float(high), len(draws), ""
+    return Estimate(r, p, float(low), float(high), n, k, len(draws), "")
 
 
 def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
@@ -155,9 +187,9 @@ def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndar
     return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
 
 
-def jackknife(x: np.ndarray, y: np.ndarray, resampled: Resampled) -> np.ndarray:
-    """The statistic with each point left out in turn (NaN where the rest is constant)."""
-    return resampled(x, y, 1.0 - np.eye(len(x)))
+def jackknife(x: np.ndarray, y: np.ndarray, codes: np.ndarray, resampled: Resampled) -> np.ndarray:
+    """The statistic with each run (all its points) left out in turn (NaN where the rest is constant)."""
+    return resampled(x, y, (codes[None, :] != np.arange(int(codes.max()) + 1)[:, None]).astype(float))
 
 
 def interval_levels(draws: np.ndarray, estimate: float, jackknifed: np.ndarray,
@@ -186,34 +218,122 @@ def groups_of(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {POOLED: table, **{axis: sweep_rows(table, axis) for axis in SWEEP_AXES}}
 
 
+def left_out_flagged(rows: pd.DataFrame, metric: str, target: str) -> int:
+    """How many of ``rows`` a (metric, target) correlation loses because a free-energy estimate it reads is flagged."""
+    lost = pd.Series(False, index=rows.index)
+    for prefix in FREE_ENERGY_PREFIXES:
+        if {metric, target} & set(estimate_value_columns(prefix)):
+            lost |= flagged(rows, prefix)
+    return int(lost.sum())
+
+
+def correlation_rows(rows: pd.DataFrame, usable: pd.DataFrame, group: str, metrics: list[str], targets: list[str],
+                     methods: list[str], settings: BootstrapSettings, rng: np.random.Generator) -> list[dict]:
+    """Every (metric, target, method) correlation of one set of checkpoints (``usable``: flagged ones blanked)."""
+    out = []
+    runs = usable["run_id"].to_numpy()
+    for metric in metrics:
+        for target in targets:
+            if metric == target:
+                continue
+            x = pd.to_numeric(usable[metric], errors="coerce").to_numpy(float)
+            y = pd.to_numeric(usable[target], errors="coerce").to_numpy(float)
+            left_out = left_out_flagged(rows, metric, target)
+            for method in methods:
+                estimate = correlate(x, y, method, settings, rng, runs)
+                out.append(asdict(Correlation(**asdict(estimate), group=group, metric=metric, target=target,
+                                              method=method, left_out=left_out)))
+    return out
+
+
+def check_columns(table: pd.DataFrame, columns: Iterable[str], keys: str) -> None:
+    missing = sorted(set(columns) - set(table.columns))
+    if missing:
+        raise ValueError(f"{keys} name {missing}, which are not columns of summary.csv: choose among the columns "
+                         "of docs/summary_columns.md (freeenergy.analysis.table.SUMMARY_COLUMNS).")
+
+
 def correlation_table(table: pd.DataFrame, metrics: list[str], targets: list[str], methods: list[str],
                       checkpoints: str, settings: BootstrapSettings) -> pd.DataFrame:
-    """Every (group, metric, target, method) correlation, one row each (``correlations.csv``)."""
+    """Every (group, metric, target, method) correlation, one row each (``correlations.csv``).
+
+    ``table`` is the summary; flagged free-energy estimates are left out here (and counted in ``left_out``).
+    """
     check_methods(methods)
-    missing = sorted(set(metrics + targets) - set(table.columns))
-    if missing:
-        raise ValueError(f"analysis.pretraining_metrics/downstream_measures name {missing}, which are not "
-                         "columns of summary.csv (see freeenergy.analysis.table.SUMMARY_COLUMNS/EXTRA_COLUMNS).")
+    check_columns(table, metrics + targets, "analysis.pretraining_metrics/downstream_measures")
     chosen = select_checkpoints(table, checkpoints)
+    usable = usable_estimates(chosen)
     rng = np.random.default_rng(settings.seed)
     rows = []
     for group, rows_of_group in groups_of(chosen).items():
-        for metric in metrics:
-            for target in targets:
-                if metric == target:
-                    continue
-                x = pd.to_numeric(rows_of_group[metric], errors="coerce").to_numpy(float)
-                y = pd.to_numeric(rows_of_group[target], errors="coerce").to_numpy(float)
-                n = int((np.isfinite(x) & np.isfinite(y)).sum())
-                for method in methods:
-                    r, p, low, high, used, note = correlate(x, y, method, settings, rng)
-                    rows.append(asdict(Correlation(group, metric, target, method, r, p, low, high, n, used, note)))
-    result = pd.DataFrame(rows, columns=list(Correlation.__dataclass_fields__))
-    result["checkpoints"] = checkpoints
-    result["resamples"] = settings.resamples
-    result["confidence"] = settings.confidence
-    result["interval"] = settings.interval
-    return result
+        rows += correlation_rows(rows_of_group, usable.loc[rows_of_group.index], group, metrics, targets, methods,
+                                 settings, rng)
+    result = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+    return result.assign(checkpoints=checkpoints, resamples=settings.resamples, confidence=settings.confidence,
+                         interval=settings.interval)
+
+
+@dataclass(frozen=True)
+class LevelSet:
+    """One level set of the train loss (the paper's §5.2 test): the checkpoints whose ``column`` is at most
+    ``max`` (absolute band, in the column's units), or at most (1 + ``relative``) × the smallest value among
+    the selected checkpoints (relative band). Exactly one of the two is set."""
+
+    column: str = "train_loss"
+    max: float | None = 0.05
+    relative: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.max is None) == (self.relative is None):
+            raise ValueError(f"analysis.level_set.max={self.max} and analysis.level_set.relative={self.relative}: "
+                             "set exactly one (e.g. max: 0.05 for train loss ≤ 0.05 nats, or relative: 0.5 for "
+                             "train loss ≤ 1.5 × the smallest) and the other to null.")
+        for key in ("max", "relative"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"analysis.level_set.{key}={value!r} must be a number >= 0.")
+
+    def upper_edge(self, values: pd.Series) -> float:
+        """The band's upper edge for these checkpoints' values (NaN when none has a value)."""
+        if self.max is not None:
+            return float(self.max)
+        finite = pd.to_numeric(values, errors="coerce").dropna()
+        return float((1 + self.relative) * finite.min()) if len(finite) else math.nan
+
+    def describe(self) -> str:
+        if self.max is not None:
+            return f"{self.column} ≤ {self.max:g}"
+        return f"{self.column} ≤ {1 + self.relative:g} × its smallest value"
+
+
+LEVEL_SET_COLUMNS = ["checkpoints", "band", "band_column", "band_edge", "band_min", "band_max", "in_band",
+                     "in_band_runs", "outside_band", "without_value"]
+
+
+def level_set_table(table: pd.DataFrame, level: LevelSet, metrics: list[str], targets: list[str],
+                    methods: list[str], checkpoints: str, settings: BootstrapSettings) -> pd.DataFrame:
+    """Correlations inside one level set of the train loss, all sweeps pooled (``level_set.csv``).
+
+    One row per (metric, target, method), with the band (``band_edge``; ``band_min``/``band_max``: the
+    smallest and largest value inside it), how many checkpoints and runs lie in it, and how many were
+    outside it or had no value of the band's column. Flagged estimates are left out as in Table 1.
+    """
+    check_methods(methods)
+    check_columns(table, [level.column, *metrics, *targets], "analysis.level_set.column/metrics/targets")
+    chosen = select_checkpoints(table, checkpoints)
+    values = pd.to_numeric(chosen[level.column], errors="coerce")
+    edge = level.upper_edge(values)
+    inside = chosen[values <= edge]
+    rows = correlation_rows(inside, usable_estimates(inside), POOLED, metrics, targets, methods, settings,
+                            np.random.default_rng(settings.seed))
+    band = pd.to_numeric(inside[level.column], errors="coerce")
+    facts = {"checkpoints": checkpoints, "band": level.describe(), "band_column": level.column, "band_edge": edge,
+             "band_min": band.min(), "band_max": band.max(), "in_band": len(inside),
+             "in_band_runs": inside["run_id"].nunique(), "outside_band": int((values > edge).sum()),
+             "without_value": int(values.isna().sum())}
+    correlations = pd.DataFrame(rows, columns=CORRELATION_COLUMNS).drop(columns="group")
+    bootstrap = {"resamples": settings.resamples, "confidence": settings.confidence, "interval": settings.interval}
+    return correlations.assign(**facts, **bootstrap)[LEVEL_SET_COLUMNS + list(correlations.columns) + list(bootstrap)]
 
 
 def lookup(correlations: pd.DataFrame, group: str, metric: str, target: str, method: str = "pearson") -> pd.Series | None:
@@ -223,8 +343,11 @@ def lookup(correlations: pd.DataFrame, group: str, metric: str, target: str, met
 
 
 def format_correlation(row: pd.Series | None, digits: int = 2) -> str:
-    """``-0.82 [-0.90, -0.71] (n=40)``; ``—`` when undefined."""
-    if row is None or not math.isfinite(row.r):
-        return f"— (n={int(row.n)})" if row is not None else "—"
+    """``-0.82 [-0.90, -0.71] (n=40, 14 runs)``; ``—`` when undefined."""
+    if row is None:
+        return "—"
+    size = f"n={int(row.n)}" + (f", {int(row.runs)} runs" if int(row.runs) != int(row.n) else "")
+    if not math.isfinite(row.r):
+        return f"— ({size})"
     interval = f" [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]" if math.isfinite(row.ci_low) else ""
-    return f"{row.r:.{digits}f}{interval} (n={int(row.n)})"
+    return f"{row.r:.{digits}f}{interval} ({size})"

@@ -1,54 +1,74 @@
 """One tidy table of an experiment: a row per checkpoint, joined from its records (``summary.csv``).
 
-A step that has not run leaves empty cells. A diverged free-energy estimate is marked in
-``free_energy_diverged`` (``downstream_free_energy_diverged``) and its numbers are NaN, never a value.
+Every column has one meaning, described in ``docs/summary_columns.md`` (a test keeps the two in step).
+A step that has not run leaves empty cells. The losses:
 
-Which loss is which:
+- ``train_loss``/``train_acc``: ``metrics.json``, eval mode, on the un-augmented pretraining images at the
+  checkpoint's weights: the train loss of Table 1 and of the level-set test.
+- ``heldout_loss``/``heldout_acc``: ``pretrain.json``, eval mode, on every upstream held-out image at the
+  checkpoint's weights (``metrics.json`` measures the same again; the summary keeps one).
+- ``train_loss_running``/``train_acc_running``: ``pretrain.json``, the running mean over the checkpoint's
+  last epoch (train mode, augmented images, weights changing during the epoch).
 
-- ``train_loss``/``train_acc``: pretraining record, running mean over the last epoch (train mode,
-  augmented images, weights changing during the epoch). ``val_loss``/``val_acc``: pretraining record,
-  upstream held-out images, eval mode.
-- ``eval_train_loss``/``eval_train_acc``/``eval_heldout_loss``/``eval_heldout_acc``: ``metrics.json``,
-  eval mode on fixed images at the checkpoint's weights.
-- ``table_train_loss``/``table_test_loss``: what Table 1 correlates, the eval-mode ones when recorded,
-  else the pretraining record's ``train_loss``/``val_loss``.
-- ``init_loss``: L_n(w*) of the free-energy estimate (the upstream data it samples on).
-- ``finetune_acc``: ``finetune.json`` ``test_acc``; ``fewshot_{1,5}shot_acc``: ``fewshot.json``'s
-  ``analysis.fewshot_classifier`` result for ``analysis.fewshot_n_way``-way episodes (with ``_ci95``).
-
-The free energy splits into two terms, ``fe_loss_term`` = n·L_n(w*) and ``fe_complexity_term`` =
-free_energy − n·L_n(w*). With nβ = n / log n the second is λ̂·log n; computing it as the difference keeps
-the split exact for any nβ. Accuracies are fractions in [0, 1] (the figures show percent).
+The free energy splits into ``fe_loss_term`` = n·L_n(w*) and ``fe_complexity_term`` = free_energy −
+n·L_n(w*) (λ̂·log n when nβ = n / log n; the difference keeps the split exact for any nβ), and
+``fe_complexity_share`` = the second over F. A diverged estimate has NaN numbers and
+``free_energy_diverged`` True; the health fields of the record (``free_energy_levelled_off``, ...,
+``free_energy_healthy``) are copied beside it. A *flagged* estimate (diverged, or ``healthy`` false) keeps
+its numbers here but is left out of every correlation (:func:`usable_estimates`) and marked in the figures.
+The same columns with the ``downstream_`` prefix describe the downstream estimate.
+Accuracies are fractions in [0, 1] (the figures show percent).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from freeenergy.pretrain.sweeps import SWEEP_AXES, sweeps_of_run
-from freeenergy.records import Checkpoint, iter_checkpoints
+from freeenergy.identity import run_identity
+from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
+from freeenergy.records import PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints, read_json
 
-# The columns summary.csv always starts with, in order; more follow them.
+log = logging.getLogger(__name__)
+RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"
+
+FREE_ENERGY_PREFIXES = ("", "downstream_")  # upstream estimate, downstream estimate
+# Health fields of a free-energy record (BRIEF interface 3) copied into the summary, in this order.
+HEALTH_FIELDS = ("levelled_off", "split_rhat", "llc_rel_spread", "gradient_bias", "flags", "healthy")
+
+
+def free_energy_column_names(prefix: str) -> list[str]:
+    """The summary columns of one free-energy estimate (``prefix`` "" upstream, "downstream_")."""
+    fe = f"{prefix}free_energy"
+    return [fe, f"{fe}_std", f"{prefix}llc", f"{prefix}llc_std", f"{fe}_n", f"{fe}_nbeta", f"{prefix}init_loss",
+            f"{prefix}fe_loss_term", f"{prefix}fe_complexity_term", f"{prefix}fe_complexity_share",
+            f"{fe}_diverged", *(f"{fe}_{name}" for name in HEALTH_FIELDS)]
+
+
+def estimate_value_columns(prefix: str) -> list[str]:
+    """The columns that carry an estimate's SGLD result: blanked for correlations when it is flagged."""
+    fe = f"{prefix}free_energy"
+    return [fe, f"{fe}_std", f"{prefix}llc", f"{prefix}llc_std", f"{prefix}fe_complexity_term",
+            f"{prefix}fe_complexity_share"]
+
+
+# Every column of summary.csv, in order (docs/summary_columns.md describes each).
 SUMMARY_COLUMNS = [
-    "run_id", "experiment", "dataset", "model", "lr", "batch_size", "momentum", "seed", "epoch",
-    "train_loss", "train_acc", "val_loss", "val_acc", "free_energy", "free_energy_std", "llc", "llc_std",
-    "downstream_free_energy", "finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc", "hessian_trace",
-    "nc_cdnv", "geometric_complexity",
+    "run_id", "experiment", "status", "dataset", "model", "lr", "batch_size", "momentum", "weight_decay", "epochs", "seed",
+    "epoch", "is_final", *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
+    "train_loss", "train_acc", "heldout_loss", "heldout_acc", "train_loss_running", "train_acc_running",
+    *free_energy_column_names(""), *free_energy_column_names("downstream_"),
+    "finetune_acc", "finetune_loss", "fewshot_1shot_acc", "fewshot_1shot_ci95", "fewshot_5shot_acc",
+    "fewshot_5shot_ci95", "hessian_trace", "hessian_trace_se", "nc_cdnv", "geometric_complexity",
+    "geometric_complexity_se",
 ]
-EXTRA_COLUMNS = [
-    "status", "weight_decay", "is_final",
-    "free_energy_diverged", "free_energy_n", "free_energy_nbeta", "init_loss", "fe_loss_term", "fe_complexity_term",
-    "downstream_free_energy_std", "downstream_llc", "downstream_llc_std", "downstream_free_energy_diverged",
-    "downstream_free_energy_n", "downstream_init_loss", "downstream_fe_loss_term", "downstream_fe_complexity_term",
-    "finetune_loss", "fewshot_1shot_ci95", "fewshot_5shot_ci95", "hessian_trace_se", "geometric_complexity_se",
-    "eval_train_loss", "eval_train_acc", "eval_heldout_loss", "eval_heldout_acc", "table_train_loss",
-    "table_test_loss", *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
-]
+BOOLEAN_COLUMNS = ["is_final", *(f"{p}free_energy_{name}" for p in FREE_ENERGY_PREFIXES
+                                 for name in ("diverged", "levelled_off", "healthy"))]
 STEP_FREE_ENERGY = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
 
 
@@ -64,28 +84,53 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def _flag(value: Any) -> Any:
+    return value if isinstance(value, bool) else pd.NA
+
+
 def _read(checkpoint: Checkpoint, step: str) -> dict | None:
     return checkpoint.read_record(step) if checkpoint.has_record(step) else None
+
+
+def health_columns(record: Mapping[str, Any], diverged: bool, prefix: str) -> dict[str, Any]:
+    """The health fields of a free-energy record (top level, or under ``health``).
+
+    ``flags`` is joined with "; " ("" when none); a diverged estimate always carries the "diverged" flag and
+    is never healthy. A record made before the health checks existed gives empty cells (not assessed).
+    """
+    health = {**record, **(record.get("health") or {})}
+    flags = [str(flag) for flag in health.get("flags") or []]
+    if diverged and "diverged" not in flags:
+        flags.insert(0, "diverged")
+    healthy = _flag(health.get("healthy"))
+    if diverged:
+        healthy = False
+    assessed = "flags" in health or "healthy" in health or diverged
+    fe = f"{prefix}free_energy"
+    return {f"{fe}_levelled_off": _flag(health.get("levelled_off")), f"{fe}_split_rhat": _number(health.get("split_rhat")),
+            f"{fe}_llc_rel_spread": _number(health.get("llc_rel_spread")),
+            f"{fe}_gradient_bias": _number(health.get("gradient_bias")),
+            f"{fe}_flags": "; ".join(flags) if assessed else pd.NA, f"{fe}_healthy": healthy}
 
 
 def free_energy_columns(record: dict | None, prefix: str) -> dict[str, Any]:
     """Columns of one free-energy record; a diverged estimate gives NaN numbers and ``diverged`` True."""
     fe = f"{prefix}free_energy"
     if record is None:
-        return {f"{fe}_diverged": pd.NA}
+        return {}
     diverged = bool(record.get("diverged")) or not math.isfinite(_number(record.get("free_energy")))
     value = lambda key: math.nan if diverged else _number(record.get(key))
     n, init_loss = _number(record.get("n")), _number(record.get("init_loss"))
-    loss_term = n * init_loss
-    columns = {
-        fe: value("free_energy"), f"{fe}_std": value("free_energy_std"), f"{prefix}llc": value("llc"),
-        f"{prefix}llc_std": value("llc_std"), f"{fe}_diverged": diverged, f"{fe}_n": n,
+    loss_term, free_energy = n * init_loss, value("free_energy")
+    complexity = free_energy - loss_term
+    return {
+        fe: free_energy, f"{fe}_std": value("free_energy_std"), f"{prefix}llc": value("llc"),
+        f"{prefix}llc_std": value("llc_std"), f"{fe}_n": n, f"{fe}_nbeta": _number(record.get("nbeta")),
         f"{prefix}init_loss": init_loss, f"{prefix}fe_loss_term": loss_term,
-        f"{prefix}fe_complexity_term": value("free_energy") - loss_term,
+        f"{prefix}fe_complexity_term": complexity,
+        f"{prefix}fe_complexity_share": complexity / free_energy if free_energy != 0 else math.nan,
+        f"{fe}_diverged": diverged, **health_columns(record, diverged, prefix),
     }
-    if not prefix:
-        columns["free_energy_nbeta"] = _number(record.get("nbeta"))
-    return columns
 
 
 def fewshot_columns(record: dict | None, choice: FewShotChoice) -> dict[str, float]:
@@ -99,36 +144,42 @@ def fewshot_columns(record: dict | None, choice: FewShotChoice) -> dict[str, flo
 
 
 def metrics_columns(record: dict | None) -> dict[str, float]:
+    """``metrics.json``: the eval-mode train loss/accuracy and the geometry metrics."""
     record = record or {}
-    keys = ["hessian_trace", "hessian_trace_se", "nc_cdnv", "geometric_complexity", "geometric_complexity_se"]
-    columns = {key: _number(record.get(key)) for key in keys}
-    for key in ("train_loss", "train_acc", "heldout_loss", "heldout_acc"):
-        columns[f"eval_{key}"] = _number(record.get(key))
-    return columns
+    keys = ["train_loss", "train_acc", "hessian_trace", "hessian_trace_se", "nc_cdnv", "geometric_complexity",
+            "geometric_complexity_se"]
+    return {key: _number(record.get(key)) for key in keys}
 
 
-def run_columns(run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-    """Identity of a run: experiment, data, model, optimiser settings and sweep membership."""
+def pretrain_columns(record: Mapping[str, Any]) -> dict[str, float]:
+    """``pretrain.json``: the eval-mode held-out loss/accuracy and the running train loss/accuracy."""
+    return {"heldout_loss": _number(record.get("val_loss")), "heldout_acc": _number(record.get("val_acc")),
+            "train_loss_running": _number(record.get("train_loss")),
+            "train_acc_running": _number(record.get("train_acc"))}
+
+
+def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
+    """Identity of a run: experiment, data, model, optimiser settings and sweep membership (``sweeps``)."""
     config = run.get("config", {})
     optim, train = config.get("optim", {}), config.get("train", {})
-    sweeps = sweeps_of_run(config, base)
     return {
         "experiment": run.get("experiment"), "status": run.get("status"),
         "dataset": config.get("data", {}).get("name"), "model": config.get("model", {}).get("name"),
         "lr": _number(optim.get("lr")), "batch_size": train.get("batch_size"),
         "momentum": _number(optim.get("momentum")), "weight_decay": _number(optim.get("weight_decay")),
+        "epochs": train.get("epochs"),
         "seed": run.get("seed", config.get("seed")),
         **{f"in_{axis}_sweep": axis in sweeps for axis in SWEEP_AXES},
     }
 
 
-def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], base: Mapping[str, Any],
+def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[str],
                    choice: FewShotChoice) -> dict[str, Any]:
     """Every column of one checkpoint; a missing record leaves its columns empty."""
     pretrain = checkpoint.read_record("pretrain")
     finetune = _read(checkpoint, "finetune") or {}
-    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, base)}
-    row.update({key: _number(pretrain.get(key)) for key in ("train_loss", "train_acc", "val_loss", "val_acc")})
+    row = {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, **run_columns(run, sweeps)}
+    row.update(pretrain_columns(pretrain))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["upstream"]), ""))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["downstream"]), "downstream_"))
     row.update(finetune_acc=_number(finetune.get("test_acc")), finetune_loss=_number(finetune.get("test_loss")))
@@ -143,25 +194,86 @@ def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "train": {"batch_size": cfg["train"]["batch_size"]}}
 
 
-def build_summary(runs_dir: str | Path, base: Mapping[str, Any], choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
-    """The summary table of an experiment's records (empty, with every column, when there are none)."""
+def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun]) -> dict[str, list[str]]:
+    """Run id → sweep axes, for the runs in ``runs_dir`` that belong to the study; the others are listed in a
+    warning, with what sets each apart (``pretrain.sweeps.study_settings``), and left out.
+
+    ``study``: ``study_runs(cfg)`` (membership), or ``study_settings(cfg)`` (membership and identities, so
+    the warning can say e.g. ``train.epochs: 8 → 2``). A run whose ``run.json`` does not match its folder's
+    id (edited or damaged) is left out too.
+    """
+    settings = [] if isinstance(study, Mapping) else list(study)
+    membership = dict(study) if isinstance(study, Mapping) else {run.run_id: list(run.axes) for run in settings}
+    members, outsiders = {}, []
+    for run_file in sorted(Path(runs_dir).glob(f"*/{RUN_FILE}")):
+        run_id = run_file.parent.name
+        if not any(run_file.parent.glob(f"epoch_*/{PRETRAIN_RECORD}.json")):
+            continue
+        config = read_json(run_file, fix=RUN_RECORD_FIX).get("config") or {}
+        try:
+            consistent = run_identity(config) == run_id
+        except (KeyError, TypeError, ValueError):
+            consistent = False
+        if run_id in membership and consistent:
+            members[run_id] = membership[run_id]
+        elif not consistent:
+            outsiders.append(f"{run_id} (its run.json does not match the folder: rerun scripts/pretrain.py)")
+        else:
+            outsiders.append(f"{run_id} ({distinguishing_keys(config, settings) or 'not a configured setting'})"
+                             if settings else run_id)
+    if outsiders:
+        log.warning("%d run(s) in %s are not part of this experiment's sweeps and are left out of the table: %s. "
+                    "Keep exploratory runs in their own folder with experiment_name=<name>.",
+                    len(outsiders), runs_dir, "; ".join(outsiders))
+    return members
+
+
+def build_summary(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun],
+                  choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
+    """The summary table of an experiment's records (empty, with every column, when there are none).
+
+    Only the runs of the study (``study_members``) are in it.
+    """
+    members = study_members(runs_dir, study)
     runs: dict[str, dict] = {}
     rows = []
     for checkpoint in iter_checkpoints(runs_dir, require_model=False):
+        if checkpoint.run_id not in members:
+            continue
         if checkpoint.run_id not in runs:
             runs[checkpoint.run_id] = checkpoint.run_record()
-        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], base, choice))
-    table = pd.DataFrame(rows)
-    for column in SUMMARY_COLUMNS + EXTRA_COLUMNS:
+        rows.append(checkpoint_row(checkpoint, runs[checkpoint.run_id], members[checkpoint.run_id], choice))
+    return tidy(pd.DataFrame(rows))
+
+
+def tidy(table: pd.DataFrame) -> pd.DataFrame:
+    """Every summary column in order (empty ones added), typed, with ``is_final``, sorted by setting and epoch."""
+    for column in SUMMARY_COLUMNS:
         if column not in table:
-            table[column] = pd.Series(dtype=float)
-    table = table[SUMMARY_COLUMNS + EXTRA_COLUMNS]
-    table["table_train_loss"] = table["eval_train_loss"].fillna(table["train_loss"])
-    table["table_test_loss"] = table["eval_heldout_loss"].fillna(table["val_loss"])
+            table[column] = pd.Series(dtype=object if column.endswith("_flags") else float)
+    table = table[SUMMARY_COLUMNS].copy()
     table["is_final"] = table["epoch"] == table.groupby("run_id")["epoch"].transform("max")
-    for prefix in ("", "downstream_"):
-        table[f"{prefix}free_energy_diverged"] = table[f"{prefix}free_energy_diverged"].astype("boolean")
+    for column in BOOLEAN_COLUMNS:
+        table[column] = table[column].astype("boolean")
     return table.sort_values(["lr", "batch_size", "momentum", "seed", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def flagged(table: pd.DataFrame, prefix: str = "") -> pd.Series:
+    """Checkpoints whose free-energy estimate (``prefix`` "" upstream, "downstream_") is flagged: diverged, or
+    recorded as not healthy. An estimate without health fields (not assessed) or without a record is not."""
+    fe = f"{prefix}free_energy"
+    diverged = table[f"{fe}_diverged"].astype("boolean").fillna(False)
+    unhealthy = ~table[f"{fe}_healthy"].astype("boolean").fillna(True)
+    return (diverged | unhealthy).astype(bool)
+
+
+def usable_estimates(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every flagged estimate's SGLD numbers blanked (NaN), so that no correlation, mean or
+    fitted line can include them. Everything else is unchanged."""
+    table = table.copy()
+    for prefix in FREE_ENERGY_PREFIXES:
+        table.loc[flagged(table, prefix), estimate_value_columns(prefix)] = math.nan
+    return table
 
 
 def select_checkpoints(table: pd.DataFrame, which: str) -> pd.DataFrame:

@@ -69,11 +69,22 @@ def validate_downstream_config(ds_cfg: DictConfig) -> None:
         _refuse("fewshot.support_views", fs.support_views, "an integer >= 0 (0: no augmented copies)")
 
 
+def _check_padding(key: str, padding: Any, image_size: int) -> None:
+    if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < image_size:
+        _refuse(key, padding, f"reflection padding must be an integer in [0, {image_size}) for "
+                f"{image_size}×{image_size} images; lower it (0 turns the random crop off)")
+
+
 def validate_against_data(ds_cfg: DictConfig, downstream: ImageSet) -> None:
     """Refuse episode sizes and fine-tuning batches the downstream data cannot supply."""
     counts = torch.bincount(downstream.labels, minlength=downstream.num_classes)
     smallest = int(counts.min())
     fs = ds_cfg.fewshot
+    image_size = downstream.images.shape[-1]
+    if "finetune" in ds_cfg.kinds:
+        _check_padding("finetune.augment.padding", ds_cfg.finetune.augment.padding, image_size)
+    if "fewshot" in ds_cfg.kinds and fs.support_views > 0:
+        _check_padding("fewshot.augment.padding", fs.augment.padding, image_size)
     if "fewshot" in ds_cfg.kinds:
         if fs.n_way > downstream.num_classes:
             _refuse("fewshot.n_way", fs.n_way, f"at most the {downstream.num_classes} downstream classes")

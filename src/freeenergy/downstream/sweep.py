@@ -3,8 +3,8 @@
 Both evaluations use the held-out classes ``FewShotData.downstream``, with images kept uint8 on the device
 and normalised per batch. ``finetune.json`` holds test accuracy and loss after fine-tuning with a fresh
 head; ``fewshot.json`` holds, per (N-way, K-shot, classifier), the mean query accuracy over the episodes
-with its 95% interval. A record that exists is skipped unless ``downstream.overwrite=true``; a checkpoint
-that fails to load is reported by name and the others go on.
+with its 95% interval. A record that is finished and current is skipped unless ``downstream.overwrite=true``
+(``freeenergy.provenance``); a checkpoint that fails to load is reported by name and the others go on.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
 from freeenergy.models.checkpoint import load_or_report, warn_failed
+from freeenergy.identity import canonical
+from freeenergy.provenance import data_identity, group_settings, plan_step
 from freeenergy.records import Checkpoint, checkpoints_of_shard
-from freeenergy.runtime import resolve_device
+from freeenergy.runtime import resolve_device, set_threads
 
 
 @dataclass
@@ -90,7 +92,8 @@ def fewshot_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTas
                                             fs.episode_batch)
             score = summarize(accuracies)
             results.append({"n_way": fs.n_way, "k_shot": k_shot, "n_query": fs.n_query, "classifier": classifier,
-                            "mean_acc": score.mean_acc, "ci95": score.ci95, "episodes": score.episodes})
+                            "mean_acc": score.mean_acc, "ci95": score.ci95, "episodes": score.episodes,
+                            "ci95_method": "student-t, episodes - 1 degrees of freedom"})
     return {"results": results, "feature_dim": features.shape[-1]} | _common_fields(
         checkpoint, task, "fewshot", time.perf_counter() - start)
 
@@ -135,24 +138,35 @@ def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: Downstre
     return Outcome(checkpoint.name, "evaluated", records)
 
 
+def downstream_settings(cfg: DictConfig, kind: str) -> dict:
+    """The canonical settings a ``kind`` record is made with: ``downstream.<kind>``, the seed and the data."""
+    return {kind: group_settings(cfg.downstream[kind], f"downstream.{kind}"), "seed": canonical(cfg.downstream.seed),
+            "data": data_identity(cfg)}
+
+
 def run_downstream(cfg: DictConfig) -> list[Outcome]:
-    """Fine-tune and/or few-shot-evaluate every checkpoint of ``cfg.paths.runs`` (``downstream.kinds``)."""
+    """Fine-tune and/or few-shot-evaluate every checkpoint of ``cfg.paths.runs`` (``downstream.kinds``).
+
+    Which records are reused, recomputed or refused is decided before any compute (``plan_step``).
+    """
     ds_cfg = cfg.downstream
     validate_downstream_config(ds_cfg)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
-    kinds = list(ds_cfg.kinds)
+    set_threads(cfg.get("num_threads"))
+    kinds = list(dict.fromkeys(ds_cfg.kinds))
     checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
-    todo = {c: [k for k in kinds if ds_cfg.overwrite or not c.has_record(k)] for c in checkpoints}
-    outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if not todo[c]}
-    pending = [c for c in checkpoints if todo[c]]
+    device = resolve_device(cfg.device)
+    plan = plan_step(checkpoints, {kind: downstream_settings(cfg, kind) for kind in kinds}, ds_cfg.overwrite,
+                     "downstream.overwrite", f"downstream ({', '.join(kinds)})", device)
+    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped} | {c: Outcome(c.name, "failed") for c in plan.failed}
+    pending = list(plan.todo)
     print(f"downstream ({', '.join(kinds)}): {len(checkpoints)} checkpoints in {cfg.paths.runs}, "
-          f"{len(outcomes)} finished already, {len(pending)} to evaluate")
+          f"{len(plan.skipped)} finished already, {len(pending)} to evaluate"
+          + (f", {len(plan.failed)} failed" if plan.failed else ""))
     if pending:
         data = load_data(cfg.data)
         validate_against_data(ds_cfg, data.downstream)
-        task = prepare_task(ds_cfg, data, resolve_device(cfg.device))
+        task = prepare_task(ds_cfg, data, device)
         for checkpoint in tqdm(pending, desc="downstream", unit="checkpoint", disable=not cfg.progress):
-            outcomes[checkpoint] = evaluate_checkpoint(checkpoint, todo[checkpoint], task)
+            outcomes[checkpoint] = evaluate_checkpoint(checkpoint, plan.todo[checkpoint], task)
     warn_failed("downstream", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
     return [outcomes[c] for c in checkpoints]

@@ -18,15 +18,27 @@ under-trained checkpoints, whose gradient the sampler follows downhill).
 **Suggestion**: among ``ok`` settings, one with a positive LLC if any; then the largest step size
 (fastest mixing for the same draws), then the smallest localization (closest to the unlocalized
 posterior). None when no setting is ``ok``.
+
+**Automatic choice** (``choose_sgld_settings``; ``step_size="auto"`` in ``estimate_free_energy``, the
+rank command): SGLD is stable only for ε < 4/(nβ·λ_max + γ). A Hessian direction of curvature h relaxes
+at ≈ (ε/2)(nβ·h + γ) per step, and the sampled loss (a variance) at twice that, so the slowest,
+γ-held directions (h ≈ 0) need ≈ 1/(ε·γ) steps. The rule takes ε = c·4/(nβ·λ_max + γ), a fraction c of
+the bound (c = 0.25 keeps the discretization's inflation of the sampled variance along the sharpest
+direction at 1/(1 − c) ≈ 1.33), and the smallest γ for which the burn-in covers k relaxation times:
+1/(ε·γ) ≤ num_burnin / k  ⇔  γ ≥ nβ·λ_max / (4c·num_burnin/k − 1). γ also keeps the chains local: each
+of the d γ-held coordinates spreads by 1/√γ, so ‖w − w*‖ ≈ √(d/γ), and γ ≥ d / (ρ²·‖w*‖²) keeps that
+within a fraction ρ of ‖w*‖ (a small γ lets the chains wander where the quadratic picture, and λ_max,
+no longer hold: with eval-mode batch norm the loss then blows up); and γ ≥ a minimum. The constants
+are ``free_energy.auto`` (conf/free_energy/default.yaml), mirrored by ``AutoRule``'s defaults.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +54,160 @@ from freeenergy.free_energy.sweep import (
 from freeenergy.models import load_checkpoint_model
 from freeenergy.records import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints
 from freeenergy.runtime import resolve_device
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """The constants of the automatic SGLD choice; defaults equal ``free_energy.auto`` in the config.
+
+    ``stability_fraction`` c: ε is this fraction of the stability bound 4/(nβ·λ_max + γ), in (0, 1).
+    ``relaxation_times`` k: the burn-in must cover this many relaxation times 1/(ε·γ) of the slowest,
+    γ-held directions. ``max_relative_distance`` ρ: locality; in the γ-held directions each sampled
+    coordinate spreads by 1/√γ around w*, so d such directions put the chain at ‖w − w*‖ ≈ √(d/γ), and
+    γ ≥ d / (ρ²·‖w*‖²) keeps that within ρ·‖w*‖ (null: no locality floor). ``min_localization``: the
+    smallest γ chosen in any case.
+    """
+
+    stability_fraction: float = 0.25
+    relaxation_times: float = 3.0
+    max_relative_distance: float | None = 0.5
+    min_localization: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = {"stability_fraction": 0 < self.stability_fraction < 1, "relaxation_times": self.relaxation_times > 0,
+                  "max_relative_distance": self.max_relative_distance is None or self.max_relative_distance > 0,
+                  "min_localization": self.min_localization > 0}
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in "
+                                 "(0, 1); relaxation_times, min_localization and max_relative_distance (or null) > 0.")
+
+    @classmethod
+    def from_config(cls, auto_cfg: Mapping[str, Any] | None) -> "AutoRule":
+        """From the ``free_energy.auto`` block (missing keys keep their defaults; unknown keys are refused)."""
+        values = dict(auto_cfg or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"free_energy.auto has unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}.")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SGLDChoice:
+    """A step size and localization chosen by ``choose_sgld_settings``, with the numbers behind them."""
+
+    step_size: float  # ε
+    localization: float  # γ
+    sharpness: float  # λ_max, the top Hessian eigenvalue of the loss at w*
+    nbeta: float
+    num_burnin: int
+    max_stable_step: float  # 4 / (nβ·λ_max + γ)
+    relaxation_steps: float  # 1 / (ε·γ): steps for the slowest (γ-held) directions to settle
+    localization_reason: str  # which bound set γ: relaxation | locality | minimum | given
+    rule: AutoRule = field(default_factory=AutoRule)
+
+    @property
+    def burnin_relaxation_times(self) -> float:
+        """How many relaxation times of the slowest directions the burn-in covers."""
+        return self.num_burnin / self.relaxation_steps if self.relaxation_steps > 0 else math.inf
+
+    def describe(self) -> str:
+        """One line for the log: the choice, λ_max, the bound and the relaxation time."""
+        reason = {"relaxation": f"the smallest whose relaxation fits {self.rule.relaxation_times:g} times in the burn-in",
+                  "locality": f"keeps the chains within {self.rule.max_relative_distance:g}·‖w*‖ of w*",
+                  "minimum": "the configured minimum", "given": "given"}[self.localization_reason]
+        return (f"ε = {self.step_size:.3g} ({self.step_size / self.max_stable_step:.2g} of the stability bound "
+                f"4/(nβ·λ_max + γ) = {self.max_stable_step:.3g}; λ_max = {self.sharpness:.4g}, nβ = {self.nbeta:.4g}), "
+                f"γ = {self.localization:.4g} ({reason}); relaxation time 1/(εγ) = {self.relaxation_steps:.3g} steps, "
+                f"burn-in {self.num_burnin} steps = {self.burnin_relaxation_times:.3g} relaxation times")
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+def choose_sgld_settings(
+    sharpness: float, nbeta: float, num_burnin: int, rule: AutoRule = AutoRule(), localization: float | None = None,
+    num_parameters: int | None = None, weight_norm_sq: float | None = None,
+) -> SGLDChoice:
+    """ε and γ from the stability bound, the relaxation time and locality (the rule in the module docstring).
+
+    ``sharpness`` is λ_max at the hardest checkpoint to sample (the sharpest; a negative value counts as 0);
+    ``num_parameters`` d and ``weight_norm_sq`` ‖w*‖² of the sampled parameters give the locality floor
+    d / (ρ²·‖w*‖²) (skipped when either is None). With ``localization`` given, only ε is chosen (and a
+    warning says when the burn-in is shorter than ``rule.relaxation_times`` relaxation times). Raises
+    ``ValueError`` when ``num_burnin`` is too short for the rule: it needs num_burnin > k / (4c).
+    """
+    curvature = nbeta * max(float(sharpness), 0.0)
+    if localization is None:
+        ratio = 4 * rule.stability_fraction * num_burnin / rule.relaxation_times - 1
+        if ratio <= 0:
+            shortest = math.floor(rule.relaxation_times / (4 * rule.stability_fraction)) + 1
+            raise ValueError(
+                f"free_energy.num_burnin={num_burnin} is too short for the automatic choice of γ: the burn-in must cover "
+                f"{rule.relaxation_times:g} relaxation times 1/(εγ) with ε = {rule.stability_fraction:g} of the stability "
+                f"bound, which needs num_burnin >= {shortest} (a few hundred in practice); raise free_energy.num_burnin "
+                "or give free_energy.localization.")
+        floors = {"relaxation": curvature / ratio, "minimum": rule.min_localization}
+        if rule.max_relative_distance is not None and num_parameters and weight_norm_sq:
+            floors["locality"] = num_parameters / (rule.max_relative_distance ** 2 * weight_norm_sq)
+        reason = max(floors, key=floors.get)
+        gamma = floors[reason]
+    else:
+        gamma, reason = float(localization), "given"
+        if gamma < 0:
+            raise ValueError(f"localization={gamma!r} is not allowed: γ >= 0.")
+    if curvature + gamma <= 0:
+        raise ValueError("the stability bound is infinite (λ_max <= 0 and γ = 0): give a positive localization.")
+    bound = 4.0 / (curvature + gamma)
+    step = rule.stability_fraction * bound
+    relaxation = 1.0 / (step * gamma) if gamma > 0 else math.inf
+    choice = SGLDChoice(step, gamma, float(sharpness), float(nbeta), int(num_burnin), bound, relaxation, reason, rule)
+    if reason == "given" and choice.burnin_relaxation_times < rule.relaxation_times:
+        warnings.warn(f"{choice.describe()}: the burn-in covers fewer than {rule.relaxation_times:g} relaxation times "
+                      "of the slowest directions, so the draws may still drift; raise num_burnin or the localization.",
+                      RuntimeWarning, stacklevel=2)
+    return choice
+
+
+def sampled_weights(model: torch.nn.Module, frozen: Sequence[str] = ()) -> tuple[int, float]:
+    """d and ‖w‖² of the sampled parameters: those that require grad, except the ``frozen`` names."""
+    params = [p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in set(frozen)]
+    return sum(p.numel() for p in params), float(sum(p.double().pow(2).sum() for p in params))
+
+
+def auto_sgld_settings(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, nbeta: float, num_burnin: int, *,
+    loss_fn: Callable | None = None, input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    localization: float | None = None, rule: AutoRule = AutoRule(), sharpness_batch: int = 256,
+    sharpness_iterations: int = 10, seed: int = 0,
+) -> SGLDChoice:
+    """Measure λ_max of ``model`` on a seeded subset of ``sharpness_batch`` inputs (``sharpness_iterations``
+    power iterations; defaults as ``calibrate.sharpness_*``), then ``choose_sgld_settings``.
+
+    ``inputs``/``targets`` on the model's device (stored form; ``input_transform`` maps them to model inputs).
+    What ``estimate_free_energy(..., step_size="auto")`` runs. The model is not modified.
+    """
+    transform = input_transform or (lambda x: x)
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(targets), generator=generator)[:sharpness_batch].to(targets.device)
+    sharpness = top_hessian_eigenvalue(model, transform(inputs[index]), targets[index], loss_fn,
+                                       iterations=sharpness_iterations, seed=seed)
+    return choose_sgld_settings(sharpness, nbeta, num_burnin, rule, localization, *sampled_weights(model))
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure so that a rerun writes the same bytes (PDF without creation date, PNG
+    without the software tag), atomically, creating the folder."""
+    path = Path(path)
+    metadata = {"CreationDate": None, "Producer": None} if path.suffix == ".pdf" else {"Software": None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight", metadata=metadata)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: float = math.inf) -> str:
@@ -98,8 +264,15 @@ def suggest_setting(table: pd.DataFrame) -> int | None:
     return order.index[0]
 
 
-def plot_traces(estimates: dict[tuple[float, float], FreeEnergyEstimate], table: pd.DataFrame, path: str | Path) -> None:
-    """One panel per setting (rows γ, columns ε): every chain's loss trace, L_n(w*) dashed, status in the title."""
+def plot_traces(
+    estimates: dict[tuple[float, float], FreeEnergyEstimate], table: pd.DataFrame, path: str | Path,
+    checkpoint: str, sharpness: float | None = None,
+) -> Path:
+    """One panel per setting (rows γ, columns ε): every chain's loss trace, L_n(w*) dashed, status in the title.
+
+    The title names ``checkpoint``, its ``sharpness`` λ_max, nβ and the stability bound 4/(nβ·λ_max + γ)
+    of each γ. Written with ``save_figure``: the same inputs give the same bytes.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -131,11 +304,25 @@ def plot_traces(estimates: dict[tuple[float, float], FreeEnergyEstimate], table:
                      color="black" if row.status.startswith("ok") else "firebrick")
     grid.set_axis_labels("SGLD step", "minibatch loss")
     grid.tight_layout()  # again, now that the titles have two lines
-    grid.figure.suptitle("SGLD calibration: loss trace of each chain (black: chains' mean, smoothed; dashed: L_n(w*))",
+    grid.figure.suptitle(f"{calibration_title(checkpoint, sharpness, table, estimates)}\n"
+                         "loss trace of each chain (black: chains' mean, smoothed; dashed: L_n(w*); dotted: end of burn-in)",
                          y=1.0, va="bottom")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    grid.figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(grid.figure)
+    try:
+        return save_figure(grid.figure, path)
+    finally:
+        plt.close(grid.figure)
+
+
+def calibration_title(checkpoint: str, sharpness: float | None, table: pd.DataFrame,
+                      estimates: dict[tuple[float, float], FreeEnergyEstimate]) -> str:
+    """'SGLD calibration on <checkpoint>: λ_max = …, nβ = …; stable for ε < 4/(nβ·λ_max + γ) = … (γ = …)'."""
+    nbeta = next(iter(estimates.values())).nbeta
+    if sharpness is None:
+        return f"SGLD calibration on {checkpoint} (nβ = {nbeta:.4g}; sharpness not measured, stability bound unknown)"
+    bounds = table.drop_duplicates("localization").sort_values("localization")
+    listed = ", ".join(f"{row.max_stable_step:.2g} (γ = {row.localization:g})" for row in bounds.itertuples())
+    return (f"SGLD calibration on {checkpoint}: λ_max = {sharpness:.4g}, nβ = {nbeta:.4g}; "
+            f"stable for ε < 4/(nβ·λ_max + γ) = {listed}")
 
 
 def checkpoint_from_path(path: str | Path) -> Checkpoint:
@@ -183,7 +370,7 @@ def validate_calibrate_config(cal_cfg: DictConfig, num_chains: int) -> None:
 
 @dataclass
 class Calibration:
-    checkpoint: Checkpoint
+    checkpoint: Any  # a study Checkpoint, or a rank Candidate (a checkpoint file); both have .name
     sharpness: float
     table: pd.DataFrame
     suggestion: pd.Series | None
@@ -192,8 +379,15 @@ class Calibration:
     sharpness_table: pd.DataFrame | None  # every checkpoint, when the hardest one was searched for
 
 
-def run_calibration(cfg: DictConfig) -> Calibration:
-    """Calibrate SGLD on one checkpoint of the experiment (by default the sharpest): table, figure, suggestion."""
+def run_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) -> Calibration:
+    """Calibrate SGLD on one checkpoint of the experiment (by default the sharpest): table, figure, suggestion.
+
+    With the rank command's config (``rank.*`` keys), on a checkpoint file instead: ``rank.pipeline.run_rank_calibration``.
+    """
+    if "rank" in cfg:
+        from freeenergy.rank.pipeline import run_rank_calibration  # the rank package imports this module
+
+        return run_rank_calibration(cfg, conf_dir)
     fe_cfg, cal_cfg = cfg.free_energy, cfg.calibrate
     validate_free_energy_config(fe_cfg)
     validate_calibrate_config(cal_cfg, fe_cfg.num_chains)
@@ -231,7 +425,7 @@ def run_calibration(cfg: DictConfig) -> Calibration:
     table_path, figure_path = results / "sgld_calibration.csv", figures / "sgld_calibration.png"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(table_path, index=False)
-    plot_traces(estimates, table, figure_path)
+    plot_traces(estimates, table, figure_path, checkpoint.name, sharpness)
     suggested = table[table["suggested"]]
     return Calibration(checkpoint, sharpness, table, None if suggested.empty else suggested.iloc[0],
                        table_path, figure_path, ranking)

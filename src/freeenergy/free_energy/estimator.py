@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,15 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
+from freeenergy.free_energy.batched import run_batched_chains
 from freeenergy.free_energy.diagnostics import Health, HealthCriteria, assess_health, runaway_chains
 from freeenergy.models.evaluate import eval_mode
 
+if TYPE_CHECKING:
+    from freeenergy.free_energy.calibration import AutoRule, SGLDChoice
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # free_energy.precision → autocast dtype of the forward pass
 DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
 
 
@@ -52,6 +57,7 @@ class SGLDSettings:
     nbeta: float
     batch_size: int
     seed: int
+    precision: str = "fp32"  # the forward pass: fp32, or bf16 autocast (parameters, noise, update, loss: fp32)
 
     @property
     def num_steps(self) -> int:
@@ -121,8 +127,8 @@ def estimate_free_energy(
     num_chains: int = 4,
     num_draws: int = 200,
     num_burnin: int = 0,
-    step_size: float = 1e-4,
-    localization: float = 100.0,
+    step_size: float | str | None = None,
+    localization: float | None = None,
     nbeta: float | None = None,
     batch_size: int = 256,
     seed: int = 0,
@@ -133,6 +139,9 @@ def estimate_free_energy(
     eval_batch_size: int | None = None,
     progress: bool = False,
     health: HealthCriteria | None = None,
+    precision: str = "fp32",
+    vectorize_chains: bool = False,
+    auto_rule: "AutoRule | None" = None,
 ) -> FreeEnergyEstimate:
     """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
 
@@ -149,32 +158,81 @@ def estimate_free_energy(
 
     ``health`` sets the thresholds of the checks in ``estimate.health`` (``free_energy.diagnostics``); each
     failed check raises a ``RuntimeWarning`` naming it and what to change.
+
+    ``precision="bf16"`` runs the forward passes (L_n(w*), its gradient and every SGLD step) under bf16
+    autocast; parameters, noise, the update and the recorded losses stay float32. It is recorded in the
+    settings (``hyperparameters.precision``): fp32 and bf16 estimates are different estimates.
+    ``vectorize_chains=True`` runs all chains at once (``free_energy/batched.py``: ``torch.func.vmap`` over
+    stacked parameters; fp32 only); same seed → the same traces as the sequential chains up to float rounding.
+
+    ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a safe ε depends
+    on the model and data (SGLD is stable only for ε < 4/(nβ·λ_max + γ)). ``step_size="auto"`` measures
+    λ_max and chooses ε (and γ, unless given) by ``calibration.choose_sgld_settings`` with ``auto_rule``'s
+    constants; the choice is printed and kept in ``estimate.extra["auto"]``. Raises ``ValueError`` for a
+    missing or bad setting, before any sampling.
     """
     inputs, targets = _as_tensors(dataset)
     n = len(targets)
     nbeta = n / math.log(n) if nbeta is None else float(nbeta)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not allowed: choose one of {sorted(PRECISIONS)} "
+                         "(free_energy.precision).")
+    if vectorize_chains and precision != "fp32":
+        # torch.func's batch-norm batching rule refuses a bf16 input with float32 running statistics
+        raise ValueError(f"vectorize_chains=True runs in fp32 only, not precision={precision!r}: set "
+                         "free_energy.vectorize_chains=false for bf16, or free_energy.precision=fp32.")
+    auto = None
+    if isinstance(step_size, str):
+        auto = _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size,
+                              localization, auto_rule, seed)
+        step_size, localization = auto.step_size, auto.localization
+    elif step_size is None or localization is None:
+        raise ValueError(f"step_size={step_size!r} and localization={localization!r}: both are required (no default "
+                         "is safe for every model). Pass step_size='auto' to measure the sharpness and choose them, or "
+                         "values from scripts/calibrate_sgld.py (ε < 4 / (nβ·λ_max + γ)).")
     settings = SGLDSettings(num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta,
-                            batch_size, seed)
+                            batch_size, seed, precision)
     _check_settings(settings, n)
     device = torch.device(device) if device is not None else _model_device(model)
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = _float32_loss(loss_fn or F.cross_entropy, device)
     transform = input_transform or (lambda x: x)
     inputs, targets = inputs.to(device), targets.to(device)
 
     start = time.perf_counter()
     sampler = _Sampler(model, device, frozen_parameters)
-    init_loss, grad_norm_sq = full_data_loss_and_gradient(sampler.model, sampler.params, inputs, targets, loss_fn,
-                                                          transform, eval_batch_size or batch_size)
+    with _autocast(device, precision):
+        init_loss, grad_norm_sq = full_data_loss_and_gradient(sampler.model, sampler.params, inputs, targets, loss_fn,
+                                                              transform, eval_batch_size or batch_size)
     sampling_start = time.perf_counter()
-    traces = [
-        sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
-        for chain in range(num_chains)
-    ]
-    loss_trace = torch.stack(traces).double().numpy()
+    if vectorize_chains:
+        traces = sampler.run_chains_batched(inputs, targets, loss_fn, transform, settings, progress)
+    else:
+        traces = [sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
+                  for chain in range(num_chains)]
+    loss_trace = torch.stack(list(traces)).double().numpy()
     end = time.perf_counter()
     estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device), grad_norm_sq, health)
     estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+    if auto is not None:
+        estimate.extra["auto"] = auto.to_record()
     return estimate
+
+
+def _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
+                   auto_rule, seed) -> "SGLDChoice":
+    """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
+    from freeenergy.free_energy.calibration import AutoRule, auto_sgld_settings  # calibration imports this module
+
+    if step_size != "auto":
+        raise ValueError(f"step_size={step_size!r} is not allowed: a positive number, or 'auto'.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    if _model_device(model) != device:
+        model = copy.deepcopy(model).to(device)
+    choice = auto_sgld_settings(model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
+                                input_transform=input_transform, localization=localization,
+                                rule=auto_rule or AutoRule(), seed=seed)
+    tqdm.write(choice.describe())
+    return choice
 
 
 def summarize(
@@ -263,8 +321,10 @@ class _Sampler:
             raise ValueError(f"frozen_parameters names {unknown}, which are not parameters of the model; "
                              f"its parameters are e.g. {list(named)[-4:]}.")
         self.model = copy.deepcopy(model).to(device).eval()
-        self.params = [p for name, p in self.model.named_parameters()
-                       if p.requires_grad and name not in frozen_parameters]
+        self.names = [name for name, p in self.model.named_parameters()
+                      if p.requires_grad and name not in frozen_parameters]
+        copied = dict(self.model.named_parameters())
+        self.params = [copied[name] for name in self.names]
         if not self.params:
             raise ValueError("no parameter left to sample: every parameter is frozen or has requires_grad=False.")
         for name, p in self.model.named_parameters():
@@ -296,7 +356,9 @@ class _Sampler:
         steps = tqdm(range(settings.num_steps), desc=f"chain {chain}", unit="step", leave=False, disable=not progress)
         for step in steps:
             index = batches[step]
-            loss = loss_fn(self.model(transform(inputs[index])), targets[index])
+            with _autocast(self.device, settings.precision):
+                output = self.model(transform(inputs[index]))
+            loss = loss_fn(output, targets[index])
             grads = torch.autograd.grad(loss, self.params)
             trace[step] = loss.detach()
             with torch.no_grad():
@@ -308,6 +370,33 @@ class _Sampler:
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(trace[step]).item():
                 break  # the rest of the trace stays NaN
         return trace.cpu()
+
+    def run_chains_batched(
+        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+        transform: Callable[[torch.Tensor], torch.Tensor], settings: SGLDSettings, progress: bool,
+    ) -> torch.Tensor:
+        """All chains at once (``batched.run_batched_chains``), same seeds as ``run_chain``; (num_chains, num_steps)."""
+        seeds = [chain_seeds(settings.seed, chain) for chain in range(settings.num_chains)]
+        batches = torch.stack([minibatch_order(len(targets), settings.batch_size, settings.num_steps, order_seed)
+                               for order_seed, _ in seeds])
+        return run_batched_chains(
+            self.model, self.names, inputs, targets, loss_fn, transform, batches, [noise for _, noise in seeds],
+            settings.step_size, settings.localization, settings.nbeta, autocast_dtype=PRECISIONS[settings.precision],
+            check_every=DIVERGENCE_CHECK_EVERY, progress=progress)
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast on ``device`` for ``precision="bf16"``; a disabled (no-op) autocast for fp32."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def _float32_loss(loss_fn: LossFn, device: torch.device) -> LossFn:
+    """``loss_fn`` evaluated in float32 outside autocast, on a float32 copy of the output (recorded losses: fp32)."""
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, enabled=False):
+            return loss_fn(output.float(), target)
+    return loss
 
 
 def chain_seeds(seed: int, chain: int) -> tuple[int, int]:

@@ -4,8 +4,9 @@ Upstream (``free_energy.split=upstream``): the pretraining set ``FewShotData.ups
 checkpoint's own head → ``free_energy.json``. Downstream (``split=downstream``): the held-out classes'
 data ``FewShotData.downstream`` with a fresh linear head fitted on the frozen features →
 ``free_energy_downstream.json``. Images stay uint8 on the device and are normalised per batch
-(``data.normalize``, no augmentation). A checkpoint with a record is skipped unless
-``free_energy.overwrite=true``; a diverged estimate is recorded too (``diverged: true``, numbers null).
+(``data.normalize``, no augmentation). A checkpoint whose record is finished and current is
+skipped unless ``free_energy.overwrite=true`` (``freeenergy.provenance``); a diverged estimate is recorded
+too (``diverged: true``, numbers null).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.free_energy.diagnostics import HealthCriteria
-from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy
+from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
+from freeenergy.provenance import data_identity, group_settings, plan_step
 from freeenergy.records import Checkpoint, checkpoints_of_shard
-from freeenergy.runtime import resolve_device
+from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAMES = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
 ESTIMATOR_KEYS = ("num_chains", "num_draws", "num_burnin", "step_size", "localization", "nbeta", "batch_size", "seed")
@@ -50,6 +52,12 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
         _refuse("nbeta", fe_cfg.nbeta, "a positive inverse temperature, or null for n / log n")
     if not 0 < fe_cfg.drift_test_level < 1:
         _refuse("drift_test_level", fe_cfg.drift_test_level, "a test level in (0, 1), e.g. 0.01")
+    if fe_cfg.precision not in PRECISIONS:
+        _refuse("precision", fe_cfg.precision, f"one of {sorted(PRECISIONS)}")
+    if not isinstance(fe_cfg.vectorize_chains, bool):
+        _refuse("vectorize_chains", fe_cfg.vectorize_chains, "true or false")
+    if fe_cfg.vectorize_chains and fe_cfg.precision != "fp32":
+        _refuse("vectorize_chains", True, f"fp32 only (precision={fe_cfg.precision!r}): set vectorize_chains=false")
     health = fe_cfg.health
     for key in ("max_rhat", "max_llc_rel_spread", "max_gradient_bias_fraction", "runaway_z"):
         if not isinstance(health[key], (int, float)) or isinstance(health[key], bool) or not health[key] > 0:
@@ -67,7 +75,9 @@ def split_images(data: FewShotData, split: str) -> ImageSet:
 
 def estimator_options(fe_cfg: DictConfig) -> dict:
     """The ``estimate_free_energy`` keyword arguments set by ``free_energy.*``."""
-    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {"eval_batch_size": fe_cfg.eval_batch_size}
+    return {key: fe_cfg[key] for key in ESTIMATOR_KEYS} | {
+        "eval_batch_size": fe_cfg.eval_batch_size, "precision": fe_cfg.precision,
+        "vectorize_chains": fe_cfg.vectorize_chains}
 
 
 def make_input_transform(data: FewShotData, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -147,20 +157,35 @@ class Outcome:
     record: dict | None = None
 
 
+FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains")  # speed only
+
+
+def free_energy_settings(cfg: DictConfig) -> dict:
+    """The canonical settings a free-energy record is made with: ``free_energy.*`` (without speed-only keys)
+    and the data it samples on."""
+    return {"free_energy": group_settings(cfg.free_energy, "free_energy", FREE_ENERGY_EXECUTION_KEYS),
+            "data": data_identity(cfg)}
+
+
 def run_free_energy(cfg: DictConfig) -> list[Outcome]:
-    """Estimate (and record) the free energy of every checkpoint of ``cfg.paths.runs`` (this shard's share)."""
+    """Estimate (and record) the free energy of every checkpoint of ``cfg.paths.runs`` (this shard's share).
+
+    Which records are reused, recomputed or refused is decided before any compute (``plan_step``).
+    """
     fe_cfg = cfg.free_energy
     validate_free_energy_config(fe_cfg)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.get("num_threads"))
     record_name = RECORD_NAMES[fe_cfg.split]
     checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
-    outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if c.has_record(record_name) and not fe_cfg.overwrite}
-    pending = [c for c in checkpoints if c not in outcomes]
+    device = resolve_device(cfg.device)
+    plan = plan_step(checkpoints, {record_name: free_energy_settings(cfg)}, fe_cfg.overwrite,
+                     "free_energy.overwrite", f"free energy ({fe_cfg.split})", device)
+    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped} | {c: Outcome(c.name, "failed") for c in plan.failed}
+    pending = list(plan.todo)
     print(f"free energy ({fe_cfg.split}): {len(checkpoints)} checkpoints in {cfg.paths.runs}, "
-          f"{len(outcomes)} finished already, {len(pending)} to estimate")
+          f"{len(plan.skipped)} finished already, {len(pending)} to estimate"
+          + (f", {len(plan.failed)} failed" if plan.failed else ""))
     if pending:
-        device = resolve_device(cfg.device)
         split = load_split(cfg, device)
         for checkpoint in tqdm(pending, desc=f"free energy ({fe_cfg.split})", unit="checkpoint", disable=not cfg.progress):
             outcomes[checkpoint] = estimate_checkpoint(checkpoint, split, fe_cfg, device)

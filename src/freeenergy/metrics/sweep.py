@@ -4,8 +4,8 @@ Everything is computed from upstream data in eval mode, on fixed data shared by 
 ``FewShotData.upstream_train`` (train loss/accuracy on all of it by default; the Hessian trace, CDNV and
 geometric complexity on seeded class-balanced subsets) and ``FewShotData.upstream_heldout`` (held-out
 loss/accuracy). Images stay uint8 on the device and are normalised per batch. ``metrics.json`` is written
-beside the checkpoint; a checkpoint with a record is skipped unless ``metrics.overwrite=true``, and one that
-fails to load is reported by name while the others go on.
+beside the checkpoint; a checkpoint whose record is finished and current is skipped unless ``metrics.overwrite=true``
+(``freeenergy.provenance``), and one that fails to load is reported by name while the others go on.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.models.evaluate import evaluate
+from freeenergy.provenance import data_identity, group_settings, plan_step
 from freeenergy.records import Checkpoint, checkpoints_of_shard
-from freeenergy.runtime import resolve_device
+from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAME = "metrics"
 
@@ -56,8 +57,15 @@ def validate_metrics_config(m_cfg: DictConfig) -> None:
         _refuse("seed", m_cfg.seed, "an integer")
 
 
+SUBSET_KEYS = ("loss.train_images", "hessian.images", "neural_collapse.images", "geometric_complexity.images")
+
+
 def validate_against_data(m_cfg: DictConfig, upstream: ImageSet) -> None:
-    """CDNV needs every class's variance: at least 2 images per upstream class in its subset."""
+    """Every subset fits in the upstream train images; CDNV needs at least 2 images per upstream class."""
+    for key in SUBSET_KEYS:
+        size = OmegaConf.select(m_cfg, key)
+        if size is not None and size > len(upstream):
+            _refuse(key, size, f"more than the {len(upstream)} upstream train images; lower it, or use null for all")
     images = m_cfg.neural_collapse.images
     if images is not None and images < 2 * upstream.num_classes:
         _refuse("neural_collapse.images", images,
@@ -172,21 +180,35 @@ def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
     return Outcome(checkpoint.name, "measured", record)
 
 
+METRICS_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "hessian.batch_size",
+                          "geometric_complexity.batch_size")  # speed/bookkeeping only
+
+
+def metrics_settings(cfg: DictConfig) -> dict:
+    """The canonical settings a metrics record is made with: ``metrics.*`` (without speed-only keys) and the data."""
+    return {"metrics": group_settings(cfg.metrics, "metrics", METRICS_EXECUTION_KEYS), "data": data_identity(cfg)}
+
+
 def run_metrics(cfg: DictConfig) -> list[Outcome]:
-    """Measure (and record) the Table 1 metrics of every checkpoint of ``cfg.paths.runs`` (this shard's share)."""
+    """Measure (and record) the Table 1 metrics of every checkpoint of ``cfg.paths.runs`` (this shard's share).
+
+    Which records are reused, recomputed or refused is decided before any compute (``plan_step``).
+    """
     m_cfg = cfg.metrics
     validate_metrics_config(m_cfg)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.get("num_threads"))
     checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
-    pending = [c for c in checkpoints if m_cfg.overwrite or not c.has_record(RECORD_NAME)]
-    outcomes = {c: Outcome(c.name, "skipped") for c in checkpoints if c not in pending}
-    print(f"metrics: {len(checkpoints)} checkpoints in {cfg.paths.runs}, {len(outcomes)} finished already, "
-          f"{len(pending)} to measure")
+    device = resolve_device(cfg.device)
+    plan = plan_step(checkpoints, {RECORD_NAME: metrics_settings(cfg)}, m_cfg.overwrite, "metrics.overwrite",
+                     "metrics", device)
+    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped} | {c: Outcome(c.name, "failed") for c in plan.failed}
+    pending = list(plan.todo)
+    print(f"metrics: {len(checkpoints)} checkpoints in {cfg.paths.runs}, {len(plan.skipped)} finished already, "
+          f"{len(pending)} to measure" + (f", {len(plan.failed)} failed" if plan.failed else ""))
     if pending:
         data = load_data(cfg.data)
         validate_against_data(m_cfg, data.upstream_train)
-        task = prepare_task(m_cfg, data, resolve_device(cfg.device))
+        task = prepare_task(m_cfg, data, device)
         for checkpoint in tqdm(pending, desc="metrics", unit="checkpoint", disable=not cfg.progress):
             outcomes[checkpoint] = measure_checkpoint(checkpoint, task)
     warn_failed("metrics", [o.checkpoint for o in outcomes.values() if o.status == "failed"])

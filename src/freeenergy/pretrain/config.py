@@ -1,21 +1,17 @@
-"""Checks of the pretraining config (before any compute) and the run's identity."""
+"""Checks of the pretraining config (before any compute or write); the run's identity lives in ``freeenergy.identity``."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from freeenergy.data import DATASETS, check_data_root
+from freeenergy.identity import effective_checkpoint_epochs, identity_config, run_identity
 from freeenergy.models import MODELS
 
 SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = ("fp32", "bf16")
-# Keys that change how a run executes, not what it computes: left out of the run's identity.
-EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"),
-                  "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
@@ -43,22 +39,43 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
         _refuse("train.schedule", cfg.train.schedule, f"choose one of {list(SCHEDULES)}")
     if cfg.train.precision not in PRECISIONS:
         _refuse("train.precision", cfg.train.precision, f"choose one of {list(PRECISIONS)}")
-    bad_epochs = [e for e in cfg.train.checkpoint_epochs if not 1 <= e <= cfg.train.epochs]
-    if bad_epochs or not cfg.train.checkpoint_epochs:
-        _refuse("train.checkpoint_epochs", list(cfg.train.checkpoint_epochs),
-                f"a non-empty list of epochs between 1 and train.epochs={cfg.train.epochs}")
+    epochs_list = cfg.train.checkpoint_epochs
+    if not isinstance(epochs_list, (list, ListConfig)) or any(
+            not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs_list):
+        _refuse("train.checkpoint_epochs", epochs_list, "a list of positive integer epochs (those beyond "
+                "train.epochs are dropped; the final epoch is always checkpointed)")
 
 
-def identity_config(cfg: DictConfig) -> dict:
-    """The part of the config that determines what a pretraining run computes."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    identity = {key: resolved[key] for key in ("data", "model", "optim", "train", "seed")}
-    for group, keys in EXECUTION_KEYS.items():
-        identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
-    return identity
+def check_padding(key: str, padding: Any, image_size: int) -> None:
+    """Reflection padding must be a non-negative integer smaller than the image side."""
+    if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < image_size:
+        _refuse(key, padding, f"reflection padding must be an integer in [0, {image_size}) for "
+                f"{image_size}×{image_size} images; lower it (0 turns the random crop off)")
 
 
-def run_identity(cfg: DictConfig) -> str:
-    """A readable, unique run id: the swept values, then a short hash of the identity config."""
-    digest = hashlib.sha1(json.dumps(identity_config(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    return f"lr{cfg.optim.lr:g}-bs{cfg.train.batch_size}-m{cfg.optim.momentum:g}-s{cfg.seed}-{digest}"
+def validate_against_data(cfg: DictConfig, train_images: int, image_size: int) -> None:
+    """Refuse sizes the training data cannot supply (before the run folder is written)."""
+    check_padding("train.augment.padding", cfg.train.augment.padding, image_size)
+    if cfg.train.batch_size > train_images:
+        _refuse("train.batch_size", cfg.train.batch_size,
+                f"larger than the {train_images} upstream training images of data={cfg.data.name} "
+                f"(data.images_per_class={cfg.data.get('images_per_class')}); lower train.batch_size to at most "
+                f"{train_images}, or use more images")
+
+
+def checkpoint_epochs_note(cfg: DictConfig) -> str | None:
+    """One line saying how the configured checkpoint epochs were adjusted to ``train.epochs``, or None."""
+    configured = sorted({int(e) for e in cfg.train.checkpoint_epochs})
+    effective = effective_checkpoint_epochs(cfg.train.epochs, configured)
+    if effective == configured:
+        return None
+    dropped = [e for e in configured if e > cfg.train.epochs]
+    parts = [f"epochs {dropped} beyond train.epochs={cfg.train.epochs} dropped"] if dropped else []
+    if cfg.train.epochs not in configured:
+        parts.append(f"the final epoch {cfg.train.epochs} added")
+    return f"train.checkpoint_epochs={configured} → {effective}: " + ", ".join(parts) + "."
+
+
+__all__ = ["validate_pretrain_config", "validate_against_data", "check_padding", "checkpoint_epochs_note",
+           "identity_config",
+           "run_identity", "effective_checkpoint_epochs"]

@@ -1,9 +1,10 @@
 """Pretraining with SGD and cross-entropy on the upstream classes, checkpointed and resumable.
 
-A run writes ``run.json`` first (status ``running``), a checkpoint folder with ``model.pt`` and
-``pretrain.json`` at each configured epoch, and ``resume.pt`` (model, optimizer, scheduler, data-order
-RNG) after every epoch. Killed midway, it resumes from ``resume.pt`` to the same result; finished
-(status ``done``), a rerun does nothing.
+A run checks its config and data sizes, then writes ``run.json`` (status ``running``), a checkpoint folder
+with ``model.pt`` and ``pretrain.json`` at each checkpoint epoch (the configured ones up to
+``train.epochs``, and always the last), and ``resume.pt`` (model, optimizer, scheduler, data-order RNG)
+after every epoch. Killed midway, it resumes from ``resume.pt`` to the same result; dead of an exception,
+it is marked ``failed``; finished (status ``done``) and verified, a rerun does nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from freeenergy.data import FewShotData, load_data
 from freeenergy.data.augment import random_crop_flip
 from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
-from freeenergy.pretrain.config import identity_config, run_identity, validate_pretrain_config
+from freeenergy.identity import differences, identity_config, run_id_from_identity
+from freeenergy.pretrain.config import checkpoint_epochs_note, validate_against_data, validate_pretrain_config
+from freeenergy.provenance import model_problem
 from freeenergy.records import (
-    MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, epoch_dirname, load_torch, read_json, save_torch, write_json,
+    MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, Checkpoint, RecordError, clean_stale_tmp, content_problems,
+    epoch_dirname, file_sha256, file_stat, load_torch, model_fields, read_json, save_torch, write_json,
 )
-from freeenergy.runtime import resolve_device
+from freeenergy.runtime import resolve_device, runtime_differences, runtime_info, set_threads, warn_runtime_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +70,21 @@ class Pretraining:
     def __init__(self, cfg: DictConfig):
         validate_pretrain_config(cfg)
         self.cfg = cfg
-        self.run_id = run_identity(cfg)
+        self.identity = identity_config(cfg)
+        self.run_id = run_id_from_identity(self.identity)
+        self.checkpoint_epochs: list[int] = self.identity["train"]["checkpoint_epochs"]
         self.run_dir = Path(cfg.paths.runs) / self.run_id
         self.device = resolve_device(cfg.device)
+        self.run_record_written = False
 
-    def is_done(self) -> bool:
-        run_file = self.run_dir / RUN_FILE
-        return run_file.exists() and read_json(run_file).get("status") in ("done", "diverged")
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        return Checkpoint(self.run_dir / epoch_dirname(epoch), self.run_id, epoch)
 
-    def setup(self) -> None:
+    def setup(self, fresh: bool = False) -> None:
+        """Load the data, check sizes against it, build model and optimizer, resume unless ``fresh``; only
+        then write ``run.json`` (status ``running``)."""
         self.data: FewShotData = load_data(self.cfg.data)
+        validate_against_data(self.cfg, len(self.data.upstream_train), self.data.upstream_train.images.shape[-1])
         torch.manual_seed(self.cfg.seed)
         num_classes = self.data.upstream_train.num_classes
         self.model = create_model(num_classes=num_classes, **self.cfg.model).to(self.device)
@@ -94,37 +103,61 @@ class Pretraining:
         self.history: list[dict] = []
         self.resumed_after: list[int] = []  # epochs this run was resumed after (crash, preemption)
         self.elapsed = 0.0
-        if (self.run_dir / RESUME_FILE).exists():
+        self.runtime = runtime_info(self.device)
+        for removed in clean_stale_tmp(self.run_dir) if self.run_dir.exists() else []:
+            print(f"{self.run_id}: removed a leftover temporary file {removed.name}")
+        resume_file = self.run_dir / RESUME_FILE
+        if fresh:
+            resume_file.unlink(missing_ok=True)  # overwrite means overwrite: never resume
+        elif resume_file.exists():
             self._resume()
         self._write_run_record("running", num_classes)
 
-    def _write_run_record(self, status: str, num_classes: int) -> None:
+    def _write_run_record(self, status: str, num_classes: int, error: str | None = None) -> None:
         write_json(self.run_dir / RUN_FILE, {
             "run_id": self.run_id,
             "experiment": self.cfg.experiment_name,
             "status": status,
             "num_classes": num_classes,
-            "config": identity_config(self.cfg),
+            "config": self.identity,
             "seed": self.cfg.seed,
             "device": str(self.device),
+            "runtime": self.runtime,
             "host": platform.node(),
             "wall_time_s": self.elapsed,
             "history": self.history,
             "resumed_after_epochs": self.resumed_after,
+            **({"error": error} if error else {}),
         })
+        self.run_record_written = True
+
+    def mark_failed(self, error: BaseException) -> None:
+        """Record that the run died (status ``failed`` with the error), so it is never left ``running``."""
+        if self.run_record_written:
+            reason = f"{type(error).__name__}: {error}".rstrip(": ")
+            self._write_run_record("failed", self.data.upstream_train.num_classes, error=reason)
 
     def _resume(self) -> None:
-        state = load_torch(self.run_dir / RESUME_FILE, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.order_rng.set_state(state["order_rng"].cpu())
+        """Continue from ``resume.pt``; an unreadable one (or run.json) means a fresh start, said so."""
+        try:
+            state = load_torch(self.run_dir / RESUME_FILE, map_location=self.device)
+            previous = read_json(self.run_dir / RUN_FILE)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.order_rng.set_state(state["order_rng"].cpu())
+        except (RecordError, KeyError, RuntimeError, ValueError) as error:
+            print(f"{self.run_id}: cannot resume ({error}); training from the start instead.")
+            (self.run_dir / RESUME_FILE).unlink(missing_ok=True)
+            self.setup(fresh=True)
+            return
         self.start_epoch = int(state["epoch"]) + 1
         self.elapsed = float(state["elapsed"])
-        previous = read_json(self.run_dir / RUN_FILE)
         self.history = previous.get("history", [])[: self.start_epoch - 1]
         self.resumed_after = previous.get("resumed_after_epochs", []) + [self.start_epoch - 1]
         print(f"{self.run_id}: resuming after epoch {self.start_epoch - 1}")
+        warn_runtime_mismatch(f"{self.run_id}: resuming", [(str(self.run_dir / RUN_FILE), runtime_differences(
+            previous.get("runtime"), self.runtime))])
 
     def _save_resume_state(self, epoch: int) -> None:
         save_torch(self.run_dir / RESUME_FILE, {
@@ -179,13 +212,15 @@ class Pretraining:
             "train_loss": stats.train_loss, "train_acc": stats.train_acc,
             "val_loss": heldout.loss, "val_acc": heldout.accuracy,
             "lr": stats.lr, "seed": self.cfg.seed, "wall_time_s": self.elapsed, "device": str(self.device),
+            "num_classes": self.data.upstream_train.num_classes, "settings": self.identity,
+            "runtime": self.runtime, **model_fields(directory / MODEL_FILE),
         }
         write_json(directory / f"{PRETRAIN_RECORD}.json", record)
         return record
 
     def run(self, on_epoch_end: Callable[[int], None] | None = None) -> str:
         """Train to the last epoch (or resume to it); returns the final status."""
-        checkpoint_epochs = set(self.cfg.train.checkpoint_epochs)
+        checkpoint_epochs = set(self.checkpoint_epochs)
         num_classes = self.data.upstream_train.num_classes
         epochs = tqdm(range(self.start_epoch, self.cfg.train.epochs + 1), desc=self.run_id, unit="epoch",
                       disable=not self.cfg.progress)
@@ -221,15 +256,173 @@ def _epoch_line(run_id: str, summary: dict) -> str:
 
 
 def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None = None) -> Path:
-    """Pretrain one configuration (or resume it, or skip it when finished); returns the run folder."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    """Pretrain one configuration (or resume it, or skip it when finished and verified); returns the run folder.
+
+    Before anything is written: the config is checked, an existing folder of the same setting made under
+    another id is adopted (``adopt_run_folder``), and a finished run is verified (``verify_run``): a run
+    whose checkpoint or record is damaged is retrained, a damaged ``run.json`` rebuilt from verified
+    checkpoints. ``train.overwrite=true`` retrains from scratch, ignoring ``resume.pt``. A run that dies of
+    any exception is marked ``failed`` in ``run.json``, with the error.
+    """
+    set_threads(cfg.num_threads)
     run = Pretraining(cfg)
-    if run.is_done() and not cfg.train.overwrite:
-        print(f"{run.run_id}: finished already, skipped")
+    note = checkpoint_epochs_note(cfg)
+    if note:
+        print(f"{run.run_id}: {note}")
+    adopt_run_folder(run.run_dir, run.identity)
+    verdict = verify_run(run)
+    fresh = bool(cfg.train.overwrite)
+    if verdict.action == "skip" and not fresh:
+        print(f"{run.run_id}: finished already, skipped ({len(run.checkpoint_epochs)} checkpoints verified)")
         return run.run_dir
-    run.setup()
-    status = run.run(on_epoch_end)
+    if verdict.action == "rebuild" and not fresh:
+        rebuild_run_record(run, verdict)
+        print(f"{run.run_id}: {verdict.reason}; its checkpoints verify, so run.json was rebuilt from them "
+              "(no retraining).")
+        return run.run_dir
+    if verdict.action == "retrain" and not fresh:
+        print(f"{run.run_id}: {verdict.reason}; retraining the run from the start (same settings and seed: "
+              "the same weights on the same machine and thread count).")
+        fresh = True
+    try:
+        run.setup(fresh=fresh)
+        status = run.run(on_epoch_end)
+    except BaseException as error:
+        run.mark_failed(error)
+        raise
     print(f"{run.run_id}: {status} ({run.elapsed:.0f}s of training)")
     return run.run_dir
 
+
+@dataclass
+class Verdict:
+    """What to do with a run folder: ``train`` (new or unfinished: resume), ``skip`` (finished and verified),
+    ``retrain`` (finished but a checkpoint is damaged), ``rebuild`` (run.json damaged, checkpoints verified)."""
+
+    action: str
+    reason: str = ""
+    records: dict[int, dict] | None = None  # rebuild: epoch → verified pretrain record
+
+
+def verify_checkpoint(run: Pretraining, epoch: int) -> tuple[dict | None, str | None]:
+    """(pretrain record, problem) of one checkpoint: the record must be finished and of this run's settings,
+    ``model.pt`` the file it describes. A record from before records carried settings and hashes is accepted
+    when the weights load and are finite, and is upgraded in place (hash and settings added)."""
+    checkpoint = run.checkpoint(epoch)
+    if not checkpoint.model_path.is_file():
+        return None, f"{checkpoint.model_path} is missing"
+    check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None)
+    path = checkpoint.record_path(PRETRAIN_RECORD)
+    if check.status == "other_settings" and check.record is not None and "settings" not in check.record:
+        problem = "; ".join(content_problems(PRETRAIN_RECORD, check.record)) or model_problem(checkpoint.model_path)
+        if problem:
+            return None, f"{path}: {problem}" if not problem.startswith(str(checkpoint.directory)) else problem
+        upgraded = {**check.record, "settings": run.identity, **model_fields(checkpoint.model_path)}
+        write_json(path, upgraded)
+        return upgraded, None
+    if not check.current:
+        return None, f"{path}: {check.reason or check.status}"
+    record = check.record
+    if record.get("model_file") != file_stat(checkpoint.model_path):  # touched or copied: compare the bytes
+        if file_sha256(checkpoint.model_path) != record.get("model_sha256"):
+            reason = model_problem(checkpoint.model_path) or (f"{checkpoint.model_path}: not the file pretraining "
+                                                              "saved (its sha256 differs from pretrain.json's)")
+            return None, reason
+        record = {**record, **model_fields(checkpoint.model_path)}  # the same bytes: refresh size and mtime
+        write_json(path, record)
+    return record, None
+
+
+def verify_run(run: Pretraining) -> Verdict:
+    """Inspect a run folder before anything is written (see ``Verdict``)."""
+    run_file = run.run_dir / RUN_FILE
+    if not run.run_dir.exists():
+        return Verdict("train")
+    try:
+        record = read_json(run_file)
+        problem = run_record_problem(record, run)
+    except RecordError as error:
+        record, problem = None, str(error).split(";")[0]
+    if problem is None and record.get("status") not in ("done", "diverged"):
+        return Verdict("train")  # unfinished: resume (or start) it
+    epochs = run.checkpoint_epochs if record is None or record.get("status") == "done" else \
+        [h["epoch"] for h in record.get("history", []) if h.get("epoch") in run.checkpoint_epochs]
+    records, damaged = {}, []
+    for epoch in epochs:
+        verified, reason = verify_checkpoint(run, epoch)
+        if reason:
+            damaged.append(reason)
+        else:
+            records[epoch] = verified
+    if problem is not None:
+        if not damaged and all("num_classes" in r for r in records.values()):
+            return Verdict("rebuild", problem, records)
+        return Verdict("retrain", problem)
+    if damaged:
+        return Verdict("retrain", "; ".join(damaged[:3]))
+    return Verdict("skip")
+
+
+def run_record_problem(record: dict, run: Pretraining) -> str | None:
+    """Why a parsed ``run.json`` does not describe this run folder (edited or foreign), or None."""
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return f"{run.run_dir / RUN_FILE}: holds no config"
+    try:
+        stored = identity_config(config)
+    except (KeyError, TypeError) as error:
+        return f"{run.run_dir / RUN_FILE}: its config is incomplete ({type(error).__name__}: {error})"
+    if stored != run.identity or record.get("run_id") != run.run_id:
+        changed = differences(run.identity, stored)[:3] or [f"run_id {record.get('run_id')!r}"]
+        return f"{run.run_dir / RUN_FILE}: does not match its folder's settings ({'; '.join(changed)})"
+    return None
+
+
+def rebuild_run_record(run: Pretraining, verdict: Verdict) -> None:
+    """Write ``run.json`` of a finished run from its verified checkpoint records (history: checkpoint epochs)."""
+    records = verdict.records or {}
+    last = records[max(records)]
+    history = [{key: records[e].get(key) for key in ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc")}
+               for e in sorted(records)]
+    write_json(run.run_dir / RUN_FILE, {
+        "run_id": run.run_id, "experiment": run.cfg.experiment_name, "status": "done",
+        "num_classes": last["num_classes"], "config": run.identity, "seed": run.cfg.seed,
+        "device": last.get("device"), "runtime": last.get("runtime"), "host": platform.node(),
+        "wall_time_s": last.get("wall_time_s"), "history": history, "resumed_after_epochs": [],
+        "rebuilt": f"from the checkpoint records ({verdict.reason})",
+    })
+
+
+def adopt_run_folder(run_dir: Path, identity: dict) -> Path | None:
+    """Rename a folder holding this setting under another id (made when ids were computed from the raw,
+    not the canonical, config, e.g. ``optim.momentum=0.0``) to ``run_dir``, and say so; returns the old path.
+
+    Only when ``run_dir`` does not exist. Every record in the folder gets the new ``run_id``.
+    """
+    if run_dir.exists() or not run_dir.parent.is_dir():
+        return None
+    for run_file in sorted(run_dir.parent.glob(f"*/{RUN_FILE}")):
+        old_dir = run_file.parent
+        try:
+            config = read_json(run_file).get("config")
+            if not isinstance(config, dict) or identity_config(config) != identity:
+                continue
+        except (RecordError, KeyError, TypeError):
+            continue
+        try:
+            old_dir.rename(run_dir)
+        except OSError:  # another job adopted it first, or the folder is in use
+            return None
+        old_id = old_dir.name
+        for path in [run_dir / RUN_FILE, *sorted(run_dir.glob("epoch_*/*.json"))]:
+            try:
+                record = read_json(path)
+            except RecordError:
+                continue  # damaged records are found and redone by the steps that own them
+            if record.get("run_id") == old_id:
+                write_json(path, {**record, "run_id": run_dir.name} |
+                           ({"migrated_from": old_id} if path.name == RUN_FILE else {}))
+        print(f"{run_dir.name}: adopted the existing folder {old_id} (the same setting under an id computed "
+              "before ids used the canonical config) and renamed it.")
+        return old_dir
+    return None

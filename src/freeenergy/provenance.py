@@ -1,0 +1,148 @@
+"""Before any compute: which records of a checkpoint step are reused, recomputed or refused, and why.
+
+Every checkpoint step (free energy, downstream, metrics) calls ``plan_step`` with the canonical settings
+of the records it writes. For each checkpoint it
+
+1. checks ``model.pt`` against the sha256 that ``pretrain.json`` stored for it (rehashing only when the
+   file's size or mtime changed). A file that no longer matches is loaded to say what is wrong with it
+   ("non-finite weights", "truncated or corrupt", or "replaced"); the checkpoint is reported as failed,
+   its records are left as they are, and the step exits non-zero at the end (``exit_if_failed``). The fix:
+   ``scripts/pretrain.py`` verifies every finished run and retrains one whose checkpoint changed.
+2. checks each record (``Checkpoint.check_record``): a current record is reused; a missing, damaged
+   (unreadable, non-finite numbers, another checkpoint's, content edited) or stale (made from other
+   weights) one is recomputed, with a line saying why; one made with other settings (or before records
+   carried settings) is recomputed only with ``<step>.overwrite=true``, and otherwise the whole step is
+   refused before any compute, saying what differs and the fix.
+
+Records the plan hands out carry a ``Provenance`` (settings, model hash, runtime) that ``write_record``
+stores with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from freeenergy.identity import EXECUTION_KEYS, canonical
+from freeenergy.records import (
+    PRETRAIN_RECORD, Checkpoint, Provenance, RecordError, clean_stale_tmp, file_sha256, file_stat, read_json,
+)
+
+PRETRAIN_FIX = ("rerun scripts/pretrain.py with the experiment's settings: it verifies every finished run and "
+                "retrains one whose checkpoint changed")
+
+
+def data_identity(cfg: DictConfig) -> dict:
+    """The canonical ``data.*`` settings (without where the files live): the data a step computes on."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return canonical({k: v for k, v in data.items() if k not in EXECUTION_KEYS["data"]}, "data")
+
+
+def group_settings(group: DictConfig, path: str, drop: Iterable[str] = ()) -> dict:
+    """The canonical settings of one config group, without the dotted keys in ``drop`` (speed-only keys)."""
+    values = OmegaConf.to_container(group, resolve=True)
+    for dotted in drop:
+        *parents, last = dotted.split(".")
+        holder = values
+        for key in parents:
+            holder = holder.get(key, {})
+        holder.pop(last, None)
+    return canonical(values, path)
+
+
+def model_problem(path: Path) -> str | None:
+    """Why a checkpoint file cannot serve as weights (unreadable, non-finite weights), or None."""
+    from freeenergy.models.state_dict import CheckpointError, check_finite, read_state_dict
+
+    try:
+        check_finite(read_state_dict(path), path)
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+def verify_model(checkpoint: Checkpoint) -> tuple[str | None, str | None]:
+    """(sha256 of ``model.pt``, problem): the problem says why the file is not the one pretraining saved."""
+    try:
+        pretrain = read_json(checkpoint.record_path(PRETRAIN_RECORD), fix=PRETRAIN_FIX)
+    except RecordError as error:
+        return None, str(error)
+    recorded = pretrain.get("model_sha256")
+    path = checkpoint.model_path
+    if recorded and pretrain.get("model_file") == file_stat(path):
+        return recorded, None  # unchanged since pretraining wrote it: no need to rehash
+    sha = file_sha256(path)
+    if recorded and sha != recorded:
+        reason = model_problem(path) or (f"{path}: replaced since pretraining (its sha256 differs from the one "
+                                         f"{checkpoint.record_path(PRETRAIN_RECORD).name} stored)")
+        return sha, f"{reason} Fix: {PRETRAIN_FIX}."
+    return sha, None
+
+
+@dataclass
+class StepPlan:
+    """What a step does with each checkpoint."""
+
+    todo: dict[Checkpoint, list[str]] = field(default_factory=dict)  # with provenance → records to compute
+    skipped: list[Checkpoint] = field(default_factory=list)
+    failed: dict[Checkpoint, str] = field(default_factory=dict)  # → why
+
+
+def plan_step(checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str, Any]], overwrite: bool,
+              overwrite_key: str, label: str, device: Any) -> StepPlan:
+    """Check every checkpoint's model file and records against the request (see the module docstring).
+
+    ``settings``: record name → canonical settings. Raises ``ValueError`` (before any compute) when records
+    made with other settings exist and ``overwrite`` is false: it names them, says what differs, and the fix.
+    """
+    from freeenergy.runtime import runtime_differences, runtime_info, warn_runtime_mismatch
+
+    runtime = runtime_info(device)
+    plan, refused, reused_runtimes = StepPlan(), [], []
+    for run_dir in sorted({c.run_dir for c in checkpoints}):
+        for removed in clean_stale_tmp(run_dir):
+            print(f"removed a leftover temporary file: {removed}")
+    for checkpoint in checkpoints:
+        sha, problem = verify_model(checkpoint)
+        if problem:
+            plan.failed[checkpoint] = problem
+            tqdm.write(f"{checkpoint.name}: FAILED, skipped. {problem}")
+            continue
+        names = []
+        for name, wanted in settings.items():
+            check = checkpoint.check_record(name, wanted, sha)
+            if check.current and not overwrite:
+                reused_runtimes.append((str(checkpoint.record_path(name)),
+                                        runtime_differences(check.record.get("runtime"), runtime)))
+                continue
+            if check.status in ("damaged", "stale"):
+                tqdm.write(f"{checkpoint.record_path(name)}: {check.reason}; recomputing it.")
+            elif check.status == "other_settings" and not overwrite:
+                refused.append(f"{checkpoint.record_path(name)}: {check.reason}")
+                continue
+            names.append(name)
+        if names:
+            provenance = Provenance(model_sha256=sha, runtime=runtime, settings=dict(settings))
+            plan.todo[replace(checkpoint, provenance=provenance)] = names
+        else:
+            plan.skipped.append(checkpoint)  # (when some were refused, the step stops below anyway)
+    if refused:
+        raise ValueError(
+            f"{label}: {len(refused)} record(s) were made with other settings than this request, or before records "
+            f"carried their settings: {'; '.join(refused[:3])}{' …' if len(refused) > 3 else ''}. Nothing was "
+            f"computed. To recompute them with these settings add {overwrite_key}=true; to keep both, write the new "
+            "results to another folder (experiment_name=…).")
+    warn_runtime_mismatch(label, reused_runtimes)
+    return plan
+
+
+def exit_if_failed(step: str, outcomes: Iterable[Any]) -> None:
+    """End the process with status 1 when any checkpoint of a step failed (after the others were done)."""
+    failed = [o.checkpoint for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SystemExit(f"{step}: {len(failed)} checkpoint(s) failed ({', '.join(failed[:5])}"
+                         f"{', …' if len(failed) > 5 else ''}); the messages above say why and how to fix it.")

@@ -1,0 +1,160 @@
+"""The ranking as a table (CSV, Markdown) and a figure, from the candidates' records.
+
+Columns: ``rank`` (1 = lowest free energy; empty when F is not finite, e.g. diverged), ``checkpoint``,
+``free_energy`` F = n·L̄ and ``free_energy_std`` (sample standard deviation across chains), ``llc`` and
+``llc_std``, ``loss_term`` = n·L_n(w*) and ``complexity_term`` = F − n·L_n(w*) (= λ̂·log n with the
+default nβ = n / log n), ``status`` (``ok`` or the failed health checks, joined), and
+``distinguishable_from_next``: whether F differs from the next-ranked one's by more than
+``z``·√(se₁² + se₂²), se = free_energy_std / √num_chains (a two-sided z-test at ``rank.distinguish_z``
+standard errors; chains of different checkpoints share seeds, so this ignores their positive correlation
+and errs towards "not distinguishable"). Checkpoints that failed to load close the table without a rank.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from freeenergy.free_energy.calibration import save_figure
+from freeenergy.rank.models import LoadFailure
+
+COLUMNS = ["rank", "checkpoint", "free_energy", "free_energy_std", "llc", "llc_std", "loss_term", "complexity_term",
+           "status", "distinguishable_from_next"]
+
+
+def _number(value) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
+
+
+def ranking_table(estimates: dict[str, dict], failures: Sequence[LoadFailure], z: float) -> pd.DataFrame:
+    """One row per checkpoint, sorted by free energy (lowest first); ``estimates`` maps name → estimate record."""
+    rows = []
+    for name, record in estimates.items():
+        free_energy, loss_term = _number(record["free_energy"]), record["n"] * _number(record["init_loss"])
+        rows.append({
+            "checkpoint": name, "free_energy": free_energy, "free_energy_std": _number(record["free_energy_std"]),
+            "llc": _number(record["llc"]), "llc_std": _number(record["llc_std"]), "loss_term": loss_term,
+            "complexity_term": free_energy - loss_term, "status": record["status"],
+            "num_chains": record["hyperparameters"]["num_chains"],
+        })
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("rank", "distinguishable_from_next")]
+                         + ["num_chains"])
+    table = table.sort_values(["free_energy", "checkpoint"], na_position="last", ignore_index=True)
+    finite = table["free_energy"].notna()
+    table.insert(0, "rank", pd.array([i + 1 if ok else None for i, ok in enumerate(finite)], dtype="Int64"))
+    table["distinguishable_from_next"] = pd.array(distinguishable(table, z), dtype="boolean")
+    table = table.drop(columns="num_chains")
+    failed = pd.DataFrame({"checkpoint": [f.name for f in failures],
+                           "status": [f"not loaded: {f.message}" for f in failures]})
+    return pd.concat([table, failed], ignore_index=True) if len(failed) else table
+
+
+def distinguishable(table: pd.DataFrame, z: float) -> list[bool | None]:
+    """Per row: is F separated from the next row's F by more than z combined standard errors? (None: no next)."""
+    values = []
+    for i in range(len(table)):
+        if i + 1 >= len(table) or not (math.isfinite(table.free_energy[i]) and math.isfinite(table.free_energy[i + 1])):
+            values.append(None)
+            continue
+        se = [table.free_energy_std[j] / math.sqrt(table.num_chains[j]) for j in (i, i + 1)]
+        spread = math.sqrt(sum(s * s for s in se)) if all(math.isfinite(s) for s in se) else math.nan
+        values.append(bool(abs(table.free_energy[i + 1] - table.free_energy[i]) > z * spread) if math.isfinite(spread)
+                      else None)
+    return values
+
+
+def _cell(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.DataFrame, z: float) -> Path:
+    """``ranking.md``: what was measured, the table, how to read it."""
+    text = "\n".join([
+        f"# {title}", "", *header, "", markdown_table(table), "",
+        "Lower free energy is the better bet for fine-tuning (Munn & Wei 2025): F = n·L̄ is the localized WBIC, "
+        "n·L_n(w*) (loss_term) plus λ̂·log n (complexity_term). Comparable only between these checkpoints, on these "
+        "data, with these SGLD settings.",
+        f"distinguishable_from_next: |ΔF| > {z:g}·√(se₁² + se₂²) with se = free_energy_std / √chains. "
+        "status: ok, or the failed health checks (diverged, not levelled off, chains disagree, not a minimum, "
+        "negative LLC); a flagged F is an estimate to distrust, not a ranking to act on.", "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def short_names(names: list[str]) -> list[str]:
+    """The names without their common folder (for figure labels)."""
+    if len(names) < 2:
+        return [Path(name).name for name in names]
+    common = os.path.commonpath([str(Path(name).parent) for name in names])
+    return [os.path.relpath(name, common) if common else name for name in names]
+
+
+def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, title: str) -> Path:
+    """F ± sd per checkpoint, its two terms, and each checkpoint's excess sampled loss over the SGLD steps."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ranked = table[table["checkpoint"].isin(estimates)].reset_index(drop=True)
+    names = list(ranked["checkpoint"])
+    labels = short_names(names)
+    sns.set_theme(style="whitegrid", font_scale=0.8)
+    palette = dict(zip(names, sns.color_palette("viridis", len(names))))
+    height = max(2.8, 0.35 * len(names) + 1.2)
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, height), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    positions = np.arange(len(names))[::-1]
+    left.errorbar(ranked["free_energy"], positions, xerr=ranked["free_energy_std"], fmt="o", color="black",
+                  ecolor="grey", capsize=3)
+    left.set_yticks(positions, [f"{r}. {label}" if r is not pd.NA else f"–  {label}"
+                                for r, label in zip(ranked["rank"], labels)])
+    left.set_xlabel("free energy F = n·L̄ (± sd across chains)")
+    left.set_title("F, lowest first")
+    width = 0.4
+    middle.barh(positions + width / 2, ranked["loss_term"], height=width, label="n·L_n(w*)", color="tab:blue")
+    middle.barh(positions - width / 2, ranked["complexity_term"], height=width, label="λ̂·log n", color="tab:orange")
+    middle.axvline(0, color="black", linewidth=0.8)
+    middle.set_yticks(positions, [""] * len(names))
+    middle.set_xlabel("nats")
+    middle.set_title("its two terms")
+    middle.legend(loc="best", fontsize="small")
+    burnin = 0
+    for name in names:
+        record = estimates[name]
+        trace = np.asarray(record["loss_trace"], dtype=float)
+        excess = np.nanmean(trace, axis=0) - _number(record["init_loss"])
+        window = max(1, len(excess) // 25)
+        smooth = pd.Series(excess).rolling(window, min_periods=1).mean()
+        right.plot(np.arange(len(excess)), smooth, color=palette[name], linewidth=1.2, label=labels[names.index(name)])
+        burnin = record["hyperparameters"]["num_burnin"]
+    if burnin:
+        right.axvline(burnin, color="grey", linestyle=":", linewidth=1)
+    right.axhline(0, color="black", linestyle="--", linewidth=0.8)
+    right.set_xlabel("SGLD step (dotted: end of burn-in)")
+    right.set_ylabel("L̄ − L_n(w*), nats (chains' mean, smoothed)")
+    right.set_title("traces")
+    if len(names) <= 12:
+        right.legend(fontsize="x-small", loc="best")
+    figure.suptitle(title)
+    figure.tight_layout()
+    try:
+        return save_figure(figure, path)
+    finally:
+        plt.close(figure)
