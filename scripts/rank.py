@@ -1,10 +1,11 @@
 """Rank checkpoint files by their pretraining free energy (lowest first): a table, a figure, health flags.
 
-    python scripts/rank.py rank.model=resnet18 'rank.checkpoints=[ckpts/*.pt]' rank.data=/data/train \
+    python scripts/rank.py rank.model=resnet18 'rank.checkpoints=[ckpts/*.pt]' rank.data=/data/train \\
         rank.image_size=32 rank.name=myrun [free_energy.num_draws=400 ...]
 
 Writes results/rank/<name>/ranking.csv, ranking.md (and records/ for resuming) and
 figures/rank/<name>/ranking.png. Every option: conf/rank/default.yaml. README: "Rank your own checkpoints".
+Run with the project's environment (source .venv/bin/activate).
 """
 
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from freeenergy.cli import prepare_entry_point
 from freeenergy.rank import run_rank
 from freeenergy.rank.report import markdown_table
 
+prepare_entry_point(__file__, __doc__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -60,8 +60,11 @@ def overrides_of(tokens: list[str]) -> list[str]:
 
 
 def compose_with_hydra(overrides: list[str]):
+    """The config a script composes: the rank command's when a rank.* key is given (as scripts/rank.py and
+    scripts/calibrate_sgld.py do), else the study's."""
+    config_name = "rank/default" if any(o.lstrip("+~").startswith("rank.") for o in overrides) else "config"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
 def test_every_file_the_readme_names_exists():

@@ -37,7 +37,7 @@ def test_every_script_help_says_what_it_does_then_shows_the_config(script, tmp_p
     first_line = module_doc.splitlines()[0]
     assert result.stdout.startswith(f"scripts/{script.name}: {first_line}")
     assert "source .venv/bin/activate" in result.stdout  # the usage names the environment to use
-    assert "== Config" in result.stdout and "experiment_name:" in result.stdout
+    assert "== Config" in result.stdout and "free_energy:" in result.stdout
     assert not list(tmp_path.iterdir())  # --help writes nothing
 
 
