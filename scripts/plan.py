@@ -19,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.cli import prepare_entry_point
-from freeenergy.plan import describe, launch_plan, missing_data, plan_study, records_on_disk, shell_lines, usable_cores
+from freeenergy.plan import (describe, joblib_available, launch_plan, missing_data, plan_study, records_on_disk,
+                             shell_lines, usable_cores)
 
 prepare_entry_point(__file__, __doc__)
 SHELL_FLAG = "--shell"
@@ -34,7 +35,7 @@ sys.argv[1:1] = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_loggi
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
-    launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores())
+    launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores(), joblib_available())
     if SHELL:
         problem = missing_data(cfg.data)
         if problem:  # stop before any process starts, not in every job

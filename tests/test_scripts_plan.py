@@ -75,6 +75,10 @@ def test_local_jobs_never_ask_for_more_threads_than_cores(local_jobs, cores, exp
         assert plan.jobs * plan.threads <= cores
 
 
+def test_without_the_joblib_launcher_one_process_at_a_time():
+    assert launch_plan({"local_jobs": 2, "shards": 8}, "basic", 2, joblib=False) == LaunchPlan("basic", 1, None, 1)
+
+
 def test_a_given_launcher_gets_the_configured_shards():
     assert launch_plan({"local_jobs": 2, "shards": 8}, "slurm", 2) == LaunchPlan("slurm", 1, None, 8)
     assert launch_plan({"local_jobs": 2, "shards": 3}, "submitit_local", 2).shards == 3

@@ -7,6 +7,7 @@ model or a dataset. ``python scripts/plan.py experiment=<name>`` prints it; ``./
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -145,13 +146,18 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int) -> LaunchPlan:
+def joblib_available() -> bool:
+    """Whether Hydra's joblib launcher is installed (requirements.txt pins it; pip's ``[cluster]`` extra)."""
+    return importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+
+
+def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int, joblib: bool = True) -> LaunchPlan:
     """./reproduce.sh's way of running each step, from ``launch.*``, the launcher chosen and the cores.
 
     No launcher given (``basic``): ``launch.local_jobs`` processes at once, at most one per core, each with
     ``cores // jobs`` threads, so that they never ask for more threads than there are cores. A launcher
     given: every checkpoint step becomes ``launch.shards`` jobs, and the launcher's own settings decide
-    where and how many run at once.
+    where and how many run at once. Without the joblib launcher (``joblib=False``), one process at a time.
     """
     for key in ("local_jobs", "shards"):
         value = launch[key]
@@ -160,7 +166,7 @@ def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int) -> LaunchP
                              f"{'local processes' if key == 'local_jobs' else 'shards'} off).")
     if launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
         return LaunchPlan(launcher, jobs=1, threads=None, shards=launch["shards"])
-    jobs = min(launch["local_jobs"], cores)
+    jobs = min(launch["local_jobs"], cores) if joblib else 1
     if jobs == 1:
         return LaunchPlan(launcher, jobs=1, threads=None, shards=1)
     return LaunchPlan(launcher, jobs=jobs, threads=max(1, cores // jobs), shards=jobs)
@@ -209,7 +215,8 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
                      f"(launch.local_jobs): sweeps through Hydra's joblib launcher, each checkpoint step as "
                      f"{launch.shards} shards; launch.local_jobs=1 runs one process at a time")
     else:
-        lines.append("  ./reproduce.sh: one process at a time (launch.local_jobs=1 or a single core)")
+        lines.append("  ./reproduce.sh: one process at a time (launch.local_jobs=1, a single core, or Hydra's joblib "
+                     "launcher not installed: pip install -e '.[cluster]')")
     timings = Path(cfg.paths.results) / "reproduce_timings.tsv"
     seconds = steps_seconds(timings)
     if seconds is not None:
