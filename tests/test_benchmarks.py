@@ -113,10 +113,10 @@ def test_cifar_fs_wall_time_by_hand(wall_time):
     # 70 runs × 60 epochs × 10 s (the steady second epoch), + 70 × 3 s rest + 3 sweep processes × 5 s start
     assert steps["pretraining"].seconds == pytest.approx(70 * 60 * 10 + 70 * 3 + 3 * 5)
     assert steps["pretraining"].seconds_bf16 == pytest.approx(70 * 60 * 5 + 70 * 3 + 3 * 5)
-    # 490 × (4 chains × 500 steps × 30 ms + 2 s) + 5 s; downstream: the same SGLD steps, 4 s rest
-    assert steps["free energy (upstream)"].seconds == pytest.approx(490 * (2000 * 0.03 + 2) + 5)
-    assert steps["free energy (upstream)"].seconds_bf16 == pytest.approx(490 * (2000 * 0.015 + 2) + 5)
-    assert steps["free energy (downstream)"].seconds == pytest.approx(490 * (2000 * 0.03 + 4) + 5)
+    # 490 × (4 chains × (100 burn-in + 500 draws) steps × 30 ms + 2 s) + 5 s; downstream: the same steps, 4 s rest
+    assert steps["free energy (upstream)"].seconds == pytest.approx(490 * (2400 * 0.03 + 2) + 5)
+    assert steps["free energy (upstream)"].seconds_bf16 == pytest.approx(490 * (2400 * 0.015 + 2) + 5)
+    assert steps["free energy (downstream)"].seconds == pytest.approx(490 * (2400 * 0.03 + 4) + 5)
     assert steps["downstream (fine-tuning, few-shot)"].seconds == pytest.approx(490 * 20 + 5)
     assert steps["metrics"].seconds == pytest.approx(490 * 10 + 5)
     assert not any(step.scaled for step in result.steps)
@@ -128,8 +128,8 @@ def test_mini_imagenet_wall_time_is_scaled_by_the_vgg_rows(wall_time):
     # 1 base + 2 + 5 + 3 = 11 settings × 5 seeds = 55 runs × 7 checkpoints; a VGG epoch: 10 s × 3456/1728
     assert (result.runs, result.checkpoints) == (55, 385)
     assert steps["pretraining"].seconds == pytest.approx(55 * 60 * 20 + 55 * 3 + 3 * 5)
-    # 4 chains × 300 draws at batch 256, 60 ms a step (the VGG row) instead of ResNet-18's 30 ms at 512
-    assert steps["free energy (upstream)"].seconds == pytest.approx(385 * (1200 * 0.06 + 2) + 5)
+    # 4 chains × (100 burn-in + 300 draws) at batch 256, 60 ms a step (the VGG row), not ResNet-18 30 ms at 512
+    assert steps["free energy (upstream)"].seconds == pytest.approx(385 * (1600 * 0.06 + 2) + 5)
     assert steps["downstream (fine-tuning, few-shot)"].seconds == pytest.approx(385 * 20 * 2 + 5)
     assert all(step.scaled for step in result.steps)
 

@@ -445,15 +445,27 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
 
 
-def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1) -> list[Checkpoint]:
+CHECKPOINT_CHOICES = ("all", "final")
+
+
+def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1, which: str = "all") -> list[Checkpoint]:
     """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
 
+    ``which="final"`` keeps the last checkpoint of each run only (the latest epoch saved).
     ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
     step as four jobs over disjoint checkpoints.
     """
     if not 0 <= index < count:
         raise ValueError(f"shard.index={index} must lie in [0, shard.count={count}).")
-    return list(iter_checkpoints(experiment_dir))[index::count]
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoints={which!r} is not allowed: choose one of {list(CHECKPOINT_CHOICES)}.")
+    checkpoints = list(iter_checkpoints(experiment_dir))
+    if which == "final":
+        last = {}
+        for checkpoint in checkpoints:
+            last[checkpoint.run_id] = max(last.get(checkpoint.run_id, 0), checkpoint.epoch)
+        checkpoints = [c for c in checkpoints if c.epoch == last[c.run_id]]
+    return checkpoints[index::count]
 
 
 def epoch_dirname(epoch: int) -> str:

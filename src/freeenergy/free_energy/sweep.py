@@ -24,7 +24,7 @@ from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, est
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.provenance import data_identity, group_settings, plan_step
-from freeenergy.records import Checkpoint, checkpoints_of_shard
+from freeenergy.records import CHECKPOINT_CHOICES, Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAMES = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
@@ -39,6 +39,9 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
     """Raise a ValueError naming the first bad ``free_energy.*`` value and what is allowed."""
     if fe_cfg.split not in RECORD_NAMES:
         _refuse("split", fe_cfg.split, f"choose one of {list(RECORD_NAMES)}")
+    for split in RECORD_NAMES:
+        if fe_cfg.checkpoints.get(split) not in CHECKPOINT_CHOICES:
+            _refuse(f"checkpoints.{split}", fe_cfg.checkpoints.get(split), f"choose one of {list(CHECKPOINT_CHOICES)}")
     for key in ("num_chains", "num_draws", "batch_size", "eval_batch_size"):
         if not isinstance(fe_cfg[key], int) or fe_cfg[key] < 1:
             _refuse(key, fe_cfg[key], "a positive integer")
@@ -157,7 +160,7 @@ class Outcome:
     record: dict | None = None
 
 
-FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains")  # speed only
+FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains", "checkpoints")  # speed or selection only
 
 
 def free_energy_settings(cfg: DictConfig) -> dict:
@@ -176,7 +179,7 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
     validate_free_energy_config(fe_cfg)
     set_threads(cfg.get("num_threads"))
     record_name = RECORD_NAMES[fe_cfg.split]
-    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
+    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count, fe_cfg.checkpoints[fe_cfg.split])
     device = resolve_device(cfg.device)
     plan = plan_step(checkpoints, {record_name: free_energy_settings(cfg)}, fe_cfg.overwrite,
                      "free_energy.overwrite", f"free energy ({fe_cfg.split})", device)
