@@ -20,9 +20,14 @@ from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, s
     ("smoke", 5, 10),            # (1 + 1 + 1 + 2) × 1 × 2
 ])
 def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, checkpoints):
-    plan = plan_study(compose_config([f"experiment={experiment}"]))
+    plan = plan_study(compose_config([f"experiment={experiment}", "free_energy.checkpoints.downstream=all"]))
     assert (plan.runs, plan.checkpoints, plan.free_energy_estimates) == (runs, checkpoints, 2 * checkpoints)
     assert plan.metric_records == plan.finetunings == checkpoints
+
+
+def test_plan_counts_one_estimate_per_run_for_a_split_kept_to_final_checkpoints():
+    cfg = compose_config(["experiment=smoke", "free_energy.checkpoints.downstream=final"])
+    assert plan_study(cfg).free_energy_estimates == 10 + 5  # upstream on 10 checkpoints, downstream on 5 runs
 
 
 def test_plan_counts_a_setting_once_whatever_the_number_format():

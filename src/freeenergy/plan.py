@@ -46,7 +46,7 @@ class StudyPlan:
     checkpoints: int  # runs × checkpoint epochs
     upstream_train_images: int  # pretraining images (≈: held-out images are taken per class)
     sgd_steps: int  # over all runs
-    free_energy_estimates: int  # upstream + downstream, one per checkpoint each
+    free_energy_estimates: int  # upstream + downstream: per checkpoint, or per run (free_energy.checkpoints=final)
     sgld_steps: int  # per estimate: chains × (burn-in + draws), each one minibatch of free_energy.batch_size
     finetunings: int
     fewshot_episodes: int  # over all checkpoints, shots and classifiers' shared episodes
@@ -110,7 +110,8 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         experiment=cfg.experiment_name, settings=len(settings), seeds=seeds, runs=runs, epochs=cfg.train.epochs,
         checkpoint_epochs=epochs, checkpoints=checkpoints, upstream_train_images=images,
         sgd_steps=seeds * cfg.train.epochs * sum(images // setting["batch_size"] for setting in settings),
-        free_energy_estimates=2 * checkpoints,
+        free_energy_estimates=sum(checkpoints if fe.checkpoints[split] == "all" else runs
+                                  for split in ("upstream", "downstream")),
         sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
         finetunings=checkpoints if "finetune" in kinds else 0,
         fewshot_episodes=checkpoints * len(fewshot.shots) * fewshot.episodes if "fewshot" in kinds else 0,
@@ -196,7 +197,8 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
         f"  pretraining:  {_count(plan.epochs, 'epoch')} per run, ≈{_count(plan.upstream_train_images)} images per epoch, "
         f"≈{_count(plan.sgd_steps)} SGD steps in all",
         f"  checkpoints:  {_count(plan.checkpoints)} = {plan.runs} runs × epochs {list(plan.checkpoint_epochs)}",
-        f"  free energy:  {_count(plan.free_energy_estimates)} SGLD estimates (upstream + downstream), each "
+        f"  free energy:  {_count(plan.free_energy_estimates)} SGLD estimates (upstream on "
+        f"{fe.checkpoints.upstream} checkpoints, downstream on {fe.checkpoints.downstream}), each "
         f"{fe.num_chains} chains × {fe.get('num_burnin', 0) + fe.num_draws} steps of batch {fe.batch_size} "
         f"= {_count(plan.free_energy_estimates * plan.sgld_steps)} SGLD steps in all",
         f"  downstream:   {_count(plan.finetunings)} fine-tunings ({_count(ft.epochs, 'epoch')} each), "
