@@ -491,3 +491,19 @@ def test_health_fields_are_in_the_record():
                 "gradient_bias", "flags", "healthy"):
         assert key in record, key
     assert record["healthy"] == (not record["flags"])
+
+
+def test_checkpoint_selection_all_final_or_epochs(tiny_experiment):
+    from freeenergy.records import checkpoints_of_shard
+    every = checkpoints_of_shard(tiny_experiment.path)
+    assert [c.epoch for c in every] == [1, 2, 1, 2]
+    assert [c.epoch for c in checkpoints_of_shard(tiny_experiment.path, which="final")] == [2, 2]
+    assert [c.epoch for c in checkpoints_of_shard(tiny_experiment.path, which=[1])] == [1, 1]
+    assert [c.epoch for c in checkpoints_of_shard(tiny_experiment.path, 1, 2, which=[1, 2])] == [2, 2]
+    for bad in ("last", [], [0], [1.5]):
+        with pytest.raises(ValueError, match="checkpoints="):
+            checkpoints_of_shard(tiny_experiment.path, which=bad)
+    cfg = tiny_experiment.cfg.copy()
+    cfg.free_energy.checkpoints.upstream = "some"
+    with pytest.raises(ValueError, match="free_energy.checkpoints.upstream"):
+        run_free_energy(cfg)

@@ -95,6 +95,15 @@ def upstream_train_images(data: Mapping[str, Any]) -> int:
     return UPSTREAM_CLASSES * (per_class - heldout)
 
 
+def _selected_epochs(which: object, epochs: list[int]) -> int:
+    """How many of a run's checkpoint ``epochs`` a ``free_energy.checkpoints.<split>`` selection keeps."""
+    if which == "all":
+        return len(epochs)
+    if which == "final":
+        return 1
+    return len(set(which) & set(epochs))
+
+
 def plan_study(cfg: DictConfig) -> StudyPlan:
     """Count the runs, checkpoints, SGD and SGLD steps, fine-tunings and episodes an experiment configures."""
     seeds = len(cfg.sweep.seeds)
@@ -110,7 +119,7 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         experiment=cfg.experiment_name, settings=len(settings), seeds=seeds, runs=runs, epochs=cfg.train.epochs,
         checkpoint_epochs=epochs, checkpoints=checkpoints, upstream_train_images=images,
         sgd_steps=seeds * cfg.train.epochs * sum(images // setting["batch_size"] for setting in settings),
-        free_energy_estimates=sum(checkpoints if fe.checkpoints[split] == "all" else runs
+        free_energy_estimates=sum(runs * _selected_epochs(fe.checkpoints[split], epochs)
                                   for split in ("upstream", "downstream")),
         sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
         finetunings=checkpoints if "finetune" in kinds else 0,

@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 RUN_FILE = "run.json"
 RESUME_FILE = "resume.pt"
@@ -445,27 +445,41 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
 
 
-CHECKPOINT_CHOICES = ("all", "final")
+CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs
 
 
-def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1, which: str = "all") -> list[Checkpoint]:
+def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1,
+                         which: str | Sequence[int] = "all") -> list[Checkpoint]:
     """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
 
-    ``which="final"`` keeps the last checkpoint of each run only (the latest epoch saved).
+    ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); or a list of
+    epochs, the checkpoints saved at those epochs. Raises ValueError for another value.
     ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
     step as four jobs over disjoint checkpoints.
     """
     if not 0 <= index < count:
         raise ValueError(f"shard.index={index} must lie in [0, shard.count={count}).")
-    if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"checkpoints={which!r} is not allowed: choose one of {list(CHECKPOINT_CHOICES)}.")
+    check_checkpoint_choice(which)
     checkpoints = list(iter_checkpoints(experiment_dir))
     if which == "final":
-        last = {}
+        last: dict[str, int] = {}
         for checkpoint in checkpoints:
             last[checkpoint.run_id] = max(last.get(checkpoint.run_id, 0), checkpoint.epoch)
         checkpoints = [c for c in checkpoints if c.epoch == last[c.run_id]]
+    elif not isinstance(which, str):
+        checkpoints = [c for c in checkpoints if c.epoch in set(which)]
     return checkpoints[index::count]
+
+
+def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
+    """Refuse a checkpoint selection other than ``all``, ``final`` or a non-empty list of positive epochs."""
+    if isinstance(which, str):
+        if which in CHECKPOINT_CHOICES:
+            return
+    elif isinstance(which, Sequence) and which and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
+                                                        for e in which):
+        return
+    raise ValueError(f"{key}={which!r} is not allowed: choose 'all', 'final' or a list of epochs, e.g. [40, 48].")
 
 
 def epoch_dirname(epoch: int) -> str:

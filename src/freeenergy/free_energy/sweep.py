@@ -24,7 +24,7 @@ from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, est
 from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.provenance import data_identity, group_settings, plan_step
-from freeenergy.records import CHECKPOINT_CHOICES, Checkpoint, checkpoints_of_shard
+from freeenergy.records import check_checkpoint_choice, Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAMES = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
@@ -40,8 +40,8 @@ def validate_free_energy_config(fe_cfg: DictConfig) -> None:
     if fe_cfg.split not in RECORD_NAMES:
         _refuse("split", fe_cfg.split, f"choose one of {list(RECORD_NAMES)}")
     for split in RECORD_NAMES:
-        if fe_cfg.checkpoints.get(split) not in CHECKPOINT_CHOICES:
-            _refuse(f"checkpoints.{split}", fe_cfg.checkpoints.get(split), f"choose one of {list(CHECKPOINT_CHOICES)}")
+        which = fe_cfg.checkpoints.get(split)
+        check_checkpoint_choice(_selection(which), f"free_energy.checkpoints.{split}")
     for key in ("num_chains", "num_draws", "batch_size", "eval_batch_size"):
         if not isinstance(fe_cfg[key], int) or fe_cfg[key] < 1:
             _refuse(key, fe_cfg[key], "a positive integer")
@@ -170,6 +170,10 @@ def free_energy_settings(cfg: DictConfig) -> dict:
             "data": data_identity(cfg)}
 
 
+def _selection(which: Any) -> str | list[int]:
+    return OmegaConf.to_object(which) if OmegaConf.is_config(which) else which
+
+
 def run_free_energy(cfg: DictConfig) -> list[Outcome]:
     """Estimate (and record) the free energy of every checkpoint of ``cfg.paths.runs`` (this shard's share).
 
@@ -179,7 +183,7 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
     validate_free_energy_config(fe_cfg)
     set_threads(cfg.get("num_threads"))
     record_name = RECORD_NAMES[fe_cfg.split]
-    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count, fe_cfg.checkpoints[fe_cfg.split])
+    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count, _selection(fe_cfg.checkpoints[fe_cfg.split]))
     device = resolve_device(cfg.device)
     plan = plan_step(checkpoints, {record_name: free_energy_settings(cfg)}, fe_cfg.overwrite,
                      "free_energy.overwrite", f"free energy ({fe_cfg.split})", device)
