@@ -366,3 +366,19 @@ def test_level_set_finds_that_llc_predicts_accuracy_where_train_loss_cannot(fake
 def test_level_set_band_must_be_exactly_one_valid_choice(max_, relative):
     with pytest.raises(ValueError, match="analysis.level_set"):
         LevelSet("train_loss", max=max_, relative=relative)
+
+
+def test_a_non_minimum_keeps_its_free_energy_but_not_its_llc(fake):
+    """'not a minimum' and 'negative LLC' qualify λ̂ (no learning coefficient there), not F = n·L̄ (still the
+    localized WBIC); sampling failures (diverged, not levelled off, chains disagree) remove the whole estimate."""
+    run, epoch = fake.study.run_ids[1], 4
+    directory = Path(fake.cfg.paths.runs) / run / epoch_dirname(epoch)
+    write_json(directory / "free_energy.json", free_energy_record(30.0, N_UP, 0.02, flags=("not a minimum",)))
+    table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
+    row = lambda frame: frame[(frame.run_id == run) & (frame.epoch == epoch)].iloc[0]
+    assert not flagged(table)[(table.run_id == run) & (table.epoch == epoch)].iloc[0]
+    usable = row(usable_estimates(table))
+    assert usable.free_energy == pytest.approx(N_UP * 0.02 + 30.0 * math.log(N_UP))
+    assert math.isnan(usable.llc) and math.isnan(usable.llc_std)
+    unhealthy = row(usable_estimates(table.assign(free_energy_flags="not levelled off")))
+    assert math.isnan(unhealthy.free_energy) and math.isnan(unhealthy.llc)

@@ -16,10 +16,11 @@ from torch import nn
 
 from freeenergy.free_energy import estimate_free_energy
 from freeenergy.free_energy.calibration import (
-    AutoRule, calibrate, calibration_title, choose_sgld_settings, plot_traces, save_figure,
+    AutoRule, calibrate, calibration_title, choose_sgld_settings, plot_traces,
 )
 from freeenergy.rank import image_folder
 from freeenergy.rank.image_folder import load_image_folder
+from freeenergy.records import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,7 +165,7 @@ def test_calibration_figure_names_checkpoint_sharpness_and_bound_and_is_byte_sta
     assert first == second
     import matplotlib.pyplot as plt
     figure = plt.figure()
-    pdf = save_figure(figure, tmp_path / "c.pdf").read_bytes()
+    pdf = save_figure(figure, tmp_path / "c.pdf", dpi=50).read_bytes()
     plt.close(figure)
     assert b"CreationDate" not in pdf and not list(tmp_path.glob(".*tmp*"))
 

@@ -76,6 +76,30 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text (a CSV, a markdown table) atomically."""
+    data = text.encode()
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+# No creation date and no other time-dependent metadata, so that a redraw writes the same bytes.
+FIGURE_METADATA = {"pdf": {"CreationDate": None, "ModDate": None}, "png": {}}
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int, **savefig_options: Any) -> Path:
+    """Write a matplotlib figure atomically, in the format its suffix names (``png`` or ``pdf``), reproducibly.
+
+    Raises ValueError for another format.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    if fmt not in FIGURE_METADATA:
+        raise ValueError(f"{path}: figures are written as {sorted(FIGURE_METADATA)}, not {fmt!r}.")
+    _atomic_write(path, lambda handle: figure.savefig(handle, format=fmt, dpi=dpi, metadata=FIGURE_METADATA[fmt],
+                                                      **savefig_options))
+    return path
+
+
 def clean_stale_tmp(folder: str | Path, pattern: str = ".*.tmp") -> list[Path]:
     """Remove temporary files (``pattern``, searched recursively) that no job has touched for
     ``STALE_TMP_SECONDS``: leftovers of a killed save. Fresh ones may belong to a running job and stay."""

@@ -8,7 +8,7 @@ What the marks mean, in every figure (and said in its title):
 
 - curves over epochs are the mean ± sd over the seeds of one setting; the legend gives each setting's
   number of seeds;
-- a red × is a flagged SGLD estimate (diverged, or failing a health check): left out of every mean, sd,
+- a red × is a flagged SGLD estimate (diverged, or failing a sampling check): left out of every mean, sd,
   fitted line and r; drawn at its value when it has one, at the foot of the panel when it diverged;
 - in the SGLD-trace figure a flagged estimate is drawn dotted, its flags in the legend;
 - each panel's title says how many runs it rests on when that is fewer than the figure's runs.

@@ -106,9 +106,11 @@ def health_words(table: pd.DataFrame) -> str:
         counts.append(f"{SPLIT_NAMES[prefix]}: {int(flagged(table, prefix).sum())} flagged of {int(estimated.sum())} "
                       "estimates" + (f" ({int(unassessed.sum())} more recorded without health checks: not assessed, "
                                      "kept)" if unassessed.any() else ""))
-    return ("Flagged free-energy estimates (diverged, or failing a health check: `free_energy_healthy` false) are "
-            "left out of every correlation, never averaged: " + ", ".join(counts) + " (listed at the end; each "
-            "cell of `correlations.csv` counts its own in `left_out`).")
+    return ("Flagged free-energy estimates (diverged, or failing a sampling check: not levelled off, chains "
+            "disagree) are left out of every correlation, never averaged: " + ", ".join(counts) + " (listed at the "
+            "end; each cell of `correlations.csv` counts its own in `left_out`). An estimate flagged only as `not a "
+            "minimum` or `negative LLC` keeps its free energy (n·L̄ is still the localized WBIC) but not its λ̂ (no "
+            "learning coefficient away from a minimum).")
 
 
 def level_set_markdown(level_sets: pd.DataFrame, a: DictConfig, choices: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ held as the count of each checkpoint in it, so a coefficient of all resamples is
 (Kendall's tau-b: quadratic forms of the pairwise sign matrices), exact and fast even for the ~500
 checkpoints of a real-data study.
 
-Flagged free-energy estimates (diverged, or failing a health check) never enter a correlation: the table
+Flagged free-energy estimates (diverged, or failing a sampling check) never enter a correlation: the table
 is passed through :func:`freeenergy.analysis.table.usable_estimates` first, and each correlation counts the
 checkpoints it left out for that reason (``left_out``).
 """

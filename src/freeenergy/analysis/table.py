@@ -14,8 +14,9 @@ The free energy splits into ``fe_loss_term`` = n·L_n(w*) and ``fe_complexity_te
 n·L_n(w*) (λ̂·log n when nβ = n / log n; the difference keeps the split exact for any nβ), and
 ``fe_complexity_share`` = the second over F. A diverged estimate has NaN numbers and
 ``free_energy_diverged`` True; the health fields of the record (``free_energy_levelled_off``, ...,
-``free_energy_healthy``) are copied beside it. A *flagged* estimate (diverged, or ``healthy`` false) keeps
-its numbers here but is left out of every correlation (:func:`usable_estimates`) and marked in the figures.
+``free_energy_healthy``) are copied beside it. A *flagged* estimate (diverged, not levelled off, chains disagree) keeps
+its numbers here but is left out of every correlation (:func:`usable_estimates`) and marked in the figures; a
+non-minimum (``not a minimum``, ``negative LLC``) keeps its free energy and loses its λ̂ there.
 The same columns with the ``downstream_`` prefix describe the downstream estimate.
 Accuracies are fractions in [0, 1] (the figures show percent).
 """
@@ -258,21 +259,38 @@ def tidy(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["lr", "batch_size", "momentum", "seed", "epoch"], kind="stable").reset_index(drop=True)
 
 
+# A failed sampling check makes the estimate untrustworthy: it is left out. A checkpoint that is not a
+# minimum (or whose λ̂ ≤ 0) still has a valid localized free energy n·L̄, but its λ̂ is not a learning
+# coefficient: F is kept, λ̂ is left out (docs/free_energy.md, "Health of an estimate").
+SAMPLING_FLAGS = ("diverged", "not levelled off", "chains disagree")
+INTERPRETATION_FLAGS = ("not a minimum", "negative LLC")
+
+
+def _has_flag(table: pd.DataFrame, prefix: str, names: Sequence[str]) -> pd.Series:
+    flags = table[f"{prefix}free_energy_flags"].fillna("").astype(str).str.split("; ")
+    return flags.map(lambda found: any(name in found for name in names)).astype(bool)
+
+
 def flagged(table: pd.DataFrame, prefix: str = "") -> pd.Series:
-    """Checkpoints whose free-energy estimate (``prefix`` "" upstream, "downstream_") is flagged: diverged, or
-    recorded as not healthy. An estimate without health fields (not assessed) or without a record is not."""
-    fe = f"{prefix}free_energy"
-    diverged = table[f"{fe}_diverged"].astype("boolean").fillna(False)
-    unhealthy = ~table[f"{fe}_healthy"].astype("boolean").fillna(True)
-    return (diverged | unhealthy).astype(bool)
+    """Checkpoints whose free-energy estimate (``prefix`` "" upstream, "downstream_") failed a sampling check:
+    diverged, not levelled off, or chains disagree. An estimate without health fields (not assessed) or
+    without a record is not flagged."""
+    diverged = table[f"{prefix}free_energy_diverged"].astype("boolean").fillna(False).astype(bool)
+    return diverged | _has_flag(table, prefix, SAMPLING_FLAGS)
+
+
+def llc_not_interpretable(table: pd.DataFrame, prefix: str = "") -> pd.Series:
+    """Estimates whose checkpoint is not a minimum or whose λ̂ ≤ 0: F stands, λ̂ is no learning coefficient."""
+    return _has_flag(table, prefix, INTERPRETATION_FLAGS)
 
 
 def usable_estimates(table: pd.DataFrame) -> pd.DataFrame:
     """The table with every flagged estimate's SGLD numbers blanked (NaN), so that no correlation, mean or
-    fitted line can include them. Everything else is unchanged."""
+    fitted line can include them, and λ̂ blanked where it is not a learning coefficient. Nothing else changes."""
     table = table.copy()
     for prefix in FREE_ENERGY_PREFIXES:
         table.loc[flagged(table, prefix), estimate_value_columns(prefix)] = math.nan
+        table.loc[llc_not_interpretable(table, prefix), [f"{prefix}llc", f"{prefix}llc_std"]] = math.nan
     return table
 
 

@@ -49,10 +49,12 @@ from tqdm import tqdm
 from freeenergy.free_energy.diagnostics import Drift, max_stable_step_size, top_hessian_eigenvalue, trace_drift
 from freeenergy.free_energy.estimator import FreeEnergyEstimate
 from freeenergy.free_energy.sweep import (
-    SplitData, estimate_prepared_model, load_split, prepare_model, validate_free_energy_config,
+    SplitData, _selection, estimate_prepared_model, load_split, prepare_model, validate_free_energy_config,
 )
 from freeenergy.models import load_checkpoint_model
-from freeenergy.records import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints
+from freeenergy.records import (
+    MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, Checkpoint, checkpoints_of_shard, save_figure, write_text,
+)
 from freeenergy.runtime import resolve_device
 
 
@@ -195,21 +197,6 @@ def auto_sgld_settings(
     return choose_sgld_settings(sharpness, nbeta, num_burnin, rule, localization, *sampled_weights(model))
 
 
-def save_figure(figure: Any, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure so that a rerun writes the same bytes (PDF without creation date, PNG
-    without the software tag), atomically, creating the folder."""
-    path = Path(path)
-    metadata = {"CreationDate": None, "Producer": None} if path.suffix == ".pdf" else {"Software": None}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        figure.savefig(temporary, dpi=dpi, bbox_inches="tight", metadata=metadata)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: float = math.inf) -> str:
     """``diverged`` | ``unstable`` | ``near unstable`` | ``not levelled`` | ``ok, negative LLC`` | ``ok``."""
     if estimate.diverged:
@@ -308,7 +295,7 @@ def plot_traces(
                          "loss trace of each chain (black: chains' mean, smoothed; dashed: L_n(w*); dotted: end of burn-in)",
                          y=1.0, va="bottom")
     try:
-        return save_figure(grid.figure, path)
+        return save_figure(grid.figure, path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(grid.figure)
 
@@ -400,13 +387,14 @@ def run_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) -> Cali
     if cal_cfg.checkpoint:
         checkpoint = checkpoint_from_path(cal_cfg.checkpoint)
     else:
-        checkpoints = list(iter_checkpoints(cfg.paths.runs))
+        # the checkpoints the sweep will estimate (free_energy.checkpoints.<split>): the sharpest of them
+        checkpoints = checkpoints_of_shard(cfg.paths.runs, which=_selection(fe_cfg.checkpoints[fe_cfg.split]))
         if not checkpoints:
             raise ValueError(f"no checkpoint in paths.runs={cfg.paths.runs!r} to calibrate on: pretrain first, "
                              "or set calibrate.checkpoint=<checkpoint folder>.")
         ranking = rank_by_sharpness(checkpoints, split, cfg, device)
         results.mkdir(parents=True, exist_ok=True)
-        ranking.to_csv(results / "sgld_sharpness.csv", index=False)
+        write_text(results / "sgld_sharpness.csv", ranking.to_csv(index=False))
         checkpoint = checkpoint_from_path(ranking.loc[0, "directory"])
     model, _ = prepare_model(load_checkpoint_model(checkpoint, device), split, fe_cfg)
     sharpness = sharpness_of(model, split, cal_cfg)
@@ -424,7 +412,7 @@ def run_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) -> Cali
     table.insert(0, "checkpoint", checkpoint.name)
     table_path, figure_path = results / "sgld_calibration.csv", figures / "sgld_calibration.png"
     table_path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(table_path, index=False)
+    write_text(table_path, table.to_csv(index=False))
     plot_traces(estimates, table, figure_path, checkpoint.name, sharpness)
     suggested = table[table["suggested"]]
     return Calibration(checkpoint, sharpness, table, None if suggested.empty else suggested.iloc[0],

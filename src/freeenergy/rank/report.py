@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from freeenergy.free_energy.calibration import save_figure
+from freeenergy.records import save_figure
 from freeenergy.rank.models import LoadFailure
 
 COLUMNS = ["rank", "checkpoint", "free_energy", "free_energy_std", "llc", "llc_std", "loss_term", "complexity_term",
@@ -155,6 +155,6 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
     figure.suptitle(title)
     figure.tight_layout()
     try:
-        return save_figure(figure, path)
+        return save_figure(figure, path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)
