@@ -254,3 +254,37 @@ def test_analysis_path_loads_no_torch():
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Direct writes that leave a half-written file behind when a job is killed; records.py is the one writer.
+DIRECT_WRITE = ("open(", ".write_text(", ".write_bytes(", ".savefig(", "torch.save(", "np.save(", "save_file(")
+
+
+def _direct_writes(source: str) -> list[str]:
+    hits = []
+    for number, line in enumerate(source.splitlines(), 1):
+        code = line.split("#", 1)[0]
+        if ".to_csv(" in code and ".to_csv(index=False)" not in code:
+            hits.append(f"{number}: {line.strip()}")
+        elif any(call in code for call in DIRECT_WRITE) and not code.lstrip().startswith(("\"", "'", "-", "``")):
+            if "open(" in code and not any(mode in code for mode in ('"w', "'w", '"a', "'a", '"x', "'x")):
+                continue  # a read
+            hits.append(f"{number}: {line.strip()}")
+    return hits
+
+
+def test_every_output_of_the_package_is_written_through_the_atomic_writers():
+    package = Path(__file__).resolve().parents[1] / "src" / "freeenergy"
+    offenders = {}
+    for path in package.rglob("*.py"):
+        if path.name == "records.py":
+            continue
+        hits = [hit for hit in _direct_writes(path.read_text()) if "records.write_text(" not in hit]
+        if hits:
+            offenders[str(path.relative_to(package))] = hits
+    assert not offenders, f"write through freeenergy.records (write_json, write_text, save_figure): {offenders}"
+
+
+def test_the_direct_write_scan_finds_a_plain_to_csv_and_savefig():
+    sample = 'table.to_csv(path, index=False)\nfigure.savefig("a.png")\nwith open(p, "w") as f:\nwith open(p) as f:\n'
+    assert [hit.split(":")[0] for hit in _direct_writes(sample)] == ["1", "2", "3"]

@@ -283,8 +283,10 @@ def test_calibration_marks_settings_and_suggests_the_largest_stable_step():
     sharpness = torch.linalg.eigvalsh(inputs.T @ inputs / 500).max().item()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        table, estimates = calibrate(estimate, [1e-4, 1e-3, 1.0], [1.0, 10.0], progress=False, sharpness=sharpness)
-    assert set(estimates) == {(e, g) for e in (1e-4, 1e-3, 1.0) for g in (1.0, 10.0)}
+        table, estimates = calibrate(estimate, [1e-4, 1e-3, 1.0], [100.0, 1000.0], progress=False, sharpness=sharpness)
+    assert set(estimates) == {(e, g) for e in (1e-4, 1e-3, 1.0) for g in (100.0, 1000.0)}
+    # 50 burn-in steps cover 50·ε·γ relaxation times of the γ-held directions: 0.5 at ε = 1e-4, γ = 100
+    assert table.set_index(["step_size", "localization"]).loc[(1e-4, 100.0), "status"] == "not relaxed"
     assert (table.loc[table.step_size == 1.0, "status"] == "diverged").all()
     assert (table["max_stable_step"] / 2 > 1e-3).all()  # so 1e-3 is allowed
     assert table["suggested"].sum() == 1
@@ -294,8 +296,8 @@ def test_calibration_marks_settings_and_suggests_the_largest_stable_step():
     # above the bound and near unstable above half of it, though its chains stay finite
     nbeta = 500 / math.log(500)
     for bound, status in [(0.5e-3, "unstable"), (1.5e-3, "near unstable")]:
-        sharpness_of_that_bound = (4 / bound - 1.0) / nbeta  # inverts max_stable_step_size for γ = 1
-        sharper, _ = calibrate(estimate, [1e-3], [1.0], progress=False, sharpness=sharpness_of_that_bound)
+        sharpness_of_that_bound = (4 / bound - 100.0) / nbeta  # inverts max_stable_step_size for γ = 100
+        sharper, _ = calibrate(estimate, [1e-3], [100.0], progress=False, sharpness=sharpness_of_that_bound)
         assert sharper["max_stable_step"].iloc[0] == pytest.approx(bound) and not sharper["diverged"].iloc[0]
         assert sharper["status"].iloc[0] == status and not sharper["suggested"].any()
 
@@ -311,6 +313,59 @@ def test_suggestion_prefers_positive_llc_then_large_steps_then_weak_localization
     assert suggest_setting(table) == 2
     assert suggest_setting(table.assign(status="not levelled")) is None
 
+
+
+def test_a_step_size_that_inflates_the_llc_is_marked_biased_and_not_suggested():
+    # Isotropic quadratic (x ~ N(0, I)): the discretization inflates every direction's sampled variance by
+    # 1/(1 − ε·(nβ·h + γ)/4), so λ̂ at 0.45 of the stability bound is ≈ 1.8× that at 0.05, while at 0.02 and
+    # 0.04 of the bound λ̂ agrees within a few percent (the plateau a calibrated ε must sit on).
+    inputs, targets = regression_data(4000, 6, seed=3)
+    model = linear_model_at_minimum(inputs, targets)
+    sharpness = torch.linalg.eigvalsh(inputs.T @ inputs / 4000).max().item()
+    nbeta = 4000 / math.log(4000)
+    gamma = 100.0
+    bound = 4 / (nbeta * sharpness + gamma)
+
+    def estimate(step_size, localization):
+        return estimate_free_energy(model, (inputs, targets), half_mse, num_chains=4, num_draws=400, num_burnin=300,
+                                    step_size=step_size, localization=localization, batch_size=4000)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table, _ = calibrate(estimate, [0.05 * bound, 0.45 * bound], [gamma], progress=False, sharpness=sharpness)
+        plateau, _ = calibrate(estimate, [0.02 * bound, 0.04 * bound], [gamma], progress=False, sharpness=sharpness)
+    assert (table["relaxation_times"] >= 3).all() and (plateau["relaxation_times"] >= 3).all()
+    small, large = table.iloc[0], table.iloc[1]
+    assert small.status == "ok" and math.isnan(small.llc_change_vs_smaller_step)
+    assert large.llc_change_vs_smaller_step > 0.3 and large.status == "step-size biased"
+    assert table["suggested"].tolist() == [True, False]
+    assert plateau["status"].tolist() == ["ok", "ok"] and abs(plateau.llc_change_vs_smaller_step.iloc[1]) < 0.1
+    assert plateau["suggested"].tolist() == [False, True]  # the larger step, checked against the smaller
+
+
+def test_step_size_bias_allows_for_chain_noise_and_compares_within_one_localization():
+    import pandas as pd
+
+    from freeenergy.free_energy.calibration import mark_step_size_bias
+
+    table = pd.DataFrame({
+        "step_size": [1e-4, 2e-4, 4e-4, 1e-4, 2e-4],
+        "localization": [10.0, 10.0, 10.0, 100.0, 100.0],
+        "llc": [10.0, 10.5, 14.0, 3.0, 4.0],
+        "llc_se": [0.1, 0.1, 0.1, 1.0, 1.0],
+        "status": ["ok", "ok", "ok", "ok", "ok"],
+    })
+    marked = mark_step_size_bias(table, 0.1)
+    # a reference whose burn-in was too short anchors nothing: its successor stays unchecked
+    unrelaxed = mark_step_size_bias(table.assign(status=["ok", "not relaxed", "ok", "ok", "ok"]), 0.1)
+    assert unrelaxed["status"].tolist()[2] == "ok"
+    # +5%: within tolerance; +33%: biased; +33% with se 1 (|Δ| − 2·√2 < 0.3): within the noise
+    assert marked["status"].tolist() == ["ok", "ok", "step-size biased", "ok", "ok"]
+    assert marked["llc_change_vs_smaller_step"].round(3).tolist()[1:3] == [0.05, 0.333]
+    assert math.isnan(marked["llc_change_vs_smaller_step"].iloc[3])  # the smallest ε of γ = 100: no reference
+    assert mark_step_size_bias(table.assign(status="diverged"))["status"].eq("diverged").all()
+    with pytest.raises(ValueError, match="max_step_size_effect"):
+        mark_step_size_bias(table, -0.1)
 
 # --- the sweep step, on the tiny experiment of conftest.py ---------------------------------------------
 
@@ -370,7 +425,7 @@ def test_bad_free_energy_config_is_refused(tiny_experiment):
 
 
 def test_calibration_script_writes_table_figure_and_suggestion(tiny_experiment):
-    overrides = ["calibrate.step_sizes=[1e-6,100.0]", "calibrate.localizations=[100.0]", "calibrate.sharpness_batch=64"]
+    overrides = ["free_energy.num_burnin=40", "calibrate.step_sizes=[1e-4,100.0]", "calibrate.localizations=[1000.0]", "calibrate.sharpness_batch=64"]
     try:
         cfg = tiny_cfg(tiny_experiment, *overrides)
     except Exception:  # calibrate is not in the defaults list of conf/config.yaml
@@ -381,11 +436,12 @@ def test_calibration_script_writes_table_figure_and_suggestion(tiny_experiment):
     ranking = result.sharpness_table
     assert len(ranking) == 4 and ranking["sharpness"].is_monotonic_decreasing
     assert result.checkpoint.name == ranking.loc[0, "checkpoint"] and result.sharpness == ranking.loc[0, "sharpness"]
-    assert (result.table_path.parent / "sgld_sharpness.csv").exists()
+    sharpness_csv = (result.table_path.parent / "sgld_sharpness.csv").read_text()
+    assert str(tiny_experiment.path) not in sharpness_csv  # no absolute folder in a committed table
     assert result.table_path.exists() and result.figure_path.stat().st_size > 10_000
     statuses = list(result.table["status"])
     assert statuses[0].startswith("ok") and statuses[1] in ("diverged", "unstable")
-    assert result.suggestion is not None and result.suggestion.step_size == 1e-6
+    assert result.suggestion is not None and result.suggestion.step_size == 1e-4
     checkpoints = list(iter_checkpoints(tiny_experiment.path))
     assert checkpoint_from_path(checkpoints[0].directory) == checkpoints[0]
     with pytest.raises(ValueError, match="calibrate.checkpoint"):

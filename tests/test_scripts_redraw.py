@@ -54,9 +54,7 @@ def clone(tmp_path) -> Path:
 
 
 def test_redraw_on_a_fresh_clone_reproduces_the_committed_results_byte_for_byte(clone):
-    if not committed_records():
-        pytest.skip("runs/default has no committed records yet (the lead commits them with the new default "
-                    "study); until then the redraw can only refuse, which the next test checks")
+    assert committed_records(), "runs/default/*/epoch_*/*.json must be committed with results/default and figures/default"
     committed = snapshot(clone)
     result = redraw(clone)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -45,7 +45,7 @@ from freeenergy.rank.models import (
     read_candidates,
 )
 from freeenergy.rank.report import plot_ranking, ranking_table, write_markdown
-from freeenergy.records import read_json, write_json
+from freeenergy.records import read_json, write_json, write_text
 from freeenergy.runtime import resolve_device
 
 RECORD_FORMAT = 1  # bump when a record's meaning changes, so old ones are recomputed
@@ -323,7 +323,7 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
     results.mkdir(parents=True, exist_ok=True)
     csv_path = results / "ranking.csv"
-    table.to_csv(csv_path, index=False)
+    write_text(csv_path, table.to_csv(index=False))
     header = describe_run(state, fe, choice, hardest)
     markdown_path = write_markdown(results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z)
     figure_path = plot_ranking(estimates, table, figures / "ranking.png",
@@ -385,16 +385,17 @@ def run_rank_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) ->
             warnings.simplefilter("ignore", RuntimeWarning)  # divergence is reported in the table instead
             return estimate_prepared_model(model, state.data.split, setting)
 
-    table, estimates = calibrate(estimate, steps, gammas, cfg.free_energy.drift_test_level, cfg.progress, value)
+    table, estimates = calibrate(estimate, steps, gammas, cfg.free_energy.drift_test_level, cfg.progress, value,
+                                 cfg.calibrate.max_step_size_effect, cfg.free_energy.auto.relaxation_times)
     table.insert(0, "checkpoint", candidate.name)
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
     results.mkdir(parents=True, exist_ok=True)
     table_path, figure_path = results / "sgld_calibration.csv", figures / "sgld_calibration.png"
-    table.to_csv(table_path, index=False)
+    write_text(table_path, table.to_csv(index=False))
     ranking = pd.DataFrame([{"checkpoint": name, "sharpness": part["value"],
                              "max_stable_step": 4 / (state.nbeta * max(part["value"], 0) + choice.localization)}
                             for name, part in sharpness.items()]).sort_values("sharpness", ascending=False, ignore_index=True)
-    ranking.to_csv(results / "sgld_sharpness.csv", index=False)
+    write_text(results / "sgld_sharpness.csv", ranking.to_csv(index=False))
     plot_traces(estimates, table, figure_path, candidate.name, value)
     suggested = table[table["suggested"]]
     return Calibration(candidate, value, table, None if suggested.empty else suggested.iloc[0], table_path, figure_path,

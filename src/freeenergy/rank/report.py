@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from freeenergy.records import save_figure
+from freeenergy.records import save_figure, write_text
 from freeenergy.rank.models import LoadFailure
 
 COLUMNS = ["rank", "checkpoint", "free_energy", "free_energy_std", "llc", "llc_std", "loss_term", "complexity_term",
@@ -95,8 +95,7 @@ def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.Data
         "status: ok, or the failed health checks (diverged, not levelled off, chains disagree, not a minimum, "
         "negative LLC); a flagged F is an estimate to distrust, not a ranking to act on.", "",
     ])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text(path, text)
     return path
 
 
