@@ -93,7 +93,7 @@ def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [
         "rank.model=test_resnet", f"rank.checkpoints=[{root / 'ckpts'}/*]", f"rank.data={root / 'images'}",
         "rank.image_size=8", "rank.name=tiny", f"rank.results={out / 'results'}", f"rank.figures={out / 'figures'}",
-        f"rank.cache_dir={out / 'cache'}", "rank.probe_steps=2", "free_energy.num_chains=2", "free_energy.num_burnin=8",
+        f"rank.cache_dir={out / 'cache'}", "rank.probe_steps=2", "free_energy.num_chains=2", "free_energy.num_burnin=30",
         "free_energy.num_draws=8", "free_energy.batch_size=12", "free_energy.eval_batch_size=64",
         "calibrate.sharpness_batch=24", "calibrate.sharpness_iterations=3", "progress=false", "device=cpu", *extra,
     ]
