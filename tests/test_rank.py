@@ -131,12 +131,21 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     assert "| rank | checkpoint |" in result.markdown_path.read_text()
     assert result.figure_path.stat().st_size > 10_000
     assert sorted(result.estimated) == sorted(ranked["checkpoint"]) and result.reused == []
+    # the step-size check: the sharpest checkpoint again at ε/2, with burn-in and draws doubled, in its record
+    check = result.step_check
+    assert check.checkpoint == result.calibrated_on and check.step_size == result.choice.step_size
+    assert math.isfinite(check.half_llc) and check.biased in (True, False)
+    assert check.relative_change == pytest.approx((check.llc - check.half_llc) / abs(check.half_llc))
+    assert "step-size check on" in printed and "step-size check on" in result.markdown_path.read_text()
+    checked = [read_json(p) for p in (out / "results" / "records").glob("*.json")]
+    assert sum("step_check" in record for record in checked) == 1
 
-    # a rerun recomputes nothing: same table, records untouched
+    # a rerun recomputes nothing (the check included): same table, records untouched
     before = record_times(out)
     again = run_rank(cfg)
     assert again.estimated == [] and sorted(again.reused) == sorted(ranked["checkpoint"])
-    assert record_times(out) == before
+    assert record_times(out) == before and "at ε/2 =" not in capsys.readouterr().out
+    assert again.step_check == check
     pd.testing.assert_frame_equal(again.table, table)
 
     # a run killed before one candidate's estimate resumes with that one only
@@ -230,3 +239,33 @@ def test_a_project_model_on_a_project_dataset(tmp_path):
     assert record["estimate"]["init_loss"] == pytest.approx(math.log(64), rel=0.2)  # an untrained 64-way head
     with pytest.raises(ValueError, match="add data=cifar_fs"):
         run_rank(rank_config(overrides + ["rank.data=cifar_fs"]), CONF_DIR)
+
+
+
+def test_step_check_flags_a_llc_that_moves_with_the_step_size_and_reuses_its_record(monkeypatch):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from freeenergy.rank import pipeline
+
+    fe = OmegaConf.create({"step_size": 1e-3, "localization": 100.0, "num_burnin": 50, "num_draws": 50, "num_chains": 4,
+                           "batch_size": 8, "seed": 0, "nbeta": 10.0, "sample_head": True})
+    half = pipeline.halved_step(fe)
+    assert (half.step_size, half.num_burnin, half.num_draws, half.localization) == (5e-4, 100, 100, 100.0)
+    saved = []
+    state = SimpleNamespace(cfg=OmegaConf.create({"calibrate": {"max_step_size_effect": 0.1}, "progress": False}),
+                            candidates=[SimpleNamespace(name="a")], save=saved.append,
+                            model_identity=lambda: {"model": "m"})
+    identity = pipeline.estimate_identity(state, half)
+    def verdict(main_llc, half_llc, std=0.2):
+        state.records = {"a": {"estimate": {"llc": main_llc, "llc_std": std},
+                               "step_check": {"identity": identity, "llc": half_llc, "llc_std": std}}}
+        return pipeline.check_step_size(state, fe, "a")
+    assert verdict(10.3, 10.0).biased is False  # +3%: on the plateau
+    with pytest.warns(RuntimeWarning, match="STEP-SIZE BIASED.*free_energy.step_size=0.0005.*num_burnin=100"):
+        biased = verdict(14.0, 10.0)
+    assert biased.biased is True and biased.relative_change == pytest.approx(0.4)
+    assert verdict(14.0, 10.0, std=4.0).biased is False  # the same change within 2 s.e. of 4 chains' noise
+    assert verdict(None, 10.0).biased is None  # a diverged estimate: no verdict
+    assert saved == []  # every verdict above came from the finished record, nothing was re-estimated
