@@ -47,6 +47,7 @@ from freeenergy.downstream.episodes import sample_episodes
 from freeenergy.downstream.probe import episode_accuracies
 from freeenergy.free_energy import estimate_free_energy
 from freeenergy.models import create_model
+from freeenergy.records import read_json_lines
 
 Model = tuple[str, int, int, dict]  # (model name, image size, batch, create_model keyword arguments)
 
@@ -367,17 +368,6 @@ def render_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a ``gpu_check.jsonl`` (a line cut short by a crash is skipped)."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (= --sizes smoke --device cpu)")
@@ -400,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     for section in args.only:
         SECTIONS[section](bench)
     if args.out is not None:
-        (args.out / "gpu_check.md").write_text(render_markdown(read_rows(args.out / "gpu_check.jsonl")))
+        (args.out / "gpu_check.md").write_text(render_markdown(read_json_lines(args.out / "gpu_check.jsonl")))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from freeenergy.records import read_json_lines
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_PER_CLASS = {"cifar_fs": 600, "mini_imagenet": 600}  # both benchmarks: 600 images in every class
 UPSTREAM_CLASSES = 64
@@ -307,16 +309,6 @@ def render(expectations: list[Expectation], measured: Measured, e2e: dict) -> st
     return "\n".join(lines) + "\n"
 
 
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return rows
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--e2e", type=Path, required=True, help="e2e.json of benchmarks/gpu_end_to_end.py")
@@ -325,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for wall_time.md and wall_time.json")
     args = parser.parse_args(argv)
     e2e = json.loads(args.e2e.read_text())
-    measured, rates = Measured(e2e), Rates(read_rows(args.rows))
+    measured, rates = Measured(e2e), Rates(read_json_lines(args.rows))
     reference = compose_experiment("cifar_fs")
     expectations = [expected_wall_time(compose_experiment(name), measured, rates, reference)
                     for name in args.experiments]

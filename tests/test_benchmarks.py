@@ -159,3 +159,13 @@ def test_the_calculator_writes_its_tables(wall_time, tmp_path):
     assert "**cifar_fs**" in text and "**mini_imagenet**" in text and "*scaled*" in text
     totals = [e["total_s"] for e in json.loads((tmp_path / "wall_time.json").read_text())["experiments"]]
     assert totals == [pytest.approx(expectation(wall_time, name)[0].total_s) for name in ("cifar_fs", "mini_imagenet")]
+
+
+def test_json_lines_keep_every_whole_row_and_skip_a_line_cut_short(tmp_path):
+    from freeenergy.records import read_json_lines
+
+    path = tmp_path / "gpu_check.jsonl"
+    path.write_text('{"measure": "a", "value": 1}\n{"measure": "b", "value": 2}\n{"measure": "c", "val')
+    assert [row["measure"] for row in read_json_lines(path)] == ["a", "b"]
+    with pytest.raises(FileNotFoundError):
+        read_json_lines(tmp_path / "missing.jsonl")

@@ -76,6 +76,18 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def read_json_lines(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (one object per line, appended as measured, e.g. ``gpu_check.jsonl``);
+    a line cut short by a crash is skipped. Raises FileNotFoundError when the file is missing."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 text (a CSV, a markdown table) atomically."""
     data = text.encode()
