@@ -312,7 +312,7 @@ class StepCheck:
         if self.biased is None:
             return (f"step-size check on `{self.checkpoint}`: not made (λ̂ = {self.llc:.4g} at ε, {self.half_llc:.4g} at ε/2; "
                     "an estimate diverged or is zero)")
-        verdict = ("STEP-SIZE BIASED: the free energies depend on ε; rerun with the halved settings below"
+        verdict = ("STEP-SIZE BIASED: the free energies depend on ε; rerun at ε/2 with burn-in and draws doubled"
                    if self.biased else f"on the plateau (within {self.tolerance:.0%} beyond noise)")
         return (f"step-size check on `{self.checkpoint}`: λ̂ = {self.llc:.4g} ± {self.llc_se:.2g} at ε = {self.step_size:.3g}, "
                 f"{self.half_llc:.4g} ± {self.half_llc_se:.2g} at ε/2 (burn-in and draws doubled): "
