@@ -160,13 +160,17 @@ class Outcome:
     record: dict | None = None
 
 
-FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains", "checkpoints")  # speed or selection only
+# Keys that do not change what a record holds: speed, selection, and ``auto`` (the rank command's automatic
+# choice of ε and γ; the sweep takes them as numbers). A key here can change without orphaning records.
+FREE_ENERGY_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains", "checkpoints", "auto")
 
 
 def free_energy_settings(cfg: DictConfig) -> dict:
-    """The canonical settings a free-energy record is made with: ``free_energy.*`` (without speed-only keys)
+    """The canonical settings a free-energy record is made with: ``free_energy.*`` (without the keys that do not
+    change it: ``FREE_ENERGY_EXECUTION_KEYS``, and ``downstream_head`` for the upstream split, which fits no head)
     and the data it samples on."""
-    return {"free_energy": group_settings(cfg.free_energy, "free_energy", FREE_ENERGY_EXECUTION_KEYS),
+    unused = ("downstream_head",) if cfg.free_energy.split == "upstream" else ()
+    return {"free_energy": group_settings(cfg.free_energy, "free_energy", FREE_ENERGY_EXECUTION_KEYS + unused),
             "data": data_identity(cfg)}
 
 
