@@ -227,7 +227,8 @@ def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: 
         return "unstable"
     if estimate.settings.step_size > max_stable_step / 2:
         return "near unstable"
-    if estimate.settings.localization > 0 and relaxation_times_in_burnin(estimate.settings) < relaxation_times * (1 - 1e-9):  # the auto rule's γ sits on it
+    # (1 − 1e-9): the automatic rule's γ puts the burn-in exactly on k relaxation times, up to rounding
+    if estimate.settings.localization > 0 and relaxation_times_in_burnin(estimate.settings) < relaxation_times * (1 - 1e-9):
         return "not relaxed"
     if not drift.levelled_off:
         return "not levelled"

@@ -113,6 +113,11 @@ def read_record(path: Path, candidate: Candidate) -> dict:
     return record if record.get("sha256") == candidate.sha256 and record.get("format") == RECORD_FORMAT else {}
 
 
+def recorded_number(value: float | None) -> float:
+    """A number read from a record: null (non-finite when written) as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def finished(part: dict | None, identity: str) -> bool:
     return bool(part) and part.get("identity") == identity
 
@@ -343,15 +348,14 @@ def check_step_size(state: Prepared, fe: DictConfig, hardest: str) -> StepCheck:
             warnings.simplefilter("ignore", RuntimeWarning)  # its health is not what is judged here
             estimate = estimate_prepared_model(model, state.data.split, half, progress=state.cfg.progress)
         record = {"identity": identity, "llc": estimate.llc, "llc_std": estimate.llc_std,
-                  "num_chains": half.num_chains, "wall_time_s": estimate.wall_time_s}
+                  "wall_time_s": estimate.wall_time_s}
         state.records[hardest]["step_check"] = record
         state.save(candidate)
     main = state.records[hardest]["estimate"]
-    number = lambda value: math.nan if value is None else float(value)
-    chains = math.sqrt(fe.num_chains)
+    chains = math.sqrt(fe.num_chains)  # both estimates: the same chains
     table = pd.DataFrame({"step_size": [half.step_size, fe.step_size], "localization": [fe.localization] * 2,
-                          "llc": [number(record["llc"]), number(main["llc"])],
-                          "llc_se": [number(record["llc_std"]) / chains, number(main["llc_std"]) / chains],
+                          "llc": [recorded_number(record["llc"]), recorded_number(main["llc"])],
+                          "llc_se": [recorded_number(record["llc_std"]) / chains, recorded_number(main["llc_std"]) / chains],
                           "status": ["ok", "ok"]})
     tolerance = float(state.cfg.calibrate.max_step_size_effect)
     marked = mark_step_size_bias(table, tolerance)
@@ -414,9 +418,8 @@ def status(record: dict, criteria: HealthCriteria) -> str:
     """``ok``, or the failed health checks of a recorded estimate, judged by the current ``free_energy.health``
     thresholds (so changing a threshold re-judges finished estimates without recomputing them)."""
     loss_trace = np.array(record["loss_trace"], dtype=float)  # null (non-finite) → NaN
-    number = lambda value: math.nan if value is None else float(value)
-    health = assess_health(loss_trace[:, record["hyperparameters"]["num_burnin"]:], number(record["llc"]),
-                           number(record["llc_std"]), record["nbeta"], record["hyperparameters"]["localization"],
+    health = assess_health(loss_trace[:, record["hyperparameters"]["num_burnin"]:], recorded_number(record["llc"]),
+                           recorded_number(record["llc_std"]), record["nbeta"], record["hyperparameters"]["localization"],
                            record["grad_norm_sq"], record["diverged"], criteria)
     return ", ".join(health.flags) if health.flags else "ok"
 
