@@ -47,7 +47,7 @@ from freeenergy.downstream.episodes import sample_episodes
 from freeenergy.downstream.probe import episode_accuracies
 from freeenergy.free_energy import estimate_free_energy
 from freeenergy.models import create_model
-from freeenergy.records import read_json_lines
+from freeenergy.records.io import read_json_lines
 
 Model = tuple[str, int, int, dict]  # (model name, image size, batch, create_model keyword arguments)
 

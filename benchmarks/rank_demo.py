@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from freeenergy.data.synthetic import generate
 from freeenergy.rank.data import channel_stats
-from freeenergy.rank.image_folder import load_image_folder
+from freeenergy.data.image_folder import load_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from freeenergy.analysis.output import write_csv
     from freeenergy.cli import prepare_entry_point
-    from freeenergy.free_energy.sweep import estimate_checkpoint_model, load_split
+    from freeenergy.free_energy.step import estimate_checkpoint_model, load_split
     from freeenergy.models.checkpoint import load_checkpoint_model
-    from freeenergy.records import checkpoints_of_shard
+    from freeenergy.records.checkpoints import checkpoints_of_shard
     from freeenergy.runtime import resolve_device
 
     prepare_entry_point(REPO / "scripts" / "free_energy.py", None)

@@ -39,7 +39,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from freeenergy.records import read_json_lines
+from freeenergy.records.io import read_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_PER_CLASS = {"cifar_fs": 600, "mini_imagenet": 600}  # both benchmarks: 600 images in every class

@@ -20,14 +20,21 @@ import hydra
 from omegaconf import DictConfig
 
 from freeenergy.cli import prepare_entry_point
-from freeenergy.free_energy.calibration import run_calibration
 
 prepare_entry_point(__file__, __doc__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def report(cfg: DictConfig) -> None:
-    result = run_calibration(cfg, CONF_DIR)
+    # imported here: --help needs no torch; rank.* keys calibrate on checkpoint files (the rank command's config)
+    if "rank" in cfg:
+        from freeenergy.rank.command import run_rank_calibration
+
+        result = run_rank_calibration(cfg, CONF_DIR)
+    else:
+        from freeenergy.free_energy.calibrate_step import run_calibration
+
+        result = run_calibration(cfg)
     if result.sharpness_table is not None:
         print("Sharpest checkpoints (top Hessian eigenvalue; max_stable_step = 4 / (nβ·λ_max + γ)):")
         print(result.sharpness_table.drop(columns=["directory"], errors="ignore").head(5)

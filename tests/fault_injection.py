@@ -76,7 +76,8 @@ def inject(runs: Path) -> list[Fault]:
     """Break one file of each kind; returns what was broken and what the reruns must say about it."""
     import torch  # here: the study itself runs in subprocesses
 
-    from freeenergy.records import iter_checkpoints, load_torch, read_json, save_torch, write_json
+    from freeenergy.records.checkpoints import iter_checkpoints
+    from freeenergy.records.io import load_torch, read_json, save_torch, write_json
 
     checkpoints = list(iter_checkpoints(runs))
     by_run: dict[str, list] = {}

@@ -19,9 +19,10 @@ from freeenergy.analysis.stats import (METHODS, BootstrapSettings, LevelSet, cor
                                        level_set_table)
 from freeenergy.analysis.table import base_setting, build_summary, flagged, usable_estimates
 from freeenergy.free_energy.diagnostics import Health
-from freeenergy.identity import identity_config, run_id_from_identity
+from freeenergy.records.identity import identity_config, run_id_from_identity
 from freeenergy.pretrain.sweeps import study_runs
-from freeenergy.records import epoch_dirname, read_json, write_json
+from freeenergy.records.checkpoints import epoch_dirname
+from freeenergy.records.io import read_json, write_json
 
 EPOCHS = (1, 2, 4)  # epoch 1 before the collapse of the train loss, 2 and 4 after
 SEEDS = (0, 1, 2)

@@ -16,8 +16,8 @@ from torch import nn
 from conftest import compose_config
 from freeenergy.free_energy import estimate_free_energy
 from freeenergy.free_energy.batched import run_batched_chains
-from freeenergy.free_energy.estimator import chain_seeds, minibatch_order
-from freeenergy.free_energy.sweep import estimator_options, validate_free_energy_config
+from freeenergy.free_energy.sampler import chain_seeds, minibatch_order
+from freeenergy.free_energy.config import sgld_settings, validate_free_energy_config
 from freeenergy.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,9 +138,19 @@ def test_the_sweep_refuses_bad_precision_settings(overrides, message):
         validate_free_energy_config(compose_config(overrides).free_energy)
 
 
-def test_the_sweep_passes_precision_and_vectorize_chains_to_the_estimator():
-    fe_cfg = compose_config(["free_energy.precision=bf16"]).free_energy
-    assert estimator_options(fe_cfg)["precision"] == "bf16" and estimator_options(fe_cfg)["vectorize_chains"] is False
-    fe_cfg = compose_config(["free_energy.vectorize_chains=true"]).free_energy
+def test_the_sweep_passes_precision_and_vectorize_chains_to_the_estimator(monkeypatch):
+    import freeenergy.free_energy.step as step
+
+    seen = {}
+    monkeypatch.setattr(step, "sample_free_energy", lambda *args, **kwargs: seen.update(settings=args[3], **kwargs))
+    split = step.SplitData(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), lambda x: x)
+    fe_cfg = compose_config(["free_energy.precision=bf16", "free_energy.batch_size=2"]).free_energy
+    assert sgld_settings(fe_cfg, 100).precision == "bf16"
+    with pytest.raises(AttributeError):  # the stub returns no estimate; what it was given is what counts
+        step.estimate_prepared_model(narrow_resnet_with_running_stats(), split, fe_cfg)
+    assert seen["settings"].precision == "bf16" and seen["vectorize_chains"] is False
+    fe_cfg = compose_config(["free_energy.vectorize_chains=true", "free_energy.batch_size=2"]).free_energy
     validate_free_energy_config(fe_cfg)
-    assert estimator_options(fe_cfg)["vectorize_chains"] is True
+    with pytest.raises(AttributeError):
+        step.estimate_prepared_model(narrow_resnet_with_running_stats(), split, fe_cfg)
+    assert seen["vectorize_chains"] is True

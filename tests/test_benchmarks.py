@@ -162,7 +162,7 @@ def test_the_calculator_writes_its_tables(wall_time, tmp_path):
 
 
 def test_json_lines_keep_every_whole_row_and_skip_a_line_cut_short(tmp_path):
-    from freeenergy.records import read_json_lines
+    from freeenergy.records.io import read_json_lines
 
     path = tmp_path / "gpu_check.jsonl"
     path.write_text('{"measure": "a", "value": 1}\n{"measure": "b", "value": 2}\n{"measure": "c", "val')

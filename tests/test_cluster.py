@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, TINY_OVERRIDES, compose_config, tiny_overrides
 from freeenergy.pretrain.trainer import run_pretraining
-from freeenergy.records import load_torch, read_json
+from freeenergy.records.io import load_torch, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import compose_config
 
-from freeenergy.downstream.sweep import downstream_settings
-from freeenergy.free_energy.sweep import free_energy_settings
-from freeenergy.metrics.sweep import metrics_settings
-from freeenergy.identity import differences
-from freeenergy.records import read_json
+from freeenergy.downstream.step import downstream_settings
+from freeenergy.free_energy.step import free_energy_settings
+from freeenergy.metrics.step import metrics_settings
+from freeenergy.records.identity import differences
+from freeenergy.records.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "runs" / "default"

@@ -18,9 +18,9 @@ from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import (
     LogisticOptions, augmented_features, episode_accuracies, extract_features, fit_logistic, summarize,
 )
-from freeenergy.downstream.sweep import run_downstream
+from freeenergy.downstream.step import run_downstream
 from freeenergy.models import create_model
-from freeenergy.records import iter_checkpoints
+from freeenergy.records.checkpoints import iter_checkpoints
 
 # tiny_data has 10 images per downstream class: episodes and fine-tuning batches must fit in them
 TINY_DOWNSTREAM = [

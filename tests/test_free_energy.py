@@ -19,11 +19,14 @@ from torch import nn
 
 from conftest import compose_config, tiny_overrides
 from freeenergy.free_energy import estimate_free_energy
-from freeenergy.free_energy.calibration import calibrate, checkpoint_from_path, run_calibration, suggest_setting
+from freeenergy.free_energy.calibration import calibrate, suggest_setting
+from freeenergy.free_energy.calibrate_step import checkpoint_from_path, run_calibration
 from freeenergy.free_energy.diagnostics import max_stable_step_size, top_hessian_eigenvalue, trace_drift
-from freeenergy.free_energy.estimator import SGLDSettings, minibatch_order, summarize
-from freeenergy.free_energy.sweep import run_free_energy
-from freeenergy.records import iter_checkpoints, read_json
+from freeenergy.free_energy.sampler import SGLDSettings, minibatch_order
+from freeenergy.free_energy.estimator import summarize
+from freeenergy.free_energy.step import run_free_energy
+from freeenergy.records.checkpoints import iter_checkpoints
+from freeenergy.records.io import read_json
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
@@ -550,7 +553,7 @@ def test_health_fields_are_in_the_record():
 
 
 def test_checkpoint_selection_all_final_or_epochs(tiny_experiment):
-    from freeenergy.records import checkpoints_of_shard
+    from freeenergy.records.checkpoints import checkpoints_of_shard
     every = checkpoints_of_shard(tiny_experiment.path)
     assert [c.epoch for c in every] == [1, 2, 1, 2]
     assert [c.epoch for c in checkpoints_of_shard(tiny_experiment.path, which="final")] == [2, 2]

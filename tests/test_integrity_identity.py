@@ -20,15 +20,16 @@ from scipy import stats
 
 from freeenergy.analysis.table import build_summary
 from freeenergy.downstream.probe import summarize
-from freeenergy.downstream.sweep import run_downstream
+from freeenergy.downstream.step import run_downstream
 from freeenergy.free_energy.estimator import estimate_free_energy
-from freeenergy.free_energy.sweep import run_free_energy
-from freeenergy.identity import canonical, identity_config, run_id_from_identity, run_identity, settings_digest
-from freeenergy.metrics.sweep import run_metrics
+from freeenergy.free_energy.step import run_free_energy
+from freeenergy.records.identity import canonical, identity_config, run_id_from_identity, run_identity, settings_digest
+from freeenergy.metrics.step import run_metrics
 from freeenergy.models import create_model
 from freeenergy.pretrain.sweeps import check_swept_overrides, study_runs, study_settings
 from freeenergy.pretrain.trainer import run_pretraining
-from freeenergy.records import epoch_dirname, json_record, read_json, write_json
+from freeenergy.records.checkpoints import epoch_dirname
+from freeenergy.records.io import json_record, read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,15 @@ import torch
 from conftest import compose_config, tiny_overrides
 
 from freeenergy.analysis.table import build_summary
-from freeenergy.downstream.sweep import run_downstream
-from freeenergy.free_energy.sweep import run_free_energy
-from freeenergy.identity import run_identity
-from freeenergy.metrics.sweep import run_metrics
+from freeenergy.downstream.step import run_downstream
+from freeenergy.free_energy.step import run_free_energy
+from freeenergy.records.identity import run_identity
+from freeenergy.metrics.step import run_metrics
 from freeenergy.pretrain.sweeps import study_runs
 from freeenergy.pretrain.trainer import run_pretraining
-from freeenergy.provenance import exit_if_failed
-from freeenergy.records import (
-    STALE_TMP_SECONDS, RecordError, file_sha256, iter_checkpoints, load_torch, model_fields, read_json, save_torch,
-    write_json,
-)
+from freeenergy.records.provenance import exit_if_failed
+from freeenergy.records.io import STALE_TMP_SECONDS, RecordError, file_sha256, load_torch, model_fields, read_json, save_torch, write_json
+from freeenergy.records.checkpoints import iter_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_STEPS = [

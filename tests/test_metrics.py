@@ -16,9 +16,9 @@ from freeenergy.models.evaluate import evaluate
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace, hutchinson_trace
 from freeenergy.metrics.neural_collapse import cdnv, model_cdnv
-from freeenergy.metrics.sweep import run_metrics
+from freeenergy.metrics.step import run_metrics
 from freeenergy.models import create_model
-from freeenergy.records import iter_checkpoints
+from freeenergy.records.checkpoints import iter_checkpoints
 
 RECORD_KEYS = {"train_loss", "train_acc", "heldout_loss", "heldout_acc", "hessian_trace", "hessian_trace_se",
                "hessian_probes", "nc_cdnv", "geometric_complexity", "geometric_complexity_se", "timings_s", "seed",

@@ -13,7 +13,8 @@ from freeenergy.models import load_checkpoint_model
 from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.pretrain.config import run_identity, validate_pretrain_config
 from freeenergy.pretrain.sweeps import study_runs, sweep_override_lines
-from freeenergy.records import iter_checkpoints, load_torch, read_json
+from freeenergy.records.checkpoints import iter_checkpoints
+from freeenergy.records.io import load_torch, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 

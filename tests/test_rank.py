@@ -22,11 +22,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from safetensors.torch import save_file
 
-from freeenergy.free_energy.calibration import run_calibration
+from freeenergy.rank.command import run_rank_calibration
 from freeenergy.free_energy.diagnostics import FLAGS
 from freeenergy.rank import run_rank
 from freeenergy.rank.report import COLUMNS, distinguishable
-from freeenergy.records import read_json
+from freeenergy.records.io import read_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
@@ -76,7 +76,7 @@ def project(tmp_path_factory) -> Path:
     torch.set_num_threads(1)  # a tiny model: one thread is faster (the one_thread fixture starts later)
     root = tmp_path_factory.mktemp("rank")
     write_image_folder(root / "images")
-    from freeenergy.rank.image_folder import load_image_folder
+    from freeenergy.data.image_folder import load_image_folder
     data = load_image_folder(root / "images", 8, root / "scratch_cache", progress=False)
     ckpts = root / "ckpts"
     ckpts.mkdir()
@@ -152,7 +152,7 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     record_file = next(p for p in (out / "results" / "records").glob("*init0*.json"))
     record = read_json(record_file)
     record.pop("estimate")
-    from freeenergy.records import write_json
+    from freeenergy.records.io import write_json
     write_json(record_file, record)
     resumed = run_rank(cfg)
     assert resumed.estimated == [str(project / "ckpts" / "init0.pth")] and len(resumed.reused) == 2
@@ -209,7 +209,7 @@ def test_calibrate_script_accepts_checkpoint_files(project, tmp_path):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = run_calibration(rank_config(overrides))
+        result = run_rank_calibration(rank_config(overrides), CONF_DIR)
     assert result.checkpoint.name == result.sharpness_table.loc[0, "checkpoint"]
     assert list(result.table["status"])[1] in ("diverged", "unstable")  # twice the bound
     assert result.suggestion is not None and result.figure_path.exists() and result.table_path.exists()
@@ -247,21 +247,21 @@ def test_step_check_flags_a_llc_that_moves_with_the_step_size_and_reuses_its_rec
 
     from omegaconf import OmegaConf
 
-    from freeenergy.rank import pipeline
+    from freeenergy.rank import sgld, step_check
 
     fe = OmegaConf.create({"step_size": 1e-3, "localization": 100.0, "num_burnin": 50, "num_draws": 50, "num_chains": 4,
                            "batch_size": 8, "seed": 0, "nbeta": 10.0, "sample_head": True})
-    half = pipeline.halved_step(fe)
+    half = step_check.halved_step(fe)
     assert (half.step_size, half.num_burnin, half.num_draws, half.localization) == (5e-4, 100, 100, 100.0)
     saved = []
     state = SimpleNamespace(cfg=OmegaConf.create({"calibrate": {"max_step_size_effect": 0.1}, "progress": False}),
                             candidates=[SimpleNamespace(name="a")], save=saved.append,
                             model_identity=lambda: {"model": "m"})
-    identity = pipeline.estimate_identity(state, half)
+    identity = sgld.estimate_identity(state, half)
     def verdict(main_llc, half_llc, std=0.2):
         state.records = {"a": {"estimate": {"llc": main_llc, "llc_std": std},
                                "step_check": {"identity": identity, "llc": half_llc, "llc_std": std}}}
-        return pipeline.check_step_size(state, fe, "a")
+        return step_check.check_step_size(state, fe, "a")
     assert verdict(10.3, 10.0).biased is False  # +3%: on the plateau
     with pytest.warns(RuntimeWarning, match="STEP-SIZE BIASED.*free_energy.step_size=0.0005.*num_burnin=100"):
         biased = verdict(14.0, 10.0)

@@ -15,12 +15,12 @@ from PIL import Image
 from torch import nn
 
 from freeenergy.free_energy import estimate_free_energy
-from freeenergy.free_energy.calibration import (
-    AutoRule, calibrate, calibration_title, choose_sgld_settings, plot_traces,
-)
-from freeenergy.rank import image_folder
-from freeenergy.rank.image_folder import load_image_folder
-from freeenergy.records import save_figure
+from freeenergy.free_energy.auto import AutoRule, choose_sgld_settings
+from freeenergy.free_energy.calibration import calibrate
+from freeenergy.free_energy.calibrate_step import calibration_title, plot_traces
+from freeenergy.data import image_folder
+from freeenergy.data.image_folder import load_image_folder
+from freeenergy.records.io import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,7 @@ def test_rule_constants_in_code_are_the_configured_ones():
     assert AutoRule.from_config(configured) == AutoRule()
     calibrate_cfg = OmegaConf.load(ROOT / "conf" / "calibrate" / "default.yaml")
     import inspect
-    from freeenergy.free_energy.calibration import auto_sgld_settings
+    from freeenergy.free_energy.auto import auto_sgld_settings
     defaults = inspect.signature(auto_sgld_settings).parameters
     assert defaults["sharpness_batch"].default == calibrate_cfg.sharpness_batch
     assert defaults["sharpness_iterations"].default == calibrate_cfg.sharpness_iterations
@@ -132,8 +132,9 @@ def test_image_folder_is_decoded_once_and_rebuilt_when_it_changes(tmp_path, monk
         for i in range(3):
             Image.new("RGB", (12, 6), colour).save(root / f"c{label}" / f"{i}.png")
     decoded = []
-    real_decode = image_folder.decode_image
-    monkeypatch.setattr(image_folder, "decode_image", lambda path, size: decoded.append(path) or real_decode(path, size))
+    real_decode = image_folder.decode_file
+    monkeypatch.setattr(image_folder, "decode_file",
+                        lambda path, size, crop: decoded.append(path) or real_decode(path, size, crop))
     first = load_image_folder(root, 4, tmp_path / "cache", progress=False)
     assert first.images.shape == (6, 3, 4, 4) and first.images.dtype == torch.uint8 and len(decoded) == 6
     assert first.class_names == ["c0", "c1"] and first.labels.tolist() == [0, 0, 0, 1, 1, 1]

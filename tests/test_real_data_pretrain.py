@@ -11,7 +11,7 @@ import pytest
 
 from conftest import compose_config
 from freeenergy.pretrain.trainer import run_pretraining
-from freeenergy.records import iter_checkpoints
+from freeenergy.records.checkpoints import iter_checkpoints
 from test_real_data_formats import write_cifar_pickles, write_mini_cache_pickles
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*other than 600 images")  # tiny copies: 3 images per class

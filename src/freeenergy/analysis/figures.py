@@ -30,12 +30,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib import ticker, transforms  # noqa: E402
 
-from freeenergy.analysis.output import save_figure  # noqa: E402
+from freeenergy.records.io import save_figure  # noqa: E402
 from freeenergy.analysis.stats import POOLED, format_correlation, groups_of, lookup  # noqa: E402
 from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, STEP_FREE_ENERGY, estimate_value_columns,  # noqa: E402
                                        flagged, select_checkpoints, sweep_rows)
 from freeenergy.pretrain.sweeps import SWEEP_AXES  # noqa: E402
-from freeenergy.records import Checkpoint, epoch_dirname  # noqa: E402
+from freeenergy.records.checkpoints import Checkpoint, epoch_dirname  # noqa: E402
 
 SWEEP_FIGURES = {axis: f"sweep_{axis}" for axis in SWEEP_AXES}  # Figs. 2/3 layout, one per sweep
 PROXY_FIGURE = "proxy_downstream_free_energy"

@@ -11,7 +11,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from freeenergy.analysis.figures import AXIS_NAMES, FigureSettings, draw_all, expected_files
-from freeenergy.analysis.output import remove_leftover_temp_files, write_csv, write_text
+from freeenergy.analysis.output import remove_leftover_temp_files, write_csv
+from freeenergy.records.io import write_text
 from freeenergy.analysis.stats import (POOLED, BootstrapSettings, LevelSet, check_methods, correlation_table,
                                        format_correlation, level_set_table, lookup)
 from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged,

@@ -31,9 +31,11 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from freeenergy.identity import run_identity
+from freeenergy.records.identity import run_identity
 from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
-from freeenergy.records import PRETRAIN_RECORD, RUN_FILE, Checkpoint, iter_checkpoints, read_json
+from freeenergy.records.kinds import PRETRAIN_RECORD, RUN_FILE
+from freeenergy.records.checkpoints import Checkpoint, iter_checkpoints
+from freeenergy.records.io import read_json
 
 log = logging.getLogger(__name__)
 RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from freeenergy.records import load_torch, save_torch, write_json
+from freeenergy.records.io import load_torch, save_torch, write_json
 
 CACHE_VERSION = 2  # bump when what a cache holds changes, so older caches are rebuilt
 # What torch.load raises on a damaged file: a truncated zip, an empty file, a foreign pickle.

@@ -28,16 +28,21 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
         if len(images) else images.new_empty((0, 3, size, size))
 
 
-def decode_file(path: Path, image_size: int) -> torch.Tensor:
+def decode_file(path: Path, image_size: int, crop: bool = False) -> torch.Tensor:
     """One image file → uint8 (3, image_size, image_size); grey, palette and CMYK images become RGB.
 
-    Raises RuntimeError naming the file when Pillow cannot decode it.
+    ``crop=False`` resizes the whole image to the square (the benchmarks' images are square already);
+    ``crop=True`` resizes its shorter side to ``image_size`` and takes the centre square (torchvision's
+    ``Resize`` + ``CenterCrop``, as ImageFolder pipelines evaluate). Raises RuntimeError naming the file
+    when Pillow cannot decode it.
     """
     try:
         with Image.open(path) as image:
             pixels = TF.pil_to_tensor(image.convert("RGB"))
     except OSError as error:
         raise RuntimeError(f"cannot decode {path} ({error}); replace or remove the file.") from error
+    if crop:
+        return TF.center_crop(TF.resize(pixels, image_size, antialias=True), [image_size, image_size])
     return resize(pixels.unsqueeze(0), image_size)[0]
 
 

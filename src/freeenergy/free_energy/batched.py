@@ -1,6 +1,6 @@
 """All SGLD chains of an estimate at once: stacked parameters, ``torch.func.functional_call`` and ``vmap``.
 
-The sequential sampler (``estimator._Sampler.run_chain``) runs one chain after another; on a GPU a small
+The sequential sampler (``sampler.ChainSampler.run_chain``) runs one chain after another; on a GPU a small
 model leaves most of the device idle. Here the C chains' parameters are stacked along a new leading axis
 and one vmapped forward/backward computes every chain's minibatch loss and gradient (convolutions become
 grouped convolutions). Buffers (batch-norm running statistics) are shared, unbatched: the model is in
@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm import tqdm
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from freeenergy.free_energy.sampler import LossFn, sgld_update_
 
 
 class BatchedChains:
@@ -80,13 +80,10 @@ class BatchedChains:
 
     def step(self, grads: tuple[torch.Tensor, ...], generators: list[torch.Generator], step_size: float,
              localization: float, nbeta: float) -> None:
-        """w + (εγ/2)(w* − w) − (εnβ/2)∇L_B + √ε·ξ for every chain, in the sequential sampler's order of operations."""
-        with torch.no_grad():
-            torch._foreach_lerp_(self.params, self.anchor, step_size * localization / 2)
-            torch._foreach_add_(self.params, list(grads), alpha=-step_size * nbeta / 2)
-            for row, generator in zip(self.flat_noise, generators):
-                row.normal_(generator=generator)
-            torch._foreach_add_(self.params, self.noise, alpha=math.sqrt(step_size))
+        """One SGLD step of every chain (``sampler.sgld_update_``), each chain's noise from its own generator."""
+        for row, generator in zip(self.flat_noise, generators):
+            row.normal_(generator=generator)
+        sgld_update_(self.params, self.anchor, grads, self.noise, step_size, localization, nbeta)
 
 
 def run_batched_chains(
@@ -97,8 +94,8 @@ def run_batched_chains(
 ) -> torch.Tensor:
     """Run C SGLD chains from w* at once; returns their minibatch losses (C, num_steps) on the CPU.
 
-    ``batches`` (C, num_steps, B) holds each chain's minibatch indices (``estimator.minibatch_order``),
-    ``noise_seeds`` each chain's noise seed (``estimator.chain_seeds``). ``loss_fn`` must return the
+    ``batches`` (C, num_steps, B) holds each chain's minibatch indices (``sampler.minibatch_order``),
+    ``noise_seeds`` each chain's noise seed (``sampler.chain_seeds``). ``loss_fn`` must return the
     float32 per-batch mean loss of an output (the estimator passes its float32 wrapper). Every
     ``check_every`` steps, chains whose loss is non-finite stop: the rest of their trace is NaN, and the
     loop ends when every chain has stopped.

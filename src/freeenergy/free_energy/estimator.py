@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -33,35 +33,23 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
+from freeenergy.free_energy.auto import AutoRule, SGLDChoice, auto_sgld_settings
 from freeenergy.free_energy.batched import run_batched_chains
 from freeenergy.free_energy.diagnostics import Health, HealthCriteria, assess_health, runaway_chains
+from freeenergy.free_energy.sampler import (
+    DIVERGENCE_CHECK_EVERY,
+    PRECISIONS,
+    ChainSampler,
+    LossFn,
+    SGLDSettings,
+    Transform,
+    autocast,
+    chain_seeds,
+    default_nbeta,
+    float32_loss,
+    minibatch_order,
+)
 from freeenergy.models.evaluate import eval_mode
-
-if TYPE_CHECKING:
-    from freeenergy.free_energy.calibration import AutoRule, SGLDChoice
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # free_energy.precision → autocast dtype of the forward pass
-DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
-
-
-@dataclass(frozen=True)
-class SGLDSettings:
-    """The hyperparameters of one estimate (what makes two estimates comparable)."""
-
-    num_chains: int
-    num_draws: int
-    num_burnin: int
-    step_size: float
-    localization: float
-    nbeta: float
-    batch_size: int
-    seed: int
-    precision: str = "fp32"  # the forward pass: fp32, or bf16 autocast (parameters, noise, update, loss: fp32)
-
-    @property
-    def num_steps(self) -> int:
-        return self.num_burnin + self.num_draws
 
 
 @dataclass
@@ -134,103 +122,151 @@ def estimate_free_energy(
     seed: int = 0,
     device: str | torch.device | None = None,
     *,
-    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    input_transform: Transform | None = None,
     frozen_parameters: Collection[str] = (),
     eval_batch_size: int | None = None,
     progress: bool = False,
     health: HealthCriteria | None = None,
     precision: str = "fp32",
     vectorize_chains: bool = False,
-    auto_rule: "AutoRule | None" = None,
+    auto_rule: AutoRule | None = None,
 ) -> FreeEnergyEstimate:
     """Estimate the localized free energy (WBIC) and LLC of ``model`` at its current weights w*.
 
-    ``dataset`` is a tuple of tensors ``(X, Y)`` or a torch Dataset of ``(x, y)`` pairs (materialised
-    into tensors once), moved to ``device`` once; ``input_transform`` maps a batch of stored inputs to
-    model inputs on the device (e.g. uint8 images → normalised floats). ``loss_fn(output, target)`` is the
-    per-batch mean loss (default: cross-entropy). ``nbeta`` defaults to n / log n with n = len(dataset).
-    ``device`` defaults to the model's. Parameters named in ``frozen_parameters`` (and those that do not
-    require grad) stay at w*. L_n(w*) is the loss on the whole dataset.
+    The keyword form of ``sample_free_energy``: it builds the ``SGLDSettings`` (nβ = n / log n unless
+    given, ``default_nbeta``) and, for ``step_size="auto"``, measures λ_max and chooses ε (and γ, unless
+    given) by ``auto.choose_sgld_settings`` with ``auto_rule``'s constants; the choice is printed and kept
+    in ``estimate.extra["auto"]``.
 
-    The model is never modified: chains run on a copy, in **eval mode** (batch norm uses its running
-    statistics, dropout is off), so the sampled loss and L_n(w*) are the same fixed function of the
-    weights. Same ``seed`` and device → identical estimate.
-
-    ``health`` sets the thresholds of the checks in ``estimate.health`` (``free_energy.diagnostics``); each
-    failed check raises a ``RuntimeWarning`` naming it and what to change.
-
-    ``precision="bf16"`` runs the forward passes (L_n(w*), its gradient and every SGLD step) under bf16
-    autocast; parameters, noise, the update and the recorded losses stay float32. It is recorded in the
-    settings (``hyperparameters.precision``): fp32 and bf16 estimates are different estimates.
-    ``vectorize_chains=True`` runs all chains at once (``free_energy/batched.py``: ``torch.func.vmap`` over
-    stacked parameters; fp32 only); same seed → the same traces as the sequential chains up to float rounding.
-
-    ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a safe ε depends
-    on the model and data (SGLD is stable only for ε < 4/(nβ·λ_max + γ)). ``step_size="auto"`` measures
-    λ_max and chooses ε (and γ, unless given) by ``calibration.choose_sgld_settings`` with ``auto_rule``'s
-    constants; the choice is printed and kept in ``estimate.extra["auto"]``. Raises ``ValueError`` for a
-    missing or bad setting, before any sampling.
+    ``dataset`` is a tuple of tensors ``(X, Y)`` or a torch Dataset of ``(x, y)`` pairs (materialised into
+    tensors once). ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a
+    safe ε depends on the model and data (SGLD is stable only for ε < 4/(nβ·λ_max + γ)). Raises
+    ``ValueError`` for a missing or bad setting, before any sampling; see ``sample_free_energy`` for the rest.
     """
     inputs, targets = _as_tensors(dataset)
-    n = len(targets)
-    nbeta = n / math.log(n) if nbeta is None else float(nbeta)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not allowed: choose one of {sorted(PRECISIONS)} "
-                         "(free_energy.precision).")
-    if vectorize_chains and precision != "fp32":
-        # torch.func's batch-norm batching rule refuses a bf16 input with float32 running statistics
-        raise ValueError(f"vectorize_chains=True runs in fp32 only, not precision={precision!r}: set "
-                         "free_energy.vectorize_chains=false for bf16, or free_energy.precision=fp32.")
+    nbeta = default_nbeta(len(targets)) if nbeta is None else float(nbeta)
     auto = None
     if isinstance(step_size, str):
-        auto = _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size,
-                              localization, auto_rule, seed)
+        auto = _auto_settings(
+            model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
+            auto_rule, seed
+        )
         step_size, localization = auto.step_size, auto.localization
     elif step_size is None or localization is None:
-        raise ValueError(f"step_size={step_size!r} and localization={localization!r}: both are required (no default "
-                         "is safe for every model). Pass step_size='auto' to measure the sharpness and choose them, or "
-                         "values from scripts/calibrate_sgld.py (ε < 4 / (nβ·λ_max + γ)).")
-    settings = SGLDSettings(num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta,
-                            batch_size, seed, precision)
-    _check_settings(settings, n)
-    device = torch.device(device) if device is not None else _model_device(model)
-    loss_fn = _float32_loss(loss_fn or F.cross_entropy, device)
-    transform = input_transform or (lambda x: x)
-    inputs, targets = inputs.to(device), targets.to(device)
-
-    start = time.perf_counter()
-    sampler = _Sampler(model, device, frozen_parameters)
-    with _autocast(device, precision):
-        init_loss, grad_norm_sq = full_data_loss_and_gradient(sampler.model, sampler.params, inputs, targets, loss_fn,
-                                                              transform, eval_batch_size or batch_size)
-    sampling_start = time.perf_counter()
-    if vectorize_chains:
-        traces = sampler.run_chains_batched(inputs, targets, loss_fn, transform, settings, progress)
-    else:
-        traces = [sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
-                  for chain in range(num_chains)]
-    loss_trace = torch.stack(list(traces)).double().numpy()
-    end = time.perf_counter()
-    estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device), grad_norm_sq, health)
-    estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+        raise ValueError(
+            f"step_size={step_size!r} and localization={localization!r}: both are required (no default is safe for "
+            "every model). Pass step_size='auto' to measure the sharpness and choose them, or values from "
+            "scripts/calibrate_sgld.py (ε < 4 / (nβ·λ_max + γ))."
+        )
+    settings = SGLDSettings(
+        num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta, batch_size, seed, precision
+    )
+    estimate = sample_free_energy(
+        model, inputs, targets, settings, loss_fn=loss_fn, input_transform=input_transform,
+        frozen_parameters=frozen_parameters, eval_batch_size=eval_batch_size, progress=progress, health=health,
+        vectorize_chains=vectorize_chains, device=device,
+    )
     if auto is not None:
         estimate.extra["auto"] = auto.to_record()
     return estimate
 
 
-def _auto_settings(model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
-                   auto_rule, seed) -> "SGLDChoice":
-    """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
-    from freeenergy.free_energy.calibration import AutoRule, auto_sgld_settings  # calibration imports this module
+def sample_free_energy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    settings: SGLDSettings,
+    *,
+    loss_fn: LossFn | None = None,
+    input_transform: Transform | None = None,
+    frozen_parameters: Collection[str] = (),
+    eval_batch_size: int | None = None,
+    progress: bool = False,
+    health: HealthCriteria | None = None,
+    vectorize_chains: bool = False,
+    device: str | torch.device | None = None,
+) -> FreeEnergyEstimate:
+    """The free energy and LLC of ``model`` at w* by SGLD with ``settings``, on ``inputs`` (N, …) and ``targets`` (N,).
 
+    ``inputs``/``targets`` are moved to ``device`` once (default: the model's); ``input_transform`` maps a batch
+    of stored inputs to model inputs on the device (e.g. uint8 images → normalised floats). ``loss_fn(output,
+    target)`` is the per-batch mean loss (default: cross-entropy). Parameters named in ``frozen_parameters``
+    (and those that do not require grad) stay at w*. L_n(w*) is the loss on the whole dataset.
+
+    The model is never modified: chains run on a copy, in **eval mode** (batch norm uses its running
+    statistics, dropout is off), so the sampled loss and L_n(w*) are the same fixed function of the weights.
+    Same ``settings.seed`` and device → identical estimate. ``health`` sets the thresholds of the checks in
+    ``estimate.health`` (``diagnostics``); each failed check raises a ``RuntimeWarning`` naming it and what to
+    change. ``settings.precision="bf16"`` runs the forward passes under bf16 autocast; parameters, noise, the
+    update and the recorded losses stay float32. ``vectorize_chains=True`` runs all chains at once
+    (``batched.py``; fp32 only; same seed → the same traces up to float rounding).
+
+    Raises ``ValueError`` for impossible settings (``SGLDSettings.check``) before any sampling.
+    """
+    n = len(targets)
+    settings.check(n)
+    if vectorize_chains and settings.precision != "fp32":
+        # torch.func's batch-norm batching rule refuses a bf16 input with float32 running statistics
+        raise ValueError(
+            f"vectorize_chains=True runs in fp32 only, not precision={settings.precision!r}: set "
+            "free_energy.vectorize_chains=false for bf16, or free_energy.precision=fp32."
+        )
+    device = torch.device(device) if device is not None else _model_device(model)
+    loss_fn = float32_loss(loss_fn or F.cross_entropy, device)
+    transform = input_transform or (lambda x: x)
+    inputs, targets = inputs.to(device), targets.to(device)
+
+    start = time.perf_counter()
+    sampler = ChainSampler(model, device, frozen_parameters)
+    with autocast(device, settings.precision):
+        init_loss, grad_norm_sq = full_data_loss_and_gradient(
+            sampler.model, sampler.params, inputs, targets, loss_fn, transform, eval_batch_size or settings.batch_size
+        )
+    sampling_start = time.perf_counter()
+    if vectorize_chains:
+        traces = _run_chains_batched(sampler, inputs, targets, loss_fn, transform, settings, progress)
+    else:
+        traces = [
+            sampler.run_chain(inputs, targets, loss_fn, transform, settings, chain, progress)
+            for chain in range(settings.num_chains)
+        ]
+    loss_trace = torch.stack(list(traces)).double().numpy()
+    end = time.perf_counter()
+    estimate = summarize(loss_trace, init_loss, n, settings, sampler.num_parameters, str(device), grad_norm_sq, health)
+    estimate.wall_time_s, estimate.sampling_time_s = end - start, end - sampling_start
+    return estimate
+
+
+def _run_chains_batched(
+    sampler: ChainSampler, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, transform: Transform,
+    settings: SGLDSettings, progress: bool,
+) -> torch.Tensor:
+    """All chains at once (``batched.run_batched_chains``), same seeds as ``ChainSampler.run_chain``."""
+    seeds = [chain_seeds(settings.seed, chain) for chain in range(settings.num_chains)]
+    batches = torch.stack(
+        [minibatch_order(len(targets), settings.batch_size, settings.num_steps, order) for order, _ in seeds]
+    )
+    return run_batched_chains(
+        sampler.model, sampler.names, inputs, targets, loss_fn, transform, batches, [noise for _, noise in seeds],
+        settings.step_size, settings.localization, settings.nbeta, autocast_dtype=PRECISIONS[settings.precision],
+        check_every=DIVERGENCE_CHECK_EVERY, progress=progress,
+    )
+
+
+def _auto_settings(
+    model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization, auto_rule,
+    seed,
+) -> SGLDChoice:
+    """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
     if step_size != "auto":
         raise ValueError(f"step_size={step_size!r} is not allowed: a positive number, or 'auto'.")
     device = torch.device(device) if device is not None else _model_device(model)
     if _model_device(model) != device:
         model = copy.deepcopy(model).to(device)
-    choice = auto_sgld_settings(model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
-                                input_transform=input_transform, localization=localization,
-                                rule=auto_rule or AutoRule(), seed=seed)
+    choice = auto_sgld_settings(
+        model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
+        input_transform=input_transform, localization=localization, rule=auto_rule or AutoRule(), seed=seed,
+    )
     tqdm.write(choice.describe())
     return choice
 
@@ -311,108 +347,6 @@ def full_data_loss_and_gradient(
     return total.item() / n, float(sum((g * g).sum() for g in gradient))
 
 
-class _Sampler:
-    """A private copy of the model, its sampled parameters, the anchor w* and a noise buffer."""
-
-    def __init__(self, model: nn.Module, device: torch.device, frozen_parameters: Collection[str]):
-        named = dict(model.named_parameters())
-        unknown = sorted(set(frozen_parameters) - set(named))
-        if unknown:
-            raise ValueError(f"frozen_parameters names {unknown}, which are not parameters of the model; "
-                             f"its parameters are e.g. {list(named)[-4:]}.")
-        self.model = copy.deepcopy(model).to(device).eval()
-        self.names = [name for name, p in self.model.named_parameters()
-                      if p.requires_grad and name not in frozen_parameters]
-        copied = dict(self.model.named_parameters())
-        self.params = [copied[name] for name in self.names]
-        if not self.params:
-            raise ValueError("no parameter left to sample: every parameter is frozen or has requires_grad=False.")
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(p.requires_grad and name not in frozen_parameters)
-        self.anchor = [p.detach().clone() for p in self.params]
-        self.num_parameters = sum(p.numel() for p in self.params)
-        # one flat buffer refilled by a single normal_() per step, viewed with each parameter's own strides
-        # (e.g. channels-last convolution weights), so the noise update is a plain elementwise add
-        self.flat_noise = torch.empty(self.num_parameters, device=device, dtype=self.params[0].dtype)
-        chunks = self.flat_noise.split([p.numel() for p in self.params])
-        self.noise = [chunk.as_strided(p.shape, p.stride()) for chunk, p in zip(chunks, self.params)]
-        self.device = device
-
-    def reset(self) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.anchor)
-
-    def run_chain(
-        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-        transform: Callable[[torch.Tensor], torch.Tensor], settings: SGLDSettings, chain: int, progress: bool,
-    ) -> torch.Tensor:
-        """One SGLD chain from w*; returns its minibatch losses (num_steps,) on the CPU (NaN after a divergence)."""
-        self.reset()
-        order_seed, noise_seed = chain_seeds(settings.seed, chain)
-        batches = minibatch_order(len(targets), settings.batch_size, settings.num_steps, order_seed).to(self.device)
-        noise_generator = torch.Generator(device=self.device).manual_seed(noise_seed)
-        trace = torch.full((settings.num_steps,), math.nan, device=self.device)
-        eps, gamma, nbeta = settings.step_size, settings.localization, settings.nbeta
-        steps = tqdm(range(settings.num_steps), desc=f"chain {chain}", unit="step", leave=False, disable=not progress)
-        for step in steps:
-            index = batches[step]
-            with _autocast(self.device, settings.precision):
-                output = self.model(transform(inputs[index]))
-            loss = loss_fn(output, targets[index])
-            grads = torch.autograd.grad(loss, self.params)
-            trace[step] = loss.detach()
-            with torch.no_grad():
-                # w + (εγ/2)(w* − w) − (εnβ/2)∇L_B + √ε·ξ : the SGLD step, in three fused passes
-                torch._foreach_lerp_(self.params, self.anchor, eps * gamma / 2)
-                torch._foreach_add_(self.params, grads, alpha=-eps * nbeta / 2)
-                self.flat_noise.normal_(generator=noise_generator)
-                torch._foreach_add_(self.params, self.noise, alpha=math.sqrt(eps))
-            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(trace[step]).item():
-                break  # the rest of the trace stays NaN
-        return trace.cpu()
-
-    def run_chains_batched(
-        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-        transform: Callable[[torch.Tensor], torch.Tensor], settings: SGLDSettings, progress: bool,
-    ) -> torch.Tensor:
-        """All chains at once (``batched.run_batched_chains``), same seeds as ``run_chain``; (num_chains, num_steps)."""
-        seeds = [chain_seeds(settings.seed, chain) for chain in range(settings.num_chains)]
-        batches = torch.stack([minibatch_order(len(targets), settings.batch_size, settings.num_steps, order_seed)
-                               for order_seed, _ in seeds])
-        return run_batched_chains(
-            self.model, self.names, inputs, targets, loss_fn, transform, batches, [noise for _, noise in seeds],
-            settings.step_size, settings.localization, settings.nbeta, autocast_dtype=PRECISIONS[settings.precision],
-            check_every=DIVERGENCE_CHECK_EVERY, progress=progress)
-
-
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast on ``device`` for ``precision="bf16"``; a disabled (no-op) autocast for fp32."""
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def _float32_loss(loss_fn: LossFn, device: torch.device) -> LossFn:
-    """``loss_fn`` evaluated in float32 outside autocast, on a float32 copy of the output (recorded losses: fp32)."""
-    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, enabled=False):
-            return loss_fn(output.float(), target)
-    return loss
-
-
-def chain_seeds(seed: int, chain: int) -> tuple[int, int]:
-    """Independent seeds (minibatch order, noise) for one chain of an estimate."""
-    order_seed, noise_seed = np.random.SeedSequence([seed, chain]).generate_state(2)
-    return int(order_seed), int(noise_seed)
-
-
-def minibatch_order(n: int, batch_size: int, num_steps: int, seed: int) -> torch.Tensor:
-    """(num_steps, batch_size) indices: consecutive batches of reshuffled passes over the data."""
-    generator = torch.Generator().manual_seed(seed)
-    needed = num_steps * batch_size
-    passes = [torch.randperm(n, generator=generator) for _ in range(-(-needed // n))]
-    return torch.cat(passes)[:needed].view(num_steps, batch_size)
-
-
 def _as_tensors(dataset: Dataset | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and all(isinstance(t, torch.Tensor) for t in dataset):
         inputs, targets = dataset
@@ -427,19 +361,6 @@ def _as_tensors(dataset: Dataset | Sequence[torch.Tensor]) -> tuple[torch.Tensor
     if len(inputs) != len(targets) or len(targets) < 2:
         raise ValueError(f"dataset has {len(inputs)} inputs and {len(targets)} targets; need equal numbers, at least 2.")
     return inputs, targets
-
-
-def _check_settings(settings: SGLDSettings, n: int) -> None:
-    checks = {
-        "num_chains": settings.num_chains >= 1, "num_draws": settings.num_draws >= 1,
-        "num_burnin": settings.num_burnin >= 0, "step_size": settings.step_size > 0,
-        "localization": settings.localization >= 0, "nbeta": settings.nbeta > 0,
-        "batch_size": 1 <= settings.batch_size <= n,
-    }
-    for name, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{name}={getattr(settings, name)!r} is not allowed: counts must be positive (num_burnin "
-                             f">= 0), step_size and nbeta > 0, localization >= 0, 1 <= batch_size <= n={n}.")
 
 
 def _model_device(model: nn.Module) -> torch.device:

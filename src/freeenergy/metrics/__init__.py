@@ -3,7 +3,7 @@
 from freeenergy.metrics.geometric_complexity import GeometricComplexity, geometric_complexity
 from freeenergy.metrics.hessian import TraceEstimate, hessian_trace, hutchinson_trace
 from freeenergy.metrics.neural_collapse import cdnv, model_cdnv
-from freeenergy.metrics.sweep import run_metrics
+from freeenergy.metrics.step import run_metrics
 
 __all__ = [
     "GeometricComplexity", "geometric_complexity", "TraceEstimate", "hessian_trace", "hutchinson_trace",

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from freeenergy.models.factory import create_model
 from freeenergy.models.state_dict import CheckpointError, load_weights, read_state_dict
-from freeenergy.records import Checkpoint
-
-log = logging.getLogger(__name__)
-
+from freeenergy.records.checkpoints import Checkpoint
 
 def load_checkpoint_model(checkpoint: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
     """The checkpoint's model (architecture from its run record, weights from ``model.pt``), in eval mode.
@@ -37,9 +32,3 @@ def load_or_report(checkpoint: Checkpoint, device: str | torch.device = "cpu") -
     except Exception as error:  # a broken run record or folder must not stop the sweep either
         tqdm.write(f"{checkpoint.name}: FAILED to load, skipped ({type(error).__name__}: {error})")
     return None
-
-
-def warn_failed(step: str, failed: list[str]) -> None:
-    """One warning naming every checkpoint that failed to load in a step."""
-    if failed:
-        log.warning("%s: %d checkpoint(s) failed to load: %s", step, len(failed), ", ".join(failed))

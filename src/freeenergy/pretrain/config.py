@@ -1,4 +1,4 @@
-"""Checks of the pretraining config (before any compute or write); the run's identity lives in ``freeenergy.identity``."""
+"""Checks of the pretraining config (before any compute or write); the run's identity lives in ``freeenergy.records.identity``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from freeenergy.data import DATASETS, check_data_root
-from freeenergy.identity import effective_checkpoint_epochs, identity_config, run_identity
+from freeenergy.records.identity import effective_checkpoint_epochs, identity_config, run_identity
 from freeenergy.models import MODELS
 
 SCHEDULES = ("cosine", "constant", "step")

@@ -1,6 +1,6 @@
 """The paper's one-at-a-time sweeps: which config key each sweep axis varies, and which runs form the study.
 
-Torch-free (the analysis uses it). A run belongs to the study when its full identity (``freeenergy.identity``)
+Torch-free (the analysis uses it). A run belongs to the study when its full identity (``freeenergy.records.identity``)
 is one the experiment's ``sweep:`` block configures: the base setting (the config's own values) and, per
 axis, the base with that one key changed, for every seed. So a run that differs from the study in any other
 key (``train.epochs``, ``optim.weight_decay``, the data, ...) is not counted as a member, whatever its
@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from freeenergy.identity import differences, identity_config, run_id_from_identity
+from freeenergy.records.identity import differences, identity_config, run_id_from_identity
 
 # Sweep axis name (as in an experiment's ``sweep:`` block and in figures) → dotted config key.
 SWEEP_AXES: dict[str, str] = {

@@ -27,13 +27,12 @@ from freeenergy.data import FewShotData, load_data
 from freeenergy.data.augment import random_crop_flip
 from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
-from freeenergy.identity import differences, identity_config, run_id_from_identity
+from freeenergy.records.identity import differences, identity_config, run_id_from_identity
 from freeenergy.pretrain.config import checkpoint_epochs_note, validate_against_data, validate_pretrain_config
-from freeenergy.provenance import model_problem
-from freeenergy.records import (
-    MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, Checkpoint, RecordError, clean_stale_tmp, content_problems,
-    epoch_dirname, file_sha256, file_stat, load_torch, model_fields, read_json, save_torch, write_json,
-)
+from freeenergy.records.provenance import model_problem
+from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, content_problems
+from freeenergy.records.checkpoints import Checkpoint, epoch_dirname
+from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, load_torch, model_fields, read_json, save_torch, write_json
 from freeenergy.runtime import resolve_device, runtime_differences, runtime_info, set_threads, warn_runtime_mismatch
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,6 @@
 (``conf/rank/default.yaml``; README "Rank your own checkpoints"). In Python: ``run_rank(cfg)`` with that config.
 """
 
-from freeenergy.rank.pipeline import RankResult, run_rank
+from freeenergy.rank.command import RankResult, run_rank
 
 __all__ = ["RankResult", "run_rank"]

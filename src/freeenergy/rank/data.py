@@ -21,8 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.data import DATASETS, ImageSet, load_data
-from freeenergy.free_energy.sweep import SplitData
-from freeenergy.rank.image_folder import load_image_folder
+from freeenergy.data.image_folder import load_image_folder
+from freeenergy.free_energy.step import SplitData
 from freeenergy.rank.models import ModelSpec, normalization_of
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]

@@ -11,7 +11,6 @@ headless backbone (0 classes), usable with ``rank.fit_head=true``. Every file is
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from freeenergy.models.factory import MODELS, create_model
+from freeenergy.models.factory import MODELS
 from freeenergy.models.state_dict import CheckpointError, load_weights, read_state_dict
+from freeenergy.records.io import file_sha256
 
 SHOWN_FILES = 4  # files listed per class count when counts differ
 
@@ -38,8 +38,6 @@ class ModelSpec:
 
     def build(self, num_classes: int) -> nn.Module:
         """A freshly initialised model with a ``num_classes``-way head (0: no head), in eval mode."""
-        if self.project:
-            return create_model(self.name, num_classes=num_classes, **self.kwargs).eval()
         return timm.create_model(self.name, pretrained=False, num_classes=num_classes, **self.kwargs).eval()
 
     def describe(self) -> dict:
@@ -111,14 +109,6 @@ def expand_checkpoints(entries: Sequence[str] | str) -> list[Path]:
                              "e.g. 'rank.checkpoints=[ckpts/*.pt,best.safetensors]'.")
         files.extend(Path(m) for m in matches if Path(m) not in files)
     return files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

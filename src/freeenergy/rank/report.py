@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from freeenergy.records import save_figure, write_text
+from freeenergy.records.io import save_figure, write_text
 from freeenergy.rank.models import LoadFailure
 
 COLUMNS = ["rank", "checkpoint", "free_energy", "free_energy_std", "llc", "llc_std", "loss_term", "complexity_term",

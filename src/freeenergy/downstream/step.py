@@ -4,13 +4,13 @@ Both evaluations use the held-out classes ``FewShotData.downstream``, with image
 and normalised per batch. ``finetune.json`` holds test accuracy and loss after fine-tuning with a fresh
 head; ``fewshot.json`` holds, per (N-way, K-shot, classifier), the mean query accuracy over the episodes
 with its 95% interval. A record that is finished and current is skipped unless ``downstream.overwrite=true``
-(``freeenergy.provenance``); a checkpoint that fails to load is reported by name and the others go on.
+(``freeenergy.records.provenance``); a checkpoint that fails to load is reported by name and the others go on.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -23,10 +23,10 @@ from freeenergy.downstream.config import logistic_options, validate_against_data
 from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
-from freeenergy.models.checkpoint import load_or_report, warn_failed
-from freeenergy.identity import canonical
-from freeenergy.provenance import data_identity, group_settings, plan_step
-from freeenergy.records import Checkpoint, checkpoints_of_shard
+from freeenergy.models.checkpoint import load_or_report
+from freeenergy.records.identity import canonical
+from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
+from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device, set_threads
 
 
@@ -118,13 +118,6 @@ def summary_line(name: str, records: dict[str, dict]) -> str:
     return f"{name}: " + "; ".join(parts)
 
 
-@dataclass
-class Outcome:
-    checkpoint: str
-    status: str  # evaluated | skipped | failed
-    records: dict[str, dict] = field(default_factory=dict)  # kind → record written now
-
-
 def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: DownstreamTask) -> Outcome:
     model = load_or_report(checkpoint, task.device)
     if model is None:
@@ -155,18 +148,14 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
     kinds = list(dict.fromkeys(ds_cfg.kinds))
     checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
     device = resolve_device(cfg.device)
-    plan = plan_step(checkpoints, {kind: downstream_settings(cfg, kind) for kind in kinds}, ds_cfg.overwrite,
-                     "downstream.overwrite", f"downstream ({', '.join(kinds)})", device)
-    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped} | {c: Outcome(c.name, "failed") for c in plan.failed}
-    pending = list(plan.todo)
-    print(f"downstream ({', '.join(kinds)}): {len(checkpoints)} checkpoints in {cfg.paths.runs}, "
-          f"{len(plan.skipped)} finished already, {len(pending)} to evaluate"
-          + (f", {len(plan.failed)} failed" if plan.failed else ""))
-    if pending:
+
+    def prepare() -> Callable[[Checkpoint, list[str]], Outcome]:
         data = load_data(cfg.data)
         validate_against_data(ds_cfg, data.downstream)
         task = prepare_task(ds_cfg, data, device)
-        for checkpoint in tqdm(pending, desc="downstream", unit="checkpoint", disable=not cfg.progress):
-            outcomes[checkpoint] = evaluate_checkpoint(checkpoint, plan.todo[checkpoint], task)
-    warn_failed("downstream", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
-    return [outcomes[c] for c in checkpoints]
+        return lambda checkpoint, todo: evaluate_checkpoint(checkpoint, todo, task)
+
+    return run_checkpoint_step(
+        f"downstream ({', '.join(kinds)})", checkpoints, {kind: downstream_settings(cfg, kind) for kind in kinds},
+        ds_cfg.overwrite, "downstream.overwrite", device, "evaluate", prepare, cfg.progress, cfg.paths.runs,
+    )

@@ -1,29 +1,28 @@
 """A torchvision ``ImageFolder`` tree (``root/<class>/<image>``) as one cached uint8 tensor.
 
 Classes are the sub-folders in sorted order (torchvision's convention, so label i means the same class as
-in a model trained with ``ImageFolder``). Every image is decoded once (Pillow, converted to RGB), resized
-so that its shorter side is ``image_size`` (antialiased) and centre-cropped to ``image_size`` ×
-``image_size``. The result is cached as ``<cache_dir>/image_folder_<key>.pt`` (key: the folder's absolute
-path and the image size), written atomically, together with a digest of the listing (relative path, size
-and modification time of every image): when a file is added, removed or changed, the cache is rebuilt.
+in a model trained with ``ImageFolder``). Every image is decoded once (``images.decode_file``), resized so
+that its shorter side is ``image_size`` (antialiased) and centre-cropped to ``image_size`` × ``image_size``.
+The result is cached as ``<cache_dir>/image_folder_<key>.pt`` (key: the folder's absolute path and the image
+size) through ``data.cache`` (written atomically; a damaged or stale cache is named and rebuilt), together
+with a digest of the listing (relative path, size and modification time of every image): when a file is
+added, removed or changed, the cache is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from freeenergy.data.cache import CacheContentError, read_tensor_cache, write_tensor_cache
+from freeenergy.data.images import decode_file
 from freeenergy.data.types import ImageSet
-from freeenergy.records import load_torch, save_torch
 
 CACHE_FORMAT = 1  # bump when what the cache holds changes, so stale caches are rebuilt
 
@@ -64,26 +63,30 @@ def list_image_folder(root: str | Path) -> FolderListing:
     return FolderListing(folder.resolve(), samples, list(dataset.classes))
 
 
-def decode_image(path: Path, image_size: int) -> torch.Tensor:
-    """One image as uint8 (3, image_size, image_size): RGB, shorter side resized, centre crop."""
-    try:
-        with Image.open(path) as image:
-            pixels = TF.pil_to_tensor(image.convert("RGB"))
-    except OSError as error:
-        raise RuntimeError(f"cannot decode {path} ({error}); replace or remove the file.") from error
-    return TF.center_crop(TF.resize(pixels, image_size, antialias=True), [image_size, image_size])
-
-
 def _cache_path(cache_dir: str | Path, root: Path, image_size: int) -> Path:
     key = hashlib.sha1(f"{root}:{image_size}".encode()).hexdigest()[:12]
     return Path(cache_dir) / f"image_folder_{key}.pt"
+
+
+def _check_payload(image_size: int, count: int):
+    def check(payload: dict) -> None:
+        images, labels = payload.get("images"), payload.get("labels")
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (
+            count, 3, image_size, image_size
+        ):
+            raise CacheContentError(f"'images' is not uint8 ({count}, 3, {image_size}, {image_size})")
+        if not isinstance(labels, torch.Tensor) or labels.shape != (count,):
+            raise CacheContentError("'labels' is not one label per image")
+
+    return check
 
 
 def load_image_folder(root: str | Path, image_size: int, cache_dir: str | Path, progress: bool = True) -> ImageSet:
     """All images of an ImageFolder tree as a uint8 ``ImageSet`` (N, 3, image_size, image_size), cached.
 
     Decoded once; later calls read the cache (seconds) while the folder is unchanged. A cache that cannot
-    be written is reported by a warning and the data is still returned.
+    be read is named and rebuilt; one that cannot be written is reported by a warning and the data is still
+    returned. Raises ``ValueError`` for a bad ``image_size``, ``FileNotFoundError`` for a missing or empty folder.
     """
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"rank.image_size={image_size!r} is not allowed: a positive integer (the resolution the "
@@ -91,17 +94,13 @@ def load_image_folder(root: str | Path, image_size: int, cache_dir: str | Path, 
     listing = list_image_folder(root)
     digest = listing.digest(image_size)
     path = _cache_path(cache_dir, listing.root, image_size)
-    cached = load_torch(path) if path.exists() else None
-    if isinstance(cached, dict) and cached.get("digest") == digest:
+    cached = read_tensor_cache(path, digest, _check_payload(image_size, len(listing.samples)))
+    if cached is not None:
         return ImageSet(cached["images"], cached["labels"], list(cached["classes"]))
     images = torch.empty(len(listing.samples), 3, image_size, image_size, dtype=torch.uint8)
-    for i, (relative, _) in enumerate(tqdm(listing.samples, desc=f"decoding {listing.root.name} (once)", unit="image",
-                                           disable=not progress)):
-        images[i] = decode_image(listing.root / relative, image_size)
+    samples = tqdm(listing.samples, desc=f"decoding {listing.root.name} (once)", unit="image", disable=not progress)
+    for i, (relative, _) in enumerate(samples):
+        images[i] = decode_file(listing.root / relative, image_size, crop=True)
     labels = torch.tensor([label for _, label in listing.samples], dtype=torch.long)
-    try:
-        save_torch(path, {"digest": digest, "images": images, "labels": labels, "classes": listing.classes})
-    except OSError as error:
-        warnings.warn(f"could not write the decoded-image cache {path} ({error}); the next run decodes again. Set "
-                      "rank.cache_dir to a writable folder.", stacklevel=2)
+    write_tensor_cache(path, digest, {"images": images, "labels": labels, "classes": listing.classes})
     return ImageSet(images, labels, listing.classes)

@@ -20,18 +20,20 @@ stores with them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.identity import EXECUTION_KEYS, canonical
-from freeenergy.records import (
-    PRETRAIN_RECORD, Checkpoint, Provenance, RecordError, clean_stale_tmp, file_sha256, file_stat, read_json,
-)
+from freeenergy.records.identity import EXECUTION_KEYS, canonical
+from freeenergy.records.kinds import PRETRAIN_RECORD
+from freeenergy.records.checkpoints import Checkpoint, Provenance
+from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, read_json
 
+log = logging.getLogger(__name__)
 PRETRAIN_FIX = ("rerun scripts/pretrain.py with the experiment's settings: it verifies every finished run and "
                 "retrains one whose checkpoint changed")
 
@@ -43,8 +45,10 @@ def data_identity(cfg: DictConfig) -> dict:
 
 
 def group_settings(group: DictConfig, path: str, drop: Iterable[str] = ()) -> dict:
-    """The canonical settings of one config group, without the dotted keys in ``drop`` (speed-only keys)."""
+    """The canonical settings of one config group, without its execution-only keys (``EXECUTION_KEYS[path]``)
+    and the dotted keys in ``drop``."""
     values = OmegaConf.to_container(group, resolve=True)
+    drop = (*EXECUTION_KEYS.get(path, ()), *drop)
     for dotted in drop:
         *parents, last = dotted.split(".")
         holder = values
@@ -146,3 +150,44 @@ def exit_if_failed(step: str, outcomes: Iterable[Any]) -> None:
     if failed:
         raise SystemExit(f"{step}: {len(failed)} checkpoint(s) failed ({', '.join(failed[:5])}"
                          f"{', …' if len(failed) > 5 else ''}); the messages above say why and how to fix it.")
+
+
+@dataclass
+class Outcome:
+    """What a checkpoint step did with one checkpoint: ``status`` is the step's verb (``estimated``,
+    ``evaluated``, ``measured``), ``diverged``, ``skipped`` or ``failed``; ``records``: those written now."""
+
+    checkpoint: str
+    status: str
+    records: dict[str, dict] = field(default_factory=dict)
+
+
+def warn_failed(step: str, failed: list[str]) -> None:
+    """One warning naming every checkpoint that failed in a step."""
+    if failed:
+        log.warning("%s: %d checkpoint(s) failed: %s", step, len(failed), ", ".join(failed))
+
+
+def run_checkpoint_step(
+    label: str, checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str, Any]], overwrite: bool,
+    overwrite_key: str, device: Any, verb: str, prepare: Callable[[], Callable[[Checkpoint, list[str]], Outcome]],
+    progress: bool = True, where: str | Path = "",
+) -> list[Outcome]:
+    """The frame every checkpoint step shares: plan (``plan_step``), report, compute what is left, report failures.
+
+    ``prepare()`` is called only when something is left to compute (it loads the data) and returns the function
+    that computes, records and reports one checkpoint's records (the names ``plan_step`` left to do). Returns one
+    ``Outcome`` per checkpoint, in order.
+    """
+    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device)
+    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped}
+    outcomes |= {c: Outcome(c.name, "failed") for c in plan.failed}
+    pending = list(plan.todo)
+    print(f"{label}: {len(checkpoints)} checkpoints in {where}, {len(plan.skipped)} finished already, "
+          f"{len(pending)} to {verb}" + (f", {len(plan.failed)} failed" if plan.failed else ""))
+    if pending:
+        compute = prepare()
+        for checkpoint in tqdm(pending, desc=label, unit="checkpoint", disable=not progress):
+            outcomes[checkpoint] = compute(checkpoint, plan.todo[checkpoint])
+    warn_failed(label, [o.checkpoint for o in outcomes.values() if o.status == "failed"])
+    return [outcomes[c] for c in checkpoints]

@@ -29,9 +29,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 ORDER_FREE_KEYS = frozenset({
     "train.checkpoint_epochs", "train.step_epochs", "downstream.kinds", "fewshot.shots", "fewshot.classifiers",
 })
-# Keys that change how a step executes, not what it computes: left out of every identity.
-EXECUTION_KEYS = {"data": ("root", "download", "format", "cache_dir"),
-                  "train": ("eval_batch_size", "channels_last", "compile", "overwrite")}
+# Keys that change how a step executes, not what it computes: left out of every identity, by config group
+# (dotted within the group). ``free_energy.auto`` is the rank command's automatic choice of ε and γ (the study
+# takes them as numbers); ``free_energy.checkpoints`` selects which checkpoints a step visits.
+EXECUTION_KEYS = {
+    "data": ("root", "download", "format", "cache_dir"),
+    "train": ("eval_batch_size", "channels_last", "compile", "overwrite"),
+    "free_energy": ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains", "checkpoints", "auto"),
+    "metrics": ("overwrite", "eval_batch_size", "channels_last", "hessian.batch_size", "geometric_complexity.batch_size"),
+}
 # Keys that do not change pretraining (only later steps): left out of the run identity, kept in step settings.
 NOT_PRETRAINING_KEYS = {"data": ("downstream_images_per_class",)}
 RUN_GROUPS = ("data", "model", "optim", "train", "seed")
@@ -127,7 +133,8 @@ def identity_config(cfg: DictConfig | Mapping[str, Any]) -> dict:
     resolved = _plain(cfg) if not isinstance(cfg, DictConfig) else OmegaConf.to_container(cfg, resolve=True)
     identity = {key: resolved[key] for key in RUN_GROUPS}
     for group, keys in (*EXECUTION_KEYS.items(), *NOT_PRETRAINING_KEYS.items()):
-        identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
+        if group in identity:
+            identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
     train = identity["train"]
     train["checkpoint_epochs"] = effective_checkpoint_epochs(train["epochs"], train.get("checkpoint_epochs", []))
     return canonical(identity)

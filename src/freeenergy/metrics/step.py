@@ -5,13 +5,13 @@ Everything is computed from upstream data in eval mode, on fixed data shared by 
 geometric complexity on seeded class-balanced subsets) and ``FewShotData.upstream_heldout`` (held-out
 loss/accuracy). Images stay uint8 on the device and are normalised per batch. ``metrics.json`` is written
 beside the checkpoint; a checkpoint whose record is finished and current is skipped unless ``metrics.overwrite=true``
-(``freeenergy.provenance``), and one that fails to load is reported by name while the others go on.
+(``freeenergy.records.provenance``), and one that fails to load is reported by name while the others go on.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -24,10 +24,10 @@ from freeenergy.metrics.common import balanced_subset
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
-from freeenergy.models.checkpoint import load_or_report, warn_failed
+from freeenergy.models.checkpoint import load_or_report
 from freeenergy.models.evaluate import evaluate
-from freeenergy.provenance import data_identity, group_settings, plan_step
-from freeenergy.records import Checkpoint, checkpoints_of_shard
+from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
+from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAME = "metrics"
@@ -163,13 +163,6 @@ def summary_line(name: str, r: dict) -> str:
             f"({r['wall_time_s']:.1f}s)")
 
 
-@dataclass
-class Outcome:
-    checkpoint: str
-    status: str  # measured | skipped | failed
-    record: dict | None = field(default=None)
-
-
 def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
     model = load_or_report(checkpoint, task.device)
     if model is None:
@@ -177,16 +170,12 @@ def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
     record = checkpoint_record(checkpoint, task, measure(model.to(memory_format=task.memory_format), task))
     checkpoint.write_record(RECORD_NAME, record)
     tqdm.write(summary_line(checkpoint.name, record))
-    return Outcome(checkpoint.name, "measured", record)
-
-
-METRICS_EXECUTION_KEYS = ("overwrite", "eval_batch_size", "channels_last", "hessian.batch_size",
-                          "geometric_complexity.batch_size")  # speed/bookkeeping only
+    return Outcome(checkpoint.name, "measured", {RECORD_NAME: record})
 
 
 def metrics_settings(cfg: DictConfig) -> dict:
     """The canonical settings a metrics record is made with: ``metrics.*`` (without speed-only keys) and the data."""
-    return {"metrics": group_settings(cfg.metrics, "metrics", METRICS_EXECUTION_KEYS), "data": data_identity(cfg)}
+    return {"metrics": group_settings(cfg.metrics, "metrics"), "data": data_identity(cfg)}
 
 
 def run_metrics(cfg: DictConfig) -> list[Outcome]:
@@ -199,17 +188,14 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
     set_threads(cfg.get("num_threads"))
     checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
     device = resolve_device(cfg.device)
-    plan = plan_step(checkpoints, {RECORD_NAME: metrics_settings(cfg)}, m_cfg.overwrite, "metrics.overwrite",
-                     "metrics", device)
-    outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped} | {c: Outcome(c.name, "failed") for c in plan.failed}
-    pending = list(plan.todo)
-    print(f"metrics: {len(checkpoints)} checkpoints in {cfg.paths.runs}, {len(plan.skipped)} finished already, "
-          f"{len(pending)} to measure" + (f", {len(plan.failed)} failed" if plan.failed else ""))
-    if pending:
+
+    def prepare() -> Callable[[Checkpoint, list[str]], Outcome]:
         data = load_data(cfg.data)
         validate_against_data(m_cfg, data.upstream_train)
         task = prepare_task(m_cfg, data, device)
-        for checkpoint in tqdm(pending, desc="metrics", unit="checkpoint", disable=not cfg.progress):
-            outcomes[checkpoint] = measure_checkpoint(checkpoint, task)
-    warn_failed("metrics", [o.checkpoint for o in outcomes.values() if o.status == "failed"])
-    return [outcomes[c] for c in checkpoints]
+        return lambda checkpoint, _: measure_checkpoint(checkpoint, task)
+
+    return run_checkpoint_step(
+        "metrics", checkpoints, {RECORD_NAME: metrics_settings(cfg)}, m_cfg.overwrite, "metrics.overwrite", device,
+        "measure", prepare, cfg.progress, cfg.paths.runs,
+    )

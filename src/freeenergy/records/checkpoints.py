@@ -1,0 +1,160 @@
+"""The checkpoints of an experiment and where their records live.
+
+Layout of one experiment (``runs/<experiment>/``)::
+
+    <run_id>/run.json              canonical pretraining config of the run, its id, seed, status, runtime
+    <run_id>/resume.pt             full training state for resuming (model, optimizer, scheduler, RNG)
+    <run_id>/epoch_005/model.pt    checkpoint weights (state dict only)
+    <run_id>/epoch_005/pretrain.json      metrics of this checkpoint at pretraining time
+    <run_id>/epoch_005/<step>.json        one record per later step (free_energy, fewshot, ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from freeenergy.records.io import RecordError, read_json, write_json
+from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, RecordCheck, content_problems
+
+# ---------------------------------------------------------------- checkpoints
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a step stores in each record it writes (see the module docstring)."""
+
+    model_sha256: str
+    runtime: Mapping[str, Any]
+    settings: Mapping[str, Mapping[str, Any]]  # record name → canonical settings of that record
+
+    def fields(self, step: str) -> dict[str, Any]:
+        return {"settings": self.settings[step], "model_sha256": self.model_sha256, "runtime": dict(self.runtime)}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved checkpoint of a pretraining run, and where its records live.
+
+    ``provenance`` (set by a step before computing) is merged into every record ``write_record`` writes.
+    """
+
+    directory: Path
+    run_id: str
+    epoch: int
+    provenance: Provenance | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.directory.parent
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+    def record_path(self, step: str) -> Path:
+        return self.directory / f"{step}.json"
+
+    def has_record(self, step: str) -> bool:
+        return self.record_path(step).exists()
+
+    def read_record(self, step: str) -> dict:
+        return read_json(self.record_path(step))
+
+    def write_record(self, step: str, record: dict) -> None:
+        if self.provenance is not None and step in self.provenance.settings:
+            record = {**record, **self.provenance.fields(step)}
+        write_json(self.record_path(step), record)
+
+    def run_record(self) -> dict:
+        return read_json(self.run_dir / RUN_FILE, fix="rerun scripts/pretrain.py with this run's settings: it "
+                                                      "verifies the run's checkpoints and rewrites or retrains it")
+
+    @property
+    def name(self) -> str:
+        return f"{self.run_id}/{self.directory.name}"
+
+    def check_record(self, step: str, settings: Mapping[str, Any] | None, model_sha256: str | None) -> RecordCheck:
+        """Whether this checkpoint's ``step`` record is finished and serves a request with ``settings``
+        on the model file whose sha256 is ``model_sha256`` (None: not checked)."""
+        path = self.record_path(step)
+        if not path.exists():
+            return RecordCheck("missing")
+        try:
+            record = read_json(path)
+        except RecordError as error:
+            return RecordCheck("damaged", str(error).split(": ", 1)[-1].split(";")[0])
+        owner = (record.get("run_id", self.run_id), record.get("epoch", self.epoch))
+        if owner != (self.run_id, self.epoch):
+            return RecordCheck("damaged", f"belongs to another checkpoint ({owner[0]}, epoch {owner[1]})", record)
+        if settings is not None and "settings" not in record:
+            return RecordCheck("other_settings", "made before records carried their settings (cannot be verified)",
+                               record)
+        problems = content_problems(step, record, record.get("settings"))  # consistent with its own settings
+        if problems:
+            return RecordCheck("damaged", "; ".join(problems[:3]), record)
+        if settings is not None and record["settings"] != dict(settings):
+            from freeenergy.records.identity import differences
+            changed = differences(record["settings"], dict(settings))
+            return RecordCheck("other_settings", "made with other settings: " + "; ".join(changed[:4])
+                               + (f"; … ({len(changed)} in all)" if len(changed) > 4 else ""), record)
+        if model_sha256 is not None and record.get("model_sha256") != model_sha256:
+            return RecordCheck("stale", "made from other weights (model.pt changed since: retrained or replaced)",
+                               record)
+        return RecordCheck("current", record=record)
+
+
+def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> Iterator[Checkpoint]:
+    """All finished checkpoints of an experiment (those whose pretraining record exists), sorted.
+
+    ``require_model=False`` also yields checkpoints whose weights were deleted (records alone suffice
+    for the analysis).
+    """
+    root = Path(experiment_dir)
+    for pretrain_json in sorted(root.glob(f"*/epoch_*/{PRETRAIN_RECORD}.json")):
+        directory = pretrain_json.parent
+        if require_model and not (directory / MODEL_FILE).exists():
+            continue
+        epoch = int(directory.name.split("_")[1])
+        yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
+
+
+CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs
+
+
+def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1,
+                         which: str | Sequence[int] = "all") -> list[Checkpoint]:
+    """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
+
+    ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); or a list of
+    epochs, the checkpoints saved at those epochs. Raises ValueError for another value.
+    ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
+    step as four jobs over disjoint checkpoints.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"shard.index={index} must lie in [0, shard.count={count}).")
+    check_checkpoint_choice(which)
+    checkpoints = list(iter_checkpoints(experiment_dir))
+    if which == "final":
+        last: dict[str, int] = {}
+        for checkpoint in checkpoints:
+            last[checkpoint.run_id] = max(last.get(checkpoint.run_id, 0), checkpoint.epoch)
+        checkpoints = [c for c in checkpoints if c.epoch == last[c.run_id]]
+    elif not isinstance(which, str):
+        checkpoints = [c for c in checkpoints if c.epoch in set(which)]
+    return checkpoints[index::count]
+
+
+def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
+    """Refuse a checkpoint selection other than ``all``, ``final`` or a non-empty list of positive epochs."""
+    if isinstance(which, str):
+        if which in CHECKPOINT_CHOICES:
+            return
+    elif isinstance(which, Sequence) and which and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
+                                                        for e in which):
+        return
+    raise ValueError(f"{key}={which!r} is not allowed: choose 'all', 'final' or a list of epochs, e.g. [40, 48].")
+
+
+def epoch_dirname(epoch: int) -> str:
+    return f"epoch_{epoch:03d}"
