@@ -10,6 +10,7 @@ usage() {
 Usage:
   ./reproduce.sh [EXPERIMENT] [--dry-run] [KEY=VALUE ...]   run every step of a study
   ./reproduce.sh test [PYTEST ARGS ...]                     run the test suite
+  ./reproduce.sh lint                                       ruff: lint and format check (what CI runs first)
   ./reproduce.sh setup                                      only create .venv (then: source .venv/bin/activate)
   ./reproduce.sh --help                                     this message
 
@@ -76,6 +77,11 @@ main() {
       bootstrap requirements-dev.txt
       cd "$REPO"
       exec "$PY" -m pytest "$@" ;;
+    lint)
+      bootstrap requirements-dev.txt
+      cd "$REPO"
+      "$PY" -m ruff check . || exit 1
+      exec "$PY" -m ruff format --check . ;;
   esac
 
   experiment=$mode

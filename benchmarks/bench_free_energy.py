@@ -61,7 +61,10 @@ def build(args: argparse.Namespace, device: torch.device):
     images = torch.randn(args.n, 3, args.image_size, args.image_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.n,), device=device)
     if args.channels_last:
-        model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+        model, images = (
+            model.to(memory_format=torch.channels_last),
+            images.contiguous(memory_format=torch.channels_last),
+        )
     return model, images, labels
 
 
@@ -84,8 +87,15 @@ def training_samples_per_second(model, images, labels, args, device, train_mode:
 
 
 def ours_samples_per_second(model, images, labels, args, device, nbeta: float) -> float:
-    options = dict(num_chains=args.chains, num_draws=args.draws, step_size=args.step_size,
-                   localization=args.localization, nbeta=nbeta, batch_size=args.batch_size, device=device)
+    options = dict(
+        num_chains=args.chains,
+        num_draws=args.draws,
+        step_size=args.step_size,
+        localization=args.localization,
+        nbeta=nbeta,
+        batch_size=args.batch_size,
+        device=device,
+    )
     estimate_free_energy(model, (images, labels), **{**options, "num_chains": 1, "num_draws": args.warmup_steps})
     estimate = estimate_free_energy(model, (images, labels), **options)
     if estimate.diverged:
@@ -96,15 +106,23 @@ def ours_samples_per_second(model, images, labels, args, device, nbeta: float) -
 def devinterp_samples_per_second(model, images, labels, args, device, nbeta: float) -> float:
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=args.batch_size,
-                                         shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True, drop_last=True
+    )
 
     def run(chains: int, draws: int) -> float:
         start = time.perf_counter()
         estimate_learning_coeff_with_summary(
-            _copy(model), loader, evaluate=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+            _copy(model),
+            loader,
+            evaluate=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
             optimizer_kwargs=dict(lr=args.step_size, localization=args.localization, nbeta=nbeta),
-            num_chains=chains, num_draws=draws, init_loss=1.0, device=device, verbose=False, seed=0,
+            num_chains=chains,
+            num_draws=draws,
+            init_loss=1.0,
+            device=device,
+            verbose=False,
+            seed=0,
         )
         _sync(device)
         return time.perf_counter() - start
@@ -127,8 +145,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DEVINTERP_MISSING = ("devinterp is not installed, so its rows are skipped: install it with `pip install devinterp==1.3.2` "
-                     "(`./reproduce.sh test` installs it with the other test requirements).")
+DEVINTERP_MISSING = (
+    "devinterp is not installed, so its rows are skipped: install it with `pip install devinterp==1.3.2` "
+    "(`./reproduce.sh test` installs it with the other test requirements)."
+)
 
 
 def devinterp_available() -> bool:
@@ -148,9 +168,11 @@ def main() -> None:
     device = resolve_device(args.device)
     model, images, labels = build(args, device)
     nbeta = args.n / math.log(args.n)
-    print(f"model={args.model} image_size={args.image_size} n={args.n} batch_size={args.batch_size} "
-          f"chains={args.chains} draws={args.draws} device={device} threads={torch.get_num_threads()} "
-          f"channels_last={args.channels_last} repeats={args.repeats} (best of each)")
+    print(
+        f"model={args.model} image_size={args.image_size} n={args.n} batch_size={args.batch_size} "
+        f"chains={args.chains} draws={args.draws} device={device} threads={torch.get_num_threads()} "
+        f"channels_last={args.channels_last} repeats={args.repeats} (best of each)"
+    )
     best: dict[str, float] = {}
     for _ in range(args.repeats):  # interleaved rounds, best of each: robust to a busy machine
         measured = {
@@ -164,8 +186,10 @@ def main() -> None:
     limit, eval_limit, ours = best["limit"], best["eval_limit"], best["ours"]
     print(f"plain training (limit)  {limit:10.0f} samples/s   (train mode, as devinterp samples)")
     print(f"  same, in eval mode    {eval_limit:10.0f} samples/s   (batch norm frozen, as we sample)")
-    print(f"ours                    {ours:10.0f} samples/s   {ours / limit:.3f} of the limit, "
-          f"{ours / eval_limit:.3f} of the eval-mode limit")
+    print(
+        f"ours                    {ours:10.0f} samples/s   {ours / limit:.3f} of the limit, "
+        f"{ours / eval_limit:.3f} of the eval-mode limit"
+    )
     if "devinterp" in best:
         theirs = best["devinterp"]
         print(f"devinterp 1.3.2         {theirs:10.0f} samples/s   {theirs / limit:.3f} of the limit")

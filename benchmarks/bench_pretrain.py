@@ -41,7 +41,7 @@ def bare_loop_images_per_second(run: Pretraining) -> float:
         if step == WARMUP:
             _sync(run.device)
             start = time.perf_counter()
-        index = order[(step * batch_size) % (len(images) - batch_size):][:batch_size]
+        index = order[(step * batch_size) % (len(images) - batch_size) :][:batch_size]
         loss = F.cross_entropy(model(images[index]), run.labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,8 +78,10 @@ def main(overrides: list[str]) -> None:
     for _ in range(ROUNDS):
         bare = max(bare, bare_loop_images_per_second(run))
         ours = max(ours, project_loop_images_per_second(run))
-    print(f"model={cfg.model.name} image_size={run.data.image_size} batch_size={cfg.train.batch_size} "
-          f"device={run.device} threads={torch.get_num_threads()}")
+    print(
+        f"model={cfg.model.name} image_size={run.data.image_size} batch_size={cfg.train.batch_size} "
+        f"device={run.device} threads={torch.get_num_threads()}"
+    )
     print(f"bare PyTorch loop   {bare:10.0f} images/s")
     print(f"project loop        {ours:10.0f} images/s (with augmentation)")
     print(f"ratio project/bare  {ours / bare:10.3f}  (goal >= 0.9)")

@@ -33,9 +33,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -80,21 +80,44 @@ class Sizes:
 SGLD_STEP_SIZE, SGLD_LOCALIZATION = 3.0e-7, 100.0
 
 FULL = Sizes(
-    train_steps=20, train_models=(("resnet18_cifar", 32, 256, {}), ("vgg16_bn", 84, 128, {})),
-    batch_scan=(32, 64, 128, 256, 512, 1024), scan_images=3072,
-    sgld_models=(("resnet18_cifar", 32, 512, {}), ("vgg16_bn", 84, 256, {})), sgld_n=8192, sgld_draws=40,
-    llc_model=("resnet18_cifar", 32, 512, {}), llc_images_per_class=100, llc_epochs=25, llc_chains=2, llc_draws=100,
+    train_steps=20,
+    train_models=(("resnet18_cifar", 32, 256, {}), ("vgg16_bn", 84, 128, {})),
+    batch_scan=(32, 64, 128, 256, 512, 1024),
+    scan_images=3072,
+    sgld_models=(("resnet18_cifar", 32, 512, {}), ("vgg16_bn", 84, 256, {})),
+    sgld_n=8192,
+    sgld_draws=40,
+    llc_model=("resnet18_cifar", 32, 512, {}),
+    llc_images_per_class=100,
+    llc_epochs=25,
+    llc_chains=2,
+    llc_draws=100,
     llc_nbeta_n=64 * 540,
-    batched_models=(("resnet_narrow", 16, 64, {"width": 16}), ("resnet18_cifar", 32, 512, {})), batched_chains=4,
-    batched_draws=40, episodes=600, feature_dims=(512, 4096),
+    batched_models=(("resnet_narrow", 16, 64, {"width": 16}), ("resnet18_cifar", 32, 512, {})),
+    batched_chains=4,
+    batched_draws=40,
+    episodes=600,
+    feature_dims=(512, 4096),
 )
 SMOKE = Sizes(
-    train_steps=2, train_models=(("resnet_narrow", 16, 4, {"width": 4}),), batch_scan=(2, 4), scan_images=8,
-    sgld_models=(("resnet_narrow", 16, 16, {"width": 4}),), sgld_n=64, sgld_draws=3,
-    llc_model=("resnet_narrow", 16, 16, {"width": 4}), llc_images_per_class=2, llc_epochs=2, llc_chains=2,
-    llc_draws=4, llc_nbeta_n=64 * 540,
-    batched_models=(("resnet_narrow", 16, 16, {"width": 4}),), batched_chains=2, batched_draws=3,
-    episodes=10, feature_dims=(64,),
+    train_steps=2,
+    train_models=(("resnet_narrow", 16, 4, {"width": 4}),),
+    batch_scan=(2, 4),
+    scan_images=8,
+    sgld_models=(("resnet_narrow", 16, 16, {"width": 4}),),
+    sgld_n=64,
+    sgld_draws=3,
+    llc_model=("resnet_narrow", 16, 16, {"width": 4}),
+    llc_images_per_class=2,
+    llc_epochs=2,
+    llc_chains=2,
+    llc_draws=4,
+    llc_nbeta_n=64 * 540,
+    batched_models=(("resnet_narrow", 16, 16, {"width": 4}),),
+    batched_chains=2,
+    batched_draws=3,
+    episodes=10,
+    feature_dims=(64,),
 )
 WARMUP_STEPS = 3
 
@@ -120,10 +143,18 @@ class Bench:
             out.mkdir(parents=True, exist_ok=True)
 
     def emit(self, row: Row) -> None:
-        record = {**asdict(row), "command": self.command, "torch": torch.__version__, "device": self.device_name,
-                  "date": time.strftime("%Y-%m-%d")}
-        print(f"| {row.measure} | {_format(row.value)} {row.unit} | {self.device_name} | torch {torch.__version__} "
-              f"| `{self.command}` |", flush=True)
+        record = {
+            **asdict(row),
+            "command": self.command,
+            "torch": torch.__version__,
+            "device": self.device_name,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        print(
+            f"| {row.measure} | {_format(row.value)} {row.unit} | {self.device_name} | torch {torch.__version__} "
+            f"| `{self.command}` |",
+            flush=True,
+        )
         if self.out is not None:
             with open(self.out / "gpu_check.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -141,8 +172,10 @@ def _format(value: float) -> str:
 
 # --- pretraining ------------------------------------------------------------------------------------------
 
-def train_images_per_second(bench: Bench, model_spec: Model, batch: int, precision: str, channels_last: bool,
-                            steps: int) -> float:
+
+def train_images_per_second(
+    bench: Bench, model_spec: Model, batch: int, precision: str, channels_last: bool, steps: int
+) -> float:
     """Images/s of plain SGD training steps (forward, backward, update) on random images of one batch."""
     name, size, _, kwargs = model_spec
     device = bench.device
@@ -174,18 +207,40 @@ def section_pretrain(bench: Bench) -> None:
         for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
             rate = train_images_per_second(bench, spec, batch, precision, channels_last, sizes.train_steps)
             label = precision + ("+CL" if channels_last else "")
-            bench.emit(Row("pretrain", f"pretrain {name} {size}px batch {batch} {label}", rate, "images/s",
-                           dict(model=name, image_size=size, batch=batch, precision=precision,
-                                channels_last=channels_last, scan=False)))
+            bench.emit(
+                Row(
+                    "pretrain",
+                    f"pretrain {name} {size}px batch {batch} {label}",
+                    rate,
+                    "images/s",
+                    dict(
+                        model=name,
+                        image_size=size,
+                        batch=batch,
+                        precision=precision,
+                        channels_last=channels_last,
+                        scan=False,
+                    ),
+                )
+            )
         for scan_batch in sizes.batch_scan:
             steps = max(8, sizes.scan_images // scan_batch)
             rate = train_images_per_second(bench, spec, scan_batch, "fp32", True, steps)
-            bench.emit(Row("pretrain", f"pretrain {name} {size}px batch {scan_batch} fp32+CL (scan)", rate,
-                           "images/s", dict(model=name, image_size=size, batch=scan_batch, precision="fp32",
-                                            channels_last=True, scan=True)))
+            bench.emit(
+                Row(
+                    "pretrain",
+                    f"pretrain {name} {size}px batch {scan_batch} fp32+CL (scan)",
+                    rate,
+                    "images/s",
+                    dict(
+                        model=name, image_size=size, batch=scan_batch, precision="fp32", channels_last=True, scan=True
+                    ),
+                )
+            )
 
 
 # --- SGLD ---------------------------------------------------------------------------------------------------
+
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
@@ -204,16 +259,31 @@ def random_problem(bench: Bench, spec: Model, n: int, num_classes: int = 10) -> 
     return model, (images, labels)
 
 
-def sgld_estimate(model: nn.Module, data: tuple, batch: int, draws: int, chains: int = 1, quiet: bool = True,
-                  channels_last: bool = True, **options):
+def sgld_estimate(
+    model: nn.Module,
+    data: tuple,
+    batch: int,
+    draws: int,
+    chains: int = 1,
+    quiet: bool = True,
+    channels_last: bool = True,
+    **options,
+):
     """``estimate_free_energy`` with the cifar_fs SGLD settings; ``quiet``: without the health warnings
     (throughput rows sample untrained models, whose failed checks say nothing about speed)."""
     options = {"step_size": SGLD_STEP_SIZE, "localization": SGLD_LOCALIZATION, "seed": 0, **options}
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore", RuntimeWarning)
-        return estimate_free_energy(model, data, num_chains=chains, num_draws=draws, batch_size=batch,
-                                    input_transform=_channels_last if channels_last else None, **options)
+        return estimate_free_energy(
+            model,
+            data,
+            num_chains=chains,
+            num_draws=draws,
+            batch_size=batch,
+            input_transform=_channels_last if channels_last else None,
+            **options,
+        )
 
 
 def section_sgld(bench: Bench) -> None:
@@ -225,12 +295,25 @@ def section_sgld(bench: Bench) -> None:
             sgld_estimate(model, data, batch, draws=2, precision=precision)  # warm-up: cuDNN autotuning
             estimate = sgld_estimate(model, data, batch, sizes.sgld_draws, precision=precision)
             rate = sizes.sgld_draws * batch / estimate.sampling_time_s
-            bench.emit(Row("sgld", f"SGLD {name} {size}px batch {batch} {precision} (1 chain, channels-last)", rate,
-                           "samples/s", dict(model=name, image_size=size, batch=batch, precision=precision,
-                                             seconds_per_step=estimate.sampling_time_s / sizes.sgld_draws)))
+            bench.emit(
+                Row(
+                    "sgld",
+                    f"SGLD {name} {size}px batch {batch} {precision} (1 chain, channels-last)",
+                    rate,
+                    "samples/s",
+                    dict(
+                        model=name,
+                        image_size=size,
+                        batch=batch,
+                        precision=precision,
+                        seconds_per_step=estimate.sampling_time_s / sizes.sgld_draws,
+                    ),
+                )
+            )
 
 
 # --- LLC fp32 vs bf16 ---------------------------------------------------------------------------------------
+
 
 def synthetic_upstream(images_per_class: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The synthetic generator's 64 upstream classes (uint8 images, labels), ``images_per_class`` each."""
@@ -279,29 +362,64 @@ def section_llc(bench: Bench) -> None:
     train_seconds = time.perf_counter() - start
     nbeta = sizes.llc_nbeta_n / math.log(sizes.llc_nbeta_n)
     batch = min(batch, len(labels))
-    estimates = {precision: sgld_estimate(model, (images, labels), batch, sizes.llc_draws, chains=sizes.llc_chains,
-                                          quiet=False, nbeta=nbeta, precision=precision)
-                 for precision in ("fp32", "bf16")}
+    estimates = {
+        precision: sgld_estimate(
+            model,
+            (images, labels),
+            batch,
+            sizes.llc_draws,
+            chains=sizes.llc_chains,
+            quiet=False,
+            nbeta=nbeta,
+            precision=precision,
+        )
+        for precision in ("fp32", "bf16")
+    }
     fp32, bf16 = estimates["fp32"], estimates["bf16"]
     relative = abs(bf16.llc - fp32.llc) / max(abs(fp32.llc), 1e-12)
     detail = dict(
-        model=name, image_size=size, n=len(labels), batch=batch, chains=sizes.llc_chains, draws=sizes.llc_draws,
-        nbeta=nbeta, step_size=SGLD_STEP_SIZE, localization=SGLD_LOCALIZATION, train_epochs=sizes.llc_epochs,
-        train_seconds=train_seconds, init_loss_fp32=fp32.init_loss, init_loss_bf16=bf16.init_loss,
-        llc_fp32=fp32.llc, llc_bf16=bf16.llc, llc_std_fp32=fp32.llc_std, llc_std_bf16=bf16.llc_std,
-        llc_per_chain_fp32=fp32.llc_per_chain, llc_per_chain_bf16=bf16.llc_per_chain,
+        model=name,
+        image_size=size,
+        n=len(labels),
+        batch=batch,
+        chains=sizes.llc_chains,
+        draws=sizes.llc_draws,
+        nbeta=nbeta,
+        step_size=SGLD_STEP_SIZE,
+        localization=SGLD_LOCALIZATION,
+        train_epochs=sizes.llc_epochs,
+        train_seconds=train_seconds,
+        init_loss_fp32=fp32.init_loss,
+        init_loss_bf16=bf16.init_loss,
+        llc_fp32=fp32.llc,
+        llc_bf16=bf16.llc,
+        llc_std_fp32=fp32.llc_std,
+        llc_std_bf16=bf16.llc_std,
+        llc_per_chain_fp32=fp32.llc_per_chain,
+        llc_per_chain_bf16=bf16.llc_per_chain,
         max_trace_difference=float(np.nanmax(np.abs(fp32.loss_trace - bf16.loss_trace))),
-        sampling_seconds_fp32=fp32.sampling_time_s, sampling_seconds_bf16=bf16.sampling_time_s,
-        health_flags_fp32=list(fp32.health.flags), health_flags_bf16=list(bf16.health.flags),
-        grad_norm_sq=fp32.health.grad_norm_sq, gradient_bias=fp32.health.gradient_bias,
+        sampling_seconds_fp32=fp32.sampling_time_s,
+        sampling_seconds_bf16=bf16.sampling_time_s,
+        health_flags_fp32=list(fp32.health.flags),
+        health_flags_bf16=list(bf16.health.flags),
+        grad_norm_sq=fp32.health.grad_norm_sq,
+        gradient_bias=fp32.health.gradient_bias,
     )
-    bench.emit(Row("llc", f"LLC fp32 vs bf16, {name} trained to L_n = {fp32.init_loss:.3g} on {len(labels)} synthetic "
-                          f"images ({sizes.llc_chains}×{sizes.llc_draws} draws, batch {batch}, ε={SGLD_STEP_SIZE:g}, "
-                          f"nβ={nbeta:.0f}): λ̂ {fp32.llc:.4g} vs {bf16.llc:.4g}, relative difference",
-                   relative, "", detail))
+    bench.emit(
+        Row(
+            "llc",
+            f"LLC fp32 vs bf16, {name} trained to L_n = {fp32.init_loss:.3g} on {len(labels)} synthetic "
+            f"images ({sizes.llc_chains}×{sizes.llc_draws} draws, batch {batch}, ε={SGLD_STEP_SIZE:g}, "
+            f"nβ={nbeta:.0f}): λ̂ {fp32.llc:.4g} vs {bf16.llc:.4g}, relative difference",
+            relative,
+            "",
+            detail,
+        )
+    )
 
 
 # --- batched chains ---------------------------------------------------------------------------------------
+
 
 def section_batched(bench: Bench) -> None:
     sizes = bench.sizes
@@ -311,29 +429,53 @@ def section_batched(bench: Bench) -> None:
         model = model.to(memory_format=torch.contiguous_format)  # vmap refuses channels-last batch norm on CUDA
         estimates = {}
         for vectorize in (False, True):
-            sgld_estimate(model, data, batch, 2, chains=sizes.batched_chains, vectorize_chains=vectorize,
-                          channels_last=False)  # warm-up; vmap refuses channels-last batch norm on CUDA
-            estimates[vectorize] = sgld_estimate(model, data, batch, sizes.batched_draws, chains=sizes.batched_chains,
-                                                 vectorize_chains=vectorize, channels_last=False)
+            sgld_estimate(
+                model, data, batch, 2, chains=sizes.batched_chains, vectorize_chains=vectorize, channels_last=False
+            )  # warm-up; vmap refuses channels-last batch norm on CUDA
+            estimates[vectorize] = sgld_estimate(
+                model,
+                data,
+                batch,
+                sizes.batched_draws,
+                chains=sizes.batched_chains,
+                vectorize_chains=vectorize,
+                channels_last=False,
+            )
         samples = sizes.batched_chains * sizes.batched_draws * batch
         sequential, batched = (samples / estimates[v].sampling_time_s for v in (False, True))
         difference = np.abs(estimates[True].loss_trace - estimates[False].loss_trace)
         relative_llc = abs(estimates[True].llc - estimates[False].llc) / max(abs(estimates[False].llc), 1e-12)
-        detail = dict(model=name, image_size=size, batch=batch, chains=sizes.batched_chains, draws=sizes.batched_draws,
-                      sequential_samples_per_s=sequential, batched_samples_per_s=batched,
-                      max_trace_difference=float(np.nanmax(difference)),
-                      max_relative_trace_difference=float(np.nanmax(difference / np.abs(estimates[False].loss_trace))),
-                      llc_sequential=estimates[False].llc, llc_batched=estimates[True].llc,
-                      llc_relative_difference=relative_llc)
+        detail = dict(
+            model=name,
+            image_size=size,
+            batch=batch,
+            chains=sizes.batched_chains,
+            draws=sizes.batched_draws,
+            sequential_samples_per_s=sequential,
+            batched_samples_per_s=batched,
+            max_trace_difference=float(np.nanmax(difference)),
+            max_relative_trace_difference=float(np.nanmax(difference / np.abs(estimates[False].loss_trace))),
+            llc_sequential=estimates[False].llc,
+            llc_batched=estimates[True].llc,
+            llc_relative_difference=relative_llc,
+        )
         label = f"{name} {size}px batch {batch}, {sizes.batched_chains} chains × {sizes.batched_draws} draws"
         bench.emit(Row("batched", f"SGLD sequential chains, {label}", sequential, "samples/s", detail))
         bench.emit(Row("batched", f"SGLD batched chains (vmap), {label}", batched, "samples/s", detail))
-        bench.emit(Row("batched", f"batched / sequential, {label} (max trace difference "
-                                  f"{detail['max_trace_difference']:.2g}, LLC relative difference {relative_llc:.2g})",
-                       batched / sequential, "×", detail))
+        bench.emit(
+            Row(
+                "batched",
+                f"batched / sequential, {label} (max trace difference "
+                f"{detail['max_trace_difference']:.2g}, LLC relative difference {relative_llc:.2g})",
+                batched / sequential,
+                "×",
+                detail,
+            )
+        )
 
 
 # --- few-shot ---------------------------------------------------------------------------------------------
+
 
 def section_fewshot(bench: Bench) -> None:
     sizes = bench.sizes
@@ -349,12 +491,22 @@ def section_fewshot(bench: Bench) -> None:
         episode_accuracies(features, episodes, "logistic", episode_batch=300)
         bench.sync()
         rate = sizes.episodes / (time.perf_counter() - start)
-        bench.emit(Row("fewshot", f"few-shot 5-way 5-shot logistic, {dim}-dim features, {sizes.episodes} episodes",
-                       rate, "episodes/s", dict(feature_dim=dim, episodes=sizes.episodes)))
+        bench.emit(
+            Row(
+                "fewshot",
+                f"few-shot 5-way 5-shot logistic, {dim}-dim features, {sizes.episodes} episodes",
+                rate,
+                "episodes/s",
+                dict(feature_dim=dim, episodes=sizes.episodes),
+            )
+        )
 
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {
-    "pretrain": section_pretrain, "sgld": section_sgld, "llc": section_llc, "batched": section_batched,
+    "pretrain": section_pretrain,
+    "sgld": section_sgld,
+    "llc": section_llc,
+    "batched": section_batched,
     "fewshot": section_fewshot,
 }
 
@@ -363,8 +515,10 @@ def render_markdown(rows: list[dict]) -> str:
     """The rows as one markdown table (measure, value, device, torch, command)."""
     lines = ["| measure | value | device | torch | date | command |", "|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['measure']} | {_format(row['value'])} {row['unit']} | {row['device']} | {row['torch']} "
-                     f"| {row['date']} | `{row['command']}` |")
+        lines.append(
+            f"| {row['measure']} | {_format(row['value'])} {row['unit']} | {row['device']} | {row['torch']} "
+            f"| {row['date']} | `{row['command']}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -373,8 +527,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (= --sizes smoke --device cpu)")
     parser.add_argument("--sizes", choices=("full", "smoke"), default="full")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), metavar="SECTION",
-                        help=f"sections to run, of {list(SECTIONS)} (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SECTIONS),
+        default=list(SECTIONS),
+        metavar="SECTION",
+        help=f"sections to run, of {list(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.jsonl and gpu_check.md")
     args = parser.parse_args(argv)
     if args.cpu_smoke:
@@ -384,8 +544,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
     command = " ".join(["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
     bench = Bench(device, SMOKE if args.sizes == "smoke" else FULL, args.out, command)
-    print(f"device: {bench.device_name}; torch {torch.__version__}; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
-          f"matmul precision {torch.get_float32_matmul_precision()}; sections {args.only}", flush=True)
+    print(
+        f"device: {bench.device_name}; torch {torch.__version__}; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
+        f"matmul precision {torch.get_float32_matmul_precision()}; sections {args.only}",
+        flush=True,
+    )
     print("| measure | value | device | torch | command |\n|---|---|---|---|---|", flush=True)
     for section in args.only:
         SECTIONS[section](bench)

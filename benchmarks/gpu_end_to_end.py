@@ -42,13 +42,23 @@ SPLITS = (("upstream", "train"), ("validation", "val"), ("downstream", "test")) 
 
 # Toy settings for a dry run on the CPU: every step runs, in seconds.
 SMOKE_OVERRIDES = [
-    "model=resnet_narrow", "model.width=4", "train.batch_size=64", "num_threads=1",
-    "free_energy.num_chains=2", "free_energy.batch_size=32", "free_energy.eval_batch_size=256",
+    "model=resnet_narrow",
+    "model.width=4",
+    "train.batch_size=64",
+    "num_threads=1",
+    "free_energy.num_chains=2",
+    "free_energy.batch_size=32",
+    "free_energy.eval_batch_size=256",
     "free_energy.downstream_head.max_iter=5",
-    "downstream.finetune.batch_size=32", "downstream.fewshot.episodes=4", "downstream.fewshot.support_views=1",
+    "downstream.finetune.batch_size=32",
+    "downstream.fewshot.episodes=4",
+    "downstream.fewshot.support_views=1",
     "downstream.fewshot.logistic.max_iter=5",
-    "metrics.hessian.images=32", "metrics.hessian.probes=2", "metrics.hessian.batch_size=32",
-    "metrics.neural_collapse.images=128", "metrics.geometric_complexity.images=32",
+    "metrics.hessian.images=32",
+    "metrics.hessian.probes=2",
+    "metrics.hessian.batch_size=32",
+    "metrics.neural_collapse.images=128",
+    "metrics.geometric_complexity.images=32",
     "metrics.geometric_complexity.projections=2",
 ]
 
@@ -65,8 +75,13 @@ def _render(task: tuple[tuple[str, str, str], int, int]) -> np.ndarray:
     return images.reshape(count, -1).numpy()
 
 
-def write_cifar100(root: Path, images_per_class: int = CIFAR_IMAGES_PER_CLASS,
-                   test_per_class: int = CIFAR_TEST_PER_CLASS, seed: int = 0, workers: int | None = None) -> Path:
+def write_cifar100(
+    root: Path,
+    images_per_class: int = CIFAR_IMAGES_PER_CLASS,
+    test_per_class: int = CIFAR_TEST_PER_CLASS,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
     """CIFAR-100 python-format files under ``root/cifar-100-python`` from the synthetic generator's images.
 
     Synthetic class i of split s (upstream / validation / downstream) is written under the i-th CIFAR-FS
@@ -86,8 +101,10 @@ def write_cifar100(root: Path, images_per_class: int = CIFAR_IMAGES_PER_CLASS,
         names += cifar_names
         tasks += [(f, images_per_class, seed * 1000 + len(tasks) + k) for k, f in enumerate(factors[synthetic_split])]
         if len(cifar_names) != len(factors[synthetic_split]):
-            raise ValueError(f"CIFAR-FS {cifar_split} has {len(cifar_names)} classes, the synthetic "
-                             f"{synthetic_split} split {len(factors[synthetic_split])}.")
+            raise ValueError(
+                f"CIFAR-FS {cifar_split} has {len(cifar_names)} classes, the synthetic "
+                f"{synthetic_split} split {len(factors[synthetic_split])}."
+            )
     with ProcessPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)) as pool:
         rows = list(pool.map(_render, tasks))
     label_names = sorted(names)
@@ -98,8 +115,13 @@ def write_cifar100(root: Path, images_per_class: int = CIFAR_IMAGES_PER_CLASS,
     for part, start, stop in (("train", 0, train_count), ("test", train_count, images_per_class)):
         data = np.concatenate([r[start:stop] for r in rows])
         fine = [label for label in labels for _ in range(stop - start)]
-        batch = {"batch_label": f"synthetic {part} batch", "fine_labels": fine, "coarse_labels": [0] * len(fine),
-                 "filenames": [f"synthetic_{k}.png" for k in range(len(fine))], "data": data}
+        batch = {
+            "batch_label": f"synthetic {part} batch",
+            "fine_labels": fine,
+            "coarse_labels": [0] * len(fine),
+            "filenames": [f"synthetic_{k}.png" for k in range(len(fine))],
+            "data": data,
+        }
         (folder / part).write_bytes(pickle.dumps(batch, protocol=4))
     meta = {"fine_label_names": label_names, "coarse_label_names": ["synthetic"] * 20}
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=4))
@@ -149,8 +171,13 @@ def run_step(step: Step, deadline: float) -> dict:
         status = "ok" if returncode == 0 else "failed"
     except subprocess.TimeoutExpired:
         returncode, status = None, "timeout"
-    return {"status": status, "returncode": returncode, "wall_s": time.perf_counter() - start, "command": shown,
-            "timeout_s": timeout}
+    return {
+        "status": status,
+        "returncode": returncode,
+        "wall_s": time.perf_counter() - start,
+        "command": shown,
+        "timeout_s": timeout,
+    }
 
 
 def _records(runs: Path, name: str) -> list[dict]:
@@ -164,39 +191,63 @@ def measured_details(name: str, runs: Path) -> dict:
         if not runs_json:
             return {}
         run = runs_json[0]
-        return {"epoch_seconds": [h["seconds"] for h in run.get("history", [])],
-                "batch_size": run["config"]["train"]["batch_size"], "run_id": run["run_id"],
-                "checkpoints": len(list(runs.glob("*/epoch_*/model.pt")))}
+        return {
+            "epoch_seconds": [h["seconds"] for h in run.get("history", [])],
+            "batch_size": run["config"]["train"]["batch_size"],
+            "run_id": run["run_id"],
+            "checkpoints": len(list(runs.glob("*/epoch_*/model.pt"))),
+        }
     if name.startswith("free_energy"):
         split = "free_energy_downstream" if name.endswith("downstream") else "free_energy"
         records = _records(runs, split)
         if not records:
             return {}
         record, hyper = records[0], records[0]["hyperparameters"]
-        return {"estimate_wall_s": record["wall_time_s"], "n": record["n"], "chains": hyper["num_chains"],
-                "steps_per_chain": hyper["num_draws"] + hyper["num_burnin"], "batch_size": hyper["batch_size"],
-                "precision": hyper.get("precision", "fp32"), "llc": record["llc"], "init_loss": record["init_loss"],
-                "diverged": record["diverged"], "checkpoints": len(records)}
+        return {
+            "estimate_wall_s": record["wall_time_s"],
+            "n": record["n"],
+            "chains": hyper["num_chains"],
+            "steps_per_chain": hyper["num_draws"] + hyper["num_burnin"],
+            "batch_size": hyper["batch_size"],
+            "precision": hyper.get("precision", "fp32"),
+            "llc": record["llc"],
+            "init_loss": record["init_loss"],
+            "diverged": record["diverged"],
+            "checkpoints": len(records),
+        }
     if name == "downstream":
-        return {f"{kind}_wall_s": sum(r["wall_time_s"] for r in _records(runs, kind)) for kind in ("finetune", "fewshot")}
+        return {
+            f"{kind}_wall_s": sum(r["wall_time_s"] for r in _records(runs, kind)) for kind in ("finetune", "fewshot")
+        }
     if name == "metrics":
         records = _records(runs, "metrics")
-        return {"record_wall_s": sum(r["wall_time_s"] for r in records),
-                "timings_s": records[0].get("timings_s") if records else None}
+        return {
+            "record_wall_s": sum(r["wall_time_s"] for r in records),
+            "timings_s": records[0].get("timings_s") if records else None,
+        }
     return {}
 
 
 def render(e2e: dict) -> str:
     """The steps of an ``e2e.json`` as a markdown table: status, wall time, what the records say."""
-    lines = [f"{e2e.get('experiment')} on {e2e.get('device')} (torch {e2e.get('torch')}, {e2e.get('date')}; "
-             f"{e2e.get('epochs')} epochs, one checkpoint): `{e2e.get('command')}`", "",
-             "| step | status | wall s | measured |", "|---|---|---|---|"]
+    lines = [
+        f"{e2e.get('experiment')} on {e2e.get('device')} (torch {e2e.get('torch')}, {e2e.get('date')}; "
+        f"{e2e.get('epochs')} epochs, one checkpoint): `{e2e.get('command')}`",
+        "",
+        "| step | status | wall s | measured |",
+        "|---|---|---|---|",
+    ]
     for name, entry in e2e.get("steps", {}).items():
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
-                 if k not in ("status", "wall_s", "command", "returncode", "timeout_s")}
+        shown = {
+            k: (round(v, 4) if isinstance(v, float) else v)
+            for k, v in entry.items()
+            if k not in ("status", "wall_s", "command", "returncode", "timeout_s")
+        }
         wall = entry.get("wall_s")
-        lines.append(f"| {name} | {entry.get('status')} | {'' if wall is None else f'{wall:.1f}'} | "
-                     f"{json.dumps(shown, ensure_ascii=False)} |")
+        lines.append(
+            f"| {name} | {entry.get('status')} | {'' if wall is None else f'{wall:.1f}'} | "
+            f"{json.dumps(shown, ensure_ascii=False)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -208,10 +259,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (a dry run)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--upstream-draws", type=int, default=None,
-                        help="SGLD draws of the upstream estimate (default: the experiment's; the time per step is what counts)")
-    parser.add_argument("--downstream-draws", type=int, default=100,
-                        help="draws of the downstream free energy (the experiment's are scaled from these)")
+    parser.add_argument(
+        "--upstream-draws",
+        type=int,
+        default=None,
+        help="SGLD draws of the upstream estimate (default: the experiment's; the time per step is what counts)",
+    )
+    parser.add_argument(
+        "--downstream-draws",
+        type=int,
+        default=100,
+        help="draws of the downstream free energy (the experiment's are scaled from these)",
+    )
     parser.add_argument("--deadline", type=float, default=None, help="unix time by which every step must end")
     args = parser.parse_args(argv)
     if args.render is not None:
@@ -223,34 +282,71 @@ def main(argv: list[str] | None = None) -> None:
     deadline = args.deadline or time.time() + 3600
     import torch  # after argument parsing: --help stays fast
 
-    recorder = Recorder(args.out, {
-        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"), "experiment": "cifar_fs", "smoke": args.smoke, "epochs": args.epochs,
-        "command": " ".join(["python", "benchmarks/gpu_end_to_end.py", *(argv if argv is not None else sys.argv[1:])]),
-    })
+    recorder = Recorder(
+        args.out,
+        {
+            "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "experiment": "cifar_fs",
+            "smoke": args.smoke,
+            "epochs": args.epochs,
+            "command": " ".join(
+                ["python", "benchmarks/gpu_end_to_end.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+        },
+    )
     start = time.perf_counter()
     images_per_class = 24 if args.smoke else CIFAR_IMAGES_PER_CLASS
     folder = write_cifar100(args.work / "data", images_per_class, 4 if args.smoke else CIFAR_TEST_PER_CLASS)
-    recorder.record("data", {"status": "ok", "wall_s": time.perf_counter() - start, "images_per_class": images_per_class,
-                             "bytes": sum(p.stat().st_size for p in folder.iterdir())})
+    recorder.record(
+        "data",
+        {
+            "status": "ok",
+            "wall_s": time.perf_counter() - start,
+            "images_per_class": images_per_class,
+            "bytes": sum(p.stat().st_size for p in folder.iterdir()),
+        },
+    )
 
     runs = args.work / "runs"
-    common = ["experiment=cifar_fs", f"data.root={args.work / 'data'}", "data.verify_checksums=false",
-              f"device={device}", "progress=false", f"paths.runs={runs}", f"paths.results={args.work / 'results'}",
-              f"paths.figures={args.work / 'figures'}", f"paths.data_cache={args.work / 'cache'}",
-              *(SMOKE_OVERRIDES if args.smoke else [])]
-    draws = (["free_energy.num_draws=2"] if args.smoke
-             else [f"free_energy.num_draws={args.upstream_draws}"] if args.upstream_draws else [])
+    common = [
+        "experiment=cifar_fs",
+        f"data.root={args.work / 'data'}",
+        "data.verify_checksums=false",
+        f"device={device}",
+        "progress=false",
+        f"paths.runs={runs}",
+        f"paths.results={args.work / 'results'}",
+        f"paths.figures={args.work / 'figures'}",
+        f"paths.data_cache={args.work / 'cache'}",
+        *(SMOKE_OVERRIDES if args.smoke else []),
+    ]
+    draws = (
+        ["free_energy.num_draws=2"]
+        if args.smoke
+        else [f"free_energy.num_draws={args.upstream_draws}"]
+        if args.upstream_draws
+        else []
+    )
     steps = [
         Step("startup", "scripts/free_energy.py", common + [f"paths.runs={args.work / 'empty'}"], 60),
-        Step("pretrain", "scripts/pretrain.py",
-             common + [f"train.epochs={args.epochs}", f"train.checkpoint_epochs=[{args.epochs}]"], 150),
+        Step(
+            "pretrain",
+            "scripts/pretrain.py",
+            common + [f"train.epochs={args.epochs}", f"train.checkpoint_epochs=[{args.epochs}]"],
+            150,
+        ),
         Step("free_energy_upstream", "scripts/free_energy.py", common + draws, 200),
         Step("downstream", "scripts/downstream.py", common, 120),
         Step("metrics", "scripts/metrics.py", common, 90),
-        Step("free_energy_downstream", "scripts/free_energy.py",
-             common + ["free_energy.split=downstream", f"free_energy.num_draws={2 if args.smoke else args.downstream_draws}"],
-             90),
+        Step(
+            "free_energy_downstream",
+            "scripts/free_energy.py",
+            common
+            + ["free_energy.split=downstream", f"free_energy.num_draws={2 if args.smoke else args.downstream_draws}"],
+            90,
+        ),
     ]
     (args.work / "empty").mkdir(parents=True, exist_ok=True)
     for step in steps:

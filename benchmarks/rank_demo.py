@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
+from freeenergy.data.image_folder import load_image_folder
 from freeenergy.data.synthetic import generate
 from freeenergy.rank.data import channel_stats
-from freeenergy.data.image_folder import load_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,13 @@ def save_wrapped(state: dict, path_stem: Path, index: int, extra: dict) -> Path:
 @torch.no_grad()
 def eval_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
-    return float(sum(F.cross_entropy(model(inputs[i:i + 256]), labels[i:i + 256], reduction="sum")
-                     for i in range(0, len(labels), 256)) / len(labels))
+    return float(
+        sum(
+            F.cross_entropy(model(inputs[i : i + 256]), labels[i : i + 256], reduction="sum")
+            for i in range(0, len(labels), 256)
+        )
+        / len(labels)
+    )
 
 
 def train_checkpoints(images_dir: Path, out: Path, losses: list[float], max_epochs: int, seed: int) -> list[str]:
@@ -80,8 +85,10 @@ def train_checkpoints(images_dir: Path, out: Path, losses: list[float], max_epoc
     torch.manual_seed(seed)
     model = timm.create_model("test_resnet", num_classes=data.num_classes)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{save_wrapped(model.state_dict(), out / 'random_init', 0, {}).name}: random initialisation, "
-             f"train loss {eval_loss(model, inputs, labels):.3f}"]
+    lines = [
+        f"{save_wrapped(model.state_dict(), out / 'random_init', 0, {}).name}: random initialisation, "
+        f"train loss {eval_loss(model, inputs, labels):.3f}"
+    ]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator().manual_seed(seed)
     pending = sorted(losses, reverse=True)
@@ -96,7 +103,9 @@ def train_checkpoints(images_dir: Path, out: Path, losses: list[float], max_epoc
         if crossed:  # one file per epoch, named by the lowest loss crossed (no two files with the same weights)
             pending = [target for target in pending if target not in crossed]
             stem = out / f"epoch_{epoch:03d}_loss_below_{min(crossed):g}"
-            path = save_wrapped(model.state_dict(), stem, len(lines), {"epoch": epoch, "optimizer": optimizer.state_dict()})
+            path = save_wrapped(
+                model.state_dict(), stem, len(lines), {"epoch": epoch, "optimizer": optimizer.state_dict()}
+            )
             lines.append(f"{path.name}: epoch {epoch}, train loss {loss:.3f}")
         if not pending:
             break
@@ -114,7 +123,9 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run", action="store_true", help="run the rank command afterwards, timed")
-    parser.add_argument("overrides", nargs="*", help="extra overrides for scripts/rank.py, e.g. free_energy.num_draws=200")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra overrides for scripts/rank.py, e.g. free_energy.num_draws=200"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, checkpoints = args.out / "images", args.out / "checkpoints"
@@ -125,8 +136,17 @@ def main() -> None:
         for line in train_checkpoints(images, checkpoints, args.losses, args.max_epochs, args.seed):
             print(line)
         print(f"checkpoints written in {time.perf_counter() - start:.0f} s")
-    command = [sys.executable, "scripts/rank.py", "rank.model=test_resnet", f"rank.checkpoints=[{checkpoints}/*]",
-               f"rank.data={images}", "rank.image_size=32", "rank.name=rank_demo", "num_threads=1", *args.overrides]
+    command = [
+        sys.executable,
+        "scripts/rank.py",
+        "rank.model=test_resnet",
+        f"rank.checkpoints=[{checkpoints}/*]",
+        f"rank.data={images}",
+        "rank.image_size=32",
+        "rank.name=rank_demo",
+        "num_threads=1",
+        *args.overrides,
+    ]
     print("command:", " ".join(shlex.quote(part) for part in command))
     if args.run:
         start = time.perf_counter()

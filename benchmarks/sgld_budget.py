@@ -27,7 +27,9 @@ def choose(records: list[tuple[object, dict]], count: int) -> list[tuple[object,
     ranked = sorted(records, key=lambda item: item[1]["llc"])
     if count >= len(ranked):
         return ranked
-    positions = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ranked) // 2]
+    positions = (
+        sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ranked) // 2]
+    )
     return [ranked[p] for p in positions]
 
 
@@ -58,13 +60,20 @@ def main(argv: list[str] | None = None) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={args.experiment}", *args.overrides])
     fe_cfg = cfg.free_energy
-    finals = [(c, c.read_record("free_energy")) for c in checkpoints_of_shard(cfg.paths.runs, which="final")
-              if c.has_record("free_energy")]
+    finals = [
+        (c, c.read_record("free_energy"))
+        for c in checkpoints_of_shard(cfg.paths.runs, which="final")
+        if c.has_record("free_energy")
+    ]
     finals = [(c, r) for c, r in finals if r.get("llc") is not None and math.isfinite(r["llc"])]
     if not finals:
-        raise SystemExit(f"no final checkpoint with a free-energy record in {cfg.paths.runs}: run ./reproduce.sh first.")
-    longer = OmegaConf.merge(fe_cfg, {"num_burnin": round(args.factor * fe_cfg.num_burnin),
-                                      "num_draws": round(args.factor * fe_cfg.num_draws)})
+        raise SystemExit(
+            f"no final checkpoint with a free-energy record in {cfg.paths.runs}: run ./reproduce.sh first."
+        )
+    longer = OmegaConf.merge(
+        fe_cfg,
+        {"num_burnin": round(args.factor * fe_cfg.num_burnin), "num_draws": round(args.factor * fe_cfg.num_draws)},
+    )
     device = resolve_device(cfg.device)
     split = load_split(cfg, device)
     rows = []
@@ -73,16 +82,27 @@ def main(argv: list[str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the flags are in the table
             estimate, _ = estimate_checkpoint_model(load_checkpoint_model(checkpoint, device), split, longer)
-        rows.append({
-            "checkpoint": checkpoint.name, "num_burnin": hyper["num_burnin"], "num_draws": hyper["num_draws"],
-            "llc": record["llc"], "llc_std": record["llc_std"],
-            "longer_num_burnin": longer.num_burnin, "longer_num_draws": longer.num_draws,
-            "longer_llc": estimate.llc, "longer_llc_std": estimate.llc_std,
-            "relative_change": (estimate.llc - record["llc"]) / abs(record["llc"]),
-            "longer_flags": "; ".join(estimate.health.flags), "longer_wall_time_s": estimate.wall_time_s,
-        })
-        print(f"{checkpoint.name}: λ̂ {record['llc']:.2f} → {estimate.llc:.2f} "
-              f"({rows[-1]['relative_change']:+.1%}) with {args.factor:g}× burn-in and draws", flush=True)
+        rows.append(
+            {
+                "checkpoint": checkpoint.name,
+                "num_burnin": hyper["num_burnin"],
+                "num_draws": hyper["num_draws"],
+                "llc": record["llc"],
+                "llc_std": record["llc_std"],
+                "longer_num_burnin": longer.num_burnin,
+                "longer_num_draws": longer.num_draws,
+                "longer_llc": estimate.llc,
+                "longer_llc_std": estimate.llc_std,
+                "relative_change": (estimate.llc - record["llc"]) / abs(record["llc"]),
+                "longer_flags": "; ".join(estimate.health.flags),
+                "longer_wall_time_s": estimate.wall_time_s,
+            }
+        )
+        print(
+            f"{checkpoint.name}: λ̂ {record['llc']:.2f} → {estimate.llc:.2f} "
+            f"({rows[-1]['relative_change']:+.1%}) with {args.factor:g}× burn-in and draws",
+            flush=True,
+        )
     table = pd.DataFrame(rows)
     out = Path(cfg.paths.results) / "sgld_budget.csv"
     write_csv(out, table)

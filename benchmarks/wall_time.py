@@ -95,11 +95,14 @@ class Rates:
         self.rows = rows
 
     def _find(self, section: str, **wanted) -> float:
-        matches = [r for r in self.rows if r["section"] == section
-                   and all(r["detail"].get(k) == v for k, v in wanted.items())]
+        matches = [
+            r for r in self.rows if r["section"] == section and all(r["detail"].get(k) == v for k, v in wanted.items())
+        ]
         if not matches:
-            raise MissingMeasurement(f"gpu_check.jsonl has no '{section}' row with {wanted}: run "
-                                     f"`python benchmarks/gpu_check.py --only {section} --out DIR` on the GPU.")
+            raise MissingMeasurement(
+                f"gpu_check.jsonl has no '{section}' row with {wanted}: run "
+                f"`python benchmarks/gpu_check.py --only {section} --out DIR` on the GPU."
+            )
         return matches[-1]["value"]
 
     def train(self, model: str, batch: int, precision: str = "fp32") -> float:
@@ -110,11 +113,16 @@ class Rates:
 
     def train_bf16_speedup(self, model: str) -> float:
         """bf16 + channels-last over fp32 + channels-last images/s, at the batch of the model's precision rows."""
-        batches = [r["detail"]["batch"] for r in self.rows if r["section"] == "pretrain"
-                   and r["detail"].get("model") == model and not r["detail"].get("scan")]
+        batches = [
+            r["detail"]["batch"]
+            for r in self.rows
+            if r["section"] == "pretrain" and r["detail"].get("model") == model and not r["detail"].get("scan")
+        ]
         if not batches:
-            raise MissingMeasurement(f"gpu_check.jsonl has no pretraining precision row of {model}: run "
-                                     "`python benchmarks/gpu_check.py --only pretrain --out DIR` on the GPU.")
+            raise MissingMeasurement(
+                f"gpu_check.jsonl has no pretraining precision row of {model}: run "
+                "`python benchmarks/gpu_check.py --only pretrain --out DIR` on the GPU."
+            )
         fp32 = self._find("pretrain", model=model, batch=batches[0], precision="fp32", channels_last=True, scan=False)
         return self.train(model, batches[0], "bf16") / fp32
 
@@ -133,8 +141,9 @@ class Measured:
         entry = self.steps.get(name)
         if not entry or entry.get("status") != "ok":
             status = entry.get("status") if entry else "absent"
-            raise MissingMeasurement(f"e2e.json: step '{name}' is {status}, not ok; rerun "
-                                     "benchmarks/gpu_end_to_end.py on the GPU.")
+            raise MissingMeasurement(
+                f"e2e.json: step '{name}' is {status}, not ok; rerun benchmarks/gpu_end_to_end.py on the GPU."
+            )
         return entry
 
     @property
@@ -178,13 +187,15 @@ class Measured:
 
     def describe(self) -> str:
         parts = []
-        for label, value in (("process start", lambda: f"{self.startup_s:.1f} s"),
-                             ("one epoch", lambda: f"{self.epoch_s:.1f} s at batch {self.batch_size}"),
-                             ("rest of a pretraining run", lambda: f"{self.run_rest_s:.1f} s"),
-                             ("SGLD step upstream", lambda: f"{self.fe_step_s('upstream') * 1000:.1f} ms"),
-                             ("SGLD step downstream", lambda: f"{self.fe_step_s('downstream') * 1000:.1f} ms"),
-                             ("downstream per checkpoint", lambda: f"{self.per_checkpoint_s('downstream'):.1f} s"),
-                             ("metrics per checkpoint", lambda: f"{self.per_checkpoint_s('metrics'):.1f} s")):
+        for label, value in (
+            ("process start", lambda: f"{self.startup_s:.1f} s"),
+            ("one epoch", lambda: f"{self.epoch_s:.1f} s at batch {self.batch_size}"),
+            ("rest of a pretraining run", lambda: f"{self.run_rest_s:.1f} s"),
+            ("SGLD step upstream", lambda: f"{self.fe_step_s('upstream') * 1000:.1f} ms"),
+            ("SGLD step downstream", lambda: f"{self.fe_step_s('downstream') * 1000:.1f} ms"),
+            ("downstream per checkpoint", lambda: f"{self.per_checkpoint_s('downstream'):.1f} s"),
+            ("metrics per checkpoint", lambda: f"{self.per_checkpoint_s('metrics'):.1f} s"),
+        ):
             try:
                 parts.append(f"{label} {value()}")
             except MissingMeasurement:
@@ -218,8 +229,9 @@ def sweep_settings(cfg: DictConfig) -> tuple[list[tuple[float, int, float]], int
 
 def upstream_images(cfg: DictConfig) -> int:
     """Pretraining images per epoch: 64 classes × 600 images, less the held-out share of each class."""
-    return UPSTREAM_CLASSES * (IMAGES_PER_CLASS[cfg.data.name] - max(1, round(cfg.data.heldout_fraction
-                                                                             * IMAGES_PER_CLASS[cfg.data.name])))
+    return UPSTREAM_CLASSES * (
+        IMAGES_PER_CLASS[cfg.data.name] - max(1, round(cfg.data.heldout_fraction * IMAGES_PER_CLASS[cfg.data.name]))
+    )
 
 
 def _step(name: str, count: int, unit: str, scaled: bool, compute) -> StepTime:
@@ -248,32 +260,46 @@ def expected_wall_time(cfg: DictConfig, measured: Measured, rates: Rates, refere
 
     def pretraining():
         per_image = measured.epoch_s * rates.train(REFERENCE_MODEL, measured.batch_size) / upstream_images(reference)
-        training = seeds * epochs * sum(per_image * upstream_images(cfg) / rates.train(model, batch)
-                                        for _, batch, _ in settings)
+        training = (
+            seeds
+            * epochs
+            * sum(per_image * upstream_images(cfg) / rates.train(model, batch) for _, batch, _ in settings)
+        )
         rest = runs * measured.run_rest_s + axes * measured.startup_s
-        return (training + rest, training / rates.train_bf16_speedup(model) + rest,
-                f"{len(settings)} settings × {seeds} seeds × {epochs} epochs; {axes} sweep processes")
+        return (
+            training + rest,
+            training / rates.train_bf16_speedup(model) + rest,
+            f"{len(settings)} settings × {seeds} seeds × {epochs} epochs; {axes} sweep processes",
+        )
 
     result.steps.append(_step("pretraining", runs, "run", scaled, pretraining))
 
     fe = cfg.free_energy
     sgld_steps = fe.num_chains * (fe.num_draws + fe.num_burnin)
     for split in ("upstream", "downstream"):
+
         def free_energy(split=split):
             per_step = measured.fe_step_s(split)
             if scaled or fe.batch_size != measured.fe_batch(split):
-                per_step *= (rates.sgld_seconds_per_step(model, fe.batch_size)
-                             / rates.sgld_seconds_per_step(REFERENCE_MODEL, measured.fe_batch(split)))
-            bf16 = rates.sgld_seconds_per_step(model, fe.batch_size, "bf16") / rates.sgld_seconds_per_step(model, fe.batch_size)
+                per_step *= rates.sgld_seconds_per_step(model, fe.batch_size) / rates.sgld_seconds_per_step(
+                    REFERENCE_MODEL, measured.fe_batch(split)
+                )
+            bf16 = rates.sgld_seconds_per_step(model, fe.batch_size, "bf16") / rates.sgld_seconds_per_step(
+                model, fe.batch_size
+            )
             sampling = checkpoints * sgld_steps * per_step
             rest = checkpoints * measured.fe_rest_s(split) + measured.startup_s
-            return (sampling + rest, sampling * bf16 + rest,
-                    f"{fe.num_chains} chains × {fe.num_draws + fe.num_burnin} steps at batch {fe.batch_size}, "
-                    f"{per_step * 1000:.1f} ms per step")
+            return (
+                sampling + rest,
+                sampling * bf16 + rest,
+                f"{fe.num_chains} chains × {fe.num_draws + fe.num_burnin} steps at batch {fe.batch_size}, "
+                f"{per_step * 1000:.1f} ms per step",
+            )
 
         result.steps.append(_step(f"free energy ({split})", checkpoints, "checkpoint", scaled, free_energy))
 
     for name, label in (("downstream", "downstream (fine-tuning, few-shot)"), ("metrics", "metrics")):
+
         def per_checkpoint(name=name):
             ratio = rates.train(REFERENCE_MODEL, SCALING_BATCH) / rates.train(model, SCALING_BATCH) if scaled else 1.0
             each = measured.per_checkpoint_s(name) * ratio
@@ -291,16 +317,23 @@ def _hours(seconds: float | None) -> str:
 
 
 def render(expectations: list[Expectation], measured: Measured, e2e: dict) -> str:
-    lines = [f"Expected wall time of `./reproduce.sh <experiment>` on one {e2e.get('device', '?')} "
-             f"(torch {e2e.get('torch', '?')}, measured {e2e.get('date', '?')}; `benchmarks/wall_time.py`). "
-             "Rows marked *scaled* are computed from the ResNet-18 measurements by the VGG-16-BN throughput rows "
-             "of `gpu_check`; the figures step is not included.", ""]
+    lines = [
+        f"Expected wall time of `./reproduce.sh <experiment>` on one {e2e.get('device', '?')} "
+        f"(torch {e2e.get('torch', '?')}, measured {e2e.get('date', '?')}; `benchmarks/wall_time.py`). "
+        "Rows marked *scaled* are computed from the ResNet-18 measurements by the VGG-16-BN throughput rows "
+        "of `gpu_check`; the figures step is not included.",
+        "",
+    ]
     for e in expectations:
         incomplete = f" (incomplete: {', '.join(e.missing)} not measured)" if e.missing else ""
-        lines += [f"**{e.experiment}** ({e.model}, {e.runs} runs, {e.checkpoints} checkpoints): "
-                  f"**{_hours(e.total_s)}** as configured (fp32), {_hours(e.total_bf16_s)} with bf16 pretraining "
-                  f"and SGLD{incomplete}", "",
-                  "| step | count | as configured | bf16 | how |", "|---|---|---|---|---|"]
+        lines += [
+            f"**{e.experiment}** ({e.model}, {e.runs} runs, {e.checkpoints} checkpoints): "
+            f"**{_hours(e.total_s)}** as configured (fp32), {_hours(e.total_bf16_s)} with bf16 pretraining "
+            f"and SGLD{incomplete}",
+            "",
+            "| step | count | as configured | bf16 | how |",
+            "|---|---|---|---|---|",
+        ]
         for s in e.steps:
             how = ("*scaled*; " if s.scaled and s.seconds is not None else "") + s.note
             lines.append(f"| {s.step} | {s.count} {s.unit}s | {_hours(s.seconds)} | {_hours(s.seconds_bf16)} | {how} |")
@@ -319,16 +352,21 @@ def main(argv: list[str] | None = None) -> None:
     e2e = json.loads(args.e2e.read_text())
     measured, rates = Measured(e2e), Rates(read_json_lines(args.rows))
     reference = compose_experiment("cifar_fs")
-    expectations = [expected_wall_time(compose_experiment(name), measured, rates, reference)
-                    for name in args.experiments]
+    expectations = [
+        expected_wall_time(compose_experiment(name), measured, rates, reference) for name in args.experiments
+    ]
     text = render(expectations, measured, e2e)
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "wall_time.md").write_text(text)
-        payload = {"measured": measured.describe(), "experiments": [
-            {**asdict(e), "total_s": e.total_s, "total_bf16_s": e.total_bf16_s, "missing": e.missing}
-            for e in expectations]}
+        payload = {
+            "measured": measured.describe(),
+            "experiments": [
+                {**asdict(e), "total_s": e.total_s, "total_bf16_s": e.total_bf16_s, "missing": e.missing}
+                for e in expectations
+            ],
+        }
         (args.out / "wall_time.json").write_text(json.dumps(payload, indent=1))
 
 

@@ -37,16 +37,23 @@ def report(cfg: DictConfig) -> None:
         result = run_calibration(cfg)
     if result.sharpness_table is not None:
         print("Sharpest checkpoints (top Hessian eigenvalue; max_stable_step = 4 / (nβ·λ_max + γ)):")
-        print(result.sharpness_table.drop(columns=["directory"], errors="ignore").head(5)
-              .to_string(index=False, float_format="{:.4g}".format))
+        print(
+            result.sharpness_table.drop(columns=["directory"], errors="ignore")
+            .head(5)
+            .to_string(index=False, float_format="{:.4g}".format)
+        )
     print(result.table.drop(columns=["checkpoint"]).to_string(index=False, float_format="{:.4g}".format))
     print(f"table: {result.table_path}\nfigure: {result.figure_path}")
     if result.suggestion is None:
-        print("No setting is ok (all diverged, unstable or still drifting): try smaller calibrate.step_sizes, "
-              "or more calibrate.num_draws.")
+        print(
+            "No setting is ok (all diverged, unstable or still drifting): try smaller calibrate.step_sizes, "
+            "or more calibrate.num_draws."
+        )
     else:
-        print(f"Suggested: free_energy.step_size={result.suggestion.step_size:g} "
-              f"free_energy.localization={result.suggestion.localization:g}")
+        print(
+            f"Suggested: free_energy.step_size={result.suggestion.step_size:g} "
+            f"free_energy.localization={result.suggestion.localization:g}"
+        )
 
 
 def main() -> None:

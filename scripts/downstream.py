@@ -19,8 +19,8 @@ prepare_entry_point(__file__, __doc__)
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # imported here: a launcher's parent process needs no torch
-    from freeenergy.records.provenance import exit_if_failed
     from freeenergy.downstream.step import run_downstream
+    from freeenergy.records.provenance import exit_if_failed
 
     exit_if_failed("downstream", run_downstream(cfg))  # status 1 when a checkpoint failed, after the others
 

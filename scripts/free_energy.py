@@ -22,8 +22,8 @@ prepare_entry_point(__file__, __doc__)
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # imported here: a launcher's parent process needs no torch
-    from freeenergy.records.provenance import exit_if_failed
     from freeenergy.free_energy.step import run_free_energy
+    from freeenergy.records.provenance import exit_if_failed
 
     exit_if_failed("free energy", run_free_energy(cfg))  # status 1 when a checkpoint failed, after the others
 

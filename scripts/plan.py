@@ -19,8 +19,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.cli import prepare_entry_point
-from freeenergy.plan import (describe, joblib_available, launch_plan, missing_data, plan_study, records_on_disk,
-                             shell_lines, usable_cores)
+from freeenergy.plan import (
+    describe,
+    joblib_available,
+    launch_plan,
+    missing_data,
+    plan_study,
+    records_on_disk,
+    shell_lines,
+    usable_cores,
+)
 
 prepare_entry_point(__file__, __doc__)
 SHELL_FLAG = "--shell"
@@ -28,8 +36,12 @@ SHELL = len(sys.argv) > 1 and sys.argv[1] == SHELL_FLAG
 if SHELL:
     del sys.argv[1]  # not a Hydra flag
 # A plan writes nothing: no Hydra output folder, no log (later overrides on the command line still win).
-sys.argv[1:1] = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled",
-                 "hydra/hydra_logging=disabled"]
+sys.argv[1:1] = [
+    "hydra.output_subdir=null",
+    "hydra.run.dir=.",
+    "hydra/job_logging=disabled",
+    "hydra/hydra_logging=disabled",
+]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

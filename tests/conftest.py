@@ -17,8 +17,15 @@ from freeenergy.pretrain.trainer import run_pretraining
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TINY_OVERRIDES = [
-    "experiment=smoke", "data.image_size=8", "data.images_per_class=10", "model.width=4",
-    "train.epochs=2", "train.checkpoint_epochs=[1,2]", "train.batch_size=32", "progress=false", "device=cpu",
+    "experiment=smoke",
+    "data.image_size=8",
+    "data.images_per_class=10",
+    "model.width=4",
+    "train.epochs=2",
+    "train.checkpoint_epochs=[1,2]",
+    "train.batch_size=32",
+    "progress=false",
+    "device=cpu",
 ]
 TINY_LEARNING_RATES = (0.05, 0.2)
 
@@ -32,8 +39,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def tiny_overrides(root: Path) -> list[str]:
     """TINY_OVERRIDES with every output path under ``root``."""
     return TINY_OVERRIDES + [
-        f"paths.runs={root / 'runs'}", f"paths.results={root / 'results'}",
-        f"paths.figures={root / 'figures'}", f"paths.data_cache={root / 'cache'}",
+        f"paths.runs={root / 'runs'}",
+        f"paths.results={root / 'results'}",
+        f"paths.figures={root / 'figures'}",
+        f"paths.data_cache={root / 'cache'}",
     ]
 
 

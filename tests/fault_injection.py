@@ -120,8 +120,9 @@ def inject(runs: Path) -> list[Fault]:
     record = read_json(first[a].record_path("free_energy"))
     record["hyperparameters"]["step_size"] *= 10
     write_json(first[a].record_path("free_energy"), record)
-    fault("free_energy.json edited to another step size", first[a].record_path("free_energy"),
-          "hyperparameters.step_size")
+    fault(
+        "free_energy.json edited to another step size", first[a].record_path("free_energy"), "hyperparameters.step_size"
+    )
     text = first[b].record_path("free_energy").read_text()
     value = json.dumps(json.loads(text)["free_energy"])
     first[b].record_path("free_energy").write_text(text.replace(f'"free_energy": {value}', '"free_energy": NaN', 1))
@@ -147,16 +148,27 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault_injection_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    common = ["experiment=smoke", f"paths.runs={workdir / 'runs'}", f"paths.results={workdir / 'results'}",
-              f"paths.figures={workdir / 'figures'}", f"paths.data_cache={workdir / 'cache'}", "num_threads=1",
-              "progress=false", f"hydra.run.dir={workdir / 'hydra'}", f"hydra.sweep.dir={workdir / 'hydra_multirun'}",
-              "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    common = [
+        "experiment=smoke",
+        f"paths.runs={workdir / 'runs'}",
+        f"paths.results={workdir / 'results'}",
+        f"paths.figures={workdir / 'figures'}",
+        f"paths.data_cache={workdir / 'cache'}",
+        "num_threads=1",
+        "progress=false",
+        f"hydra.run.dir={workdir / 'hydra'}",
+        f"hydra.sweep.dir={workdir / 'hydra_multirun'}",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
     start = time.perf_counter()
     try:
         study(common)
         summary = workdir / "results" / "summary.csv"
         undisturbed = summary.read_text()
-        print(f"undisturbed smoke study: {len(undisturbed.splitlines()) - 1} checkpoints ({time.perf_counter() - start:.0f}s)")
+        print(
+            f"undisturbed smoke study: {len(undisturbed.splitlines()) - 1} checkpoints ({time.perf_counter() - start:.0f}s)"
+        )
         faults = inject(workdir / "runs")
         print(f"injected {len(faults)} faults")
 
@@ -168,8 +180,9 @@ def main() -> None:
         assert failing == [name for name, _, _ in steps_first], f"steps with broken weights exited 0: {steps_first}"
         repair = study(common)
         printed = "\n".join(text for _, _, text in steps_first) + "\n" + repair
-        missing = [f.name for f in faults if not any(str(f.path) in line and f.expect in line
-                                                     for line in printed.splitlines())]
+        missing = [
+            f.name for f in faults if not any(str(f.path) in line and f.expect in line for line in printed.splitlines())
+        ]
         assert not missing, f"not reported with their path and reason: {missing}"
         weights = [f.path for f in faults if f.path.name == "model.pt"]
         blamed = [line for line in printed.splitlines() if any(str(p) in line for p in weights) and "step" in line]
@@ -178,8 +191,10 @@ def main() -> None:
         assert after == undisturbed, "summary.csv differs from the undisturbed study"
         leftovers = list((workdir / "runs").rglob("*.tmp"))
         assert not leftovers, leftovers
-        print(f"OK: {len(faults)} faults detected, named with their path and repaired; the checkpoint steps exited 1 "
-              f"before the repair; summary.csv equals the undisturbed one ({time.perf_counter() - start:.0f}s in all).")
+        print(
+            f"OK: {len(faults)} faults detected, named with their path and repaired; the checkpoint steps exited 1 "
+            f"before the repair; summary.csv equals the undisturbed one ({time.perf_counter() - start:.0f}s in all)."
+        )
         for fault_ in faults:
             print(f"  - {fault_.name}: {fault_.path.relative_to(workdir)} ({fault_.expect})")
     finally:

@@ -15,13 +15,19 @@ from conftest import compose_config, tiny_overrides
 from omegaconf import OmegaConf
 
 from freeenergy.analysis import SUMMARY_COLUMNS
-from freeenergy.analysis.stats import (METHODS, BootstrapSettings, LevelSet, correlate, correlation_table,
-                                       level_set_table)
+from freeenergy.analysis.stats import (
+    METHODS,
+    BootstrapSettings,
+    LevelSet,
+    correlate,
+    correlation_table,
+    level_set_table,
+)
 from freeenergy.analysis.table import base_setting, build_summary, flagged, usable_estimates
 from freeenergy.free_energy.diagnostics import Health
-from freeenergy.records.identity import identity_config, run_id_from_identity
 from freeenergy.pretrain.sweeps import study_runs
 from freeenergy.records.checkpoints import epoch_dirname
+from freeenergy.records.identity import identity_config, run_id_from_identity
 from freeenergy.records.io import read_json, write_json
 
 EPOCHS = (1, 2, 4)  # epoch 1 before the collapse of the train loss, 2 and 4 after
@@ -35,27 +41,58 @@ def fewshot_results(acc1: float, acc5: float) -> list[dict]:
     results = []
     for shots, acc in ((1, acc1), (5, acc5)):
         for classifier, shift in (("logistic", 0.0), ("centroid", -0.1)):
-            results.append({"n_way": 5, "k_shot": shots, "n_query": 15, "classifier": classifier,
-                            "mean_acc": acc + shift, "ci95": 0.01, "episodes": 100})
+            results.append(
+                {
+                    "n_way": 5,
+                    "k_shot": shots,
+                    "n_query": 15,
+                    "classifier": classifier,
+                    "mean_acc": acc + shift,
+                    "ci95": 0.01,
+                    "episodes": 100,
+                }
+            )
     return results
 
 
-def free_energy_record(llc: float | None, n: int, init_loss: float, flags: tuple[str, ...] = (),
-                       health: bool = True, burnin: int = 5) -> dict:
+def free_energy_record(
+    llc: float | None, n: int, init_loss: float, flags: tuple[str, ...] = (), health: bool = True, burnin: int = 5
+) -> dict:
     """A record as the estimator writes it, health fields included (``health=False``: an older record
     without them). ``llc=None`` or a "diverged" flag: a diverged estimate with null numbers."""
     diverged = llc is None or "diverged" in flags
     free_energy = None if diverged else n * init_loss + llc * math.log(n)
     excess = 0.0 if diverged else llc / (n / math.log(n))  # plateau of the sampled loss above L_n(w*)
     rise = [init_loss + excess * min(1.0, i / burnin) for i in range(4 * burnin)]
-    record = {"split": "upstream", "free_energy": free_energy, "free_energy_std": None if diverged else 1.0,
-              "llc": None if diverged else llc, "llc_std": None if diverged else 0.05 * llc, "init_loss": init_loss,
-              "n": n, "nbeta": n / math.log(n), "diverged": diverged, "loss_trace": [rise, rise[:1] + [None] + rise[2:]],
-              "hyperparameters": {"num_burnin": burnin}, "seed": 0, "wall_time_s": 0.1, "device": "cpu"}
+    record = {
+        "split": "upstream",
+        "free_energy": free_energy,
+        "free_energy_std": None if diverged else 1.0,
+        "llc": None if diverged else llc,
+        "llc_std": None if diverged else 0.05 * llc,
+        "init_loss": init_loss,
+        "n": n,
+        "nbeta": n / math.log(n),
+        "diverged": diverged,
+        "loss_trace": [rise, rise[:1] + [None] + rise[2:]],
+        "hyperparameters": {"num_burnin": burnin},
+        "seed": 0,
+        "wall_time_s": 0.1,
+        "device": "cpu",
+    }
     if health:  # the estimator's own record of its health checks (BRIEF interface 3)
-        record.update(Health(levelled_off="not levelled off" not in flags, drift_t=0.3, drift_llc=0.1, split_rhat=1.01,
-                             llc_rel_spread=math.nan if diverged else 0.05, grad_norm_sq=1e-4, gradient_bias=-0.4,
-                             flags=list(flags) + (["diverged"] if llc is None else [])).to_record())
+        record.update(
+            Health(
+                levelled_off="not levelled off" not in flags,
+                drift_t=0.3,
+                drift_llc=0.1,
+                split_rhat=1.01,
+                llc_rel_spread=math.nan if diverged else 0.05,
+                grad_norm_sq=1e-4,
+                gradient_bias=-0.4,
+                flags=list(flags) + (["diverged"] if llc is None else []),
+            ).to_record()
+        )
     return record
 
 
@@ -79,8 +116,12 @@ def sweep_overrides(base: dict) -> list[str]:
     """The ``sweep:`` block whose runs ``fabricate_experiment`` writes, so that they belong to the study."""
     lr, bs, mom = base["optim"]["lr"], base["train"]["batch_size"], base["optim"]["momentum"]
     seeds = ",".join(map(str, SEEDS))
-    return [f"sweep.seeds=[{seeds}]", f"sweep.lr=[{lr},{2 * lr},{lr / 4}]", f"sweep.batch_size=[{bs},{2 * bs}]",
-            f"sweep.momentum=[{mom},0.5]"]
+    return [
+        f"sweep.seeds=[{seeds}]",
+        f"sweep.lr=[{lr},{2 * lr},{lr / 4}]",
+        f"sweep.batch_size=[{bs},{2 * bs}]",
+        f"sweep.momentum=[{mom},0.5]",
+    ]
 
 
 def fabricate_experiment(runs: Path, cfg) -> Study:
@@ -95,8 +136,17 @@ def fabricate_experiment(runs: Path, cfg) -> Study:
             config = identity_config(setting)
             run_id = run_id_from_identity(config)
             study.run_ids.append(run_id)
-            write_json(runs / run_id / "run.json", {"run_id": run_id, "experiment": "fake", "status": "done",
-                                                    "num_classes": 64, "config": config, "seed": seed})
+            write_json(
+                runs / run_id / "run.json",
+                {
+                    "run_id": run_id,
+                    "experiment": "fake",
+                    "status": "done",
+                    "num_classes": 64,
+                    "config": config,
+                    "seed": seed,
+                },
+            )
             for epoch in EPOCHS:
                 directory = runs / run_id / epoch_dirname(epoch)
                 directory.mkdir(parents=True)
@@ -105,18 +155,37 @@ def fabricate_experiment(runs: Path, cfg) -> Study:
                 llc = llc_of_setting * (1 + 0.5 / epoch) + 2 * rng.standard_normal()
                 study.llc[(run_id, epoch)] = llc
                 acc = 0.95 - 0.004 * llc + 0.01 * rng.standard_normal()
-                write_json(directory / "pretrain.json", {"epoch": epoch, "train_loss": train_loss + 0.3,
-                                                         "train_acc": acc - 0.1, "val_loss": 1.5 - 0.1 * epoch,
-                                                         "val_acc": acc - 0.05, "seed": seed})
+                write_json(
+                    directory / "pretrain.json",
+                    {
+                        "epoch": epoch,
+                        "train_loss": train_loss + 0.3,
+                        "train_acc": acc - 0.1,
+                        "heldout_loss": 1.5 - 0.1 * epoch,
+                        "heldout_acc": acc - 0.05,
+                        "seed": seed,
+                    },
+                )
                 write_json(directory / "free_energy.json", free_energy_record(llc, N_UP, train_loss))
-                write_json(directory / "free_energy_downstream.json",
-                           free_energy_record(0.5 * llc, N_DOWN, train_loss + 1.0))
+                write_json(
+                    directory / "free_energy_downstream.json", free_energy_record(0.5 * llc, N_DOWN, train_loss + 1.0)
+                )
                 write_json(directory / "finetune.json", {"test_acc": acc, "test_loss": 1 - acc, "train_loss": 0.5})
                 write_json(directory / "fewshot.json", {"results": fewshot_results(acc - 0.1, acc)})
-                write_json(directory / "metrics.json", {
-                    "train_loss": train_loss, "train_acc": 1 - train_loss, "heldout_loss": 1.5 - 0.1 * epoch,
-                    "heldout_acc": acc - 0.05, "hessian_trace": 10 + rng.random(), "hessian_trace_se": 0.1,
-                    "nc_cdnv": 1 / epoch, "geometric_complexity": 5 + rng.random(), "geometric_complexity_se": 0.1})
+                write_json(
+                    directory / "metrics.json",
+                    {
+                        "train_loss": train_loss,
+                        "train_acc": 1 - train_loss,
+                        "heldout_loss": 1.5 - 0.1 * epoch,
+                        "heldout_acc": acc - 0.05,
+                        "hessian_trace": 10 + rng.random(),
+                        "hessian_trace_se": 0.1,
+                        "nc_cdnv": 1 / epoch,
+                        "geometric_complexity": 5 + rng.random(),
+                        "geometric_complexity_se": 0.1,
+                    },
+                )
     return study
 
 
@@ -124,16 +193,26 @@ def break_records(runs: Path, study: Study) -> None:
     """One checkpoint without later steps, flagged estimates of each kind, an older record without health
     fields, and one run whose final train loss has not collapsed (outside the level set)."""
     ids = study.run_ids
-    study.special = {"skip": (ids[12], 2), "diverged": (ids[7], 4), "unhealthy": (ids[3], 4),
-                     "unhealthy_downstream": (ids[2], 4), "legacy": (ids[11], 1), "not_collapsed": (ids[14], 4)}
+    study.special = {
+        "skip": (ids[12], 2),
+        "diverged": (ids[7], 4),
+        "unhealthy": (ids[3], 4),
+        "unhealthy_downstream": (ids[2], 4),
+        "legacy": (ids[11], 1),
+        "not_collapsed": (ids[14], 4),
+    }
     where = {key: runs / run / epoch_dirname(epoch) for key, (run, epoch) in study.special.items()}
     for step in ("free_energy_downstream", "finetune", "fewshot", "metrics"):
         (where["skip"] / f"{step}.json").unlink()
     write_json(where["diverged"] / "free_energy.json", free_energy_record(None, N_UP, 0.02))
-    write_json(where["unhealthy"] / "free_energy.json",
-               free_energy_record(study.llc[study.special["unhealthy"]], N_UP, 0.02, flags=("not levelled off",)))
-    write_json(where["unhealthy_downstream"] / "free_energy_downstream.json",
-               free_energy_record(20.0, N_DOWN, 1.02, flags=("chains disagree",)))
+    write_json(
+        where["unhealthy"] / "free_energy.json",
+        free_energy_record(study.llc[study.special["unhealthy"]], N_UP, 0.02, flags=("not levelled off",)),
+    )
+    write_json(
+        where["unhealthy_downstream"] / "free_energy_downstream.json",
+        free_energy_record(20.0, N_DOWN, 1.02, flags=("chains disagree",)),
+    )
     write_json(where["legacy"] / "free_energy.json", free_energy_record(60.0, N_UP, 1.25, health=False))
     metrics = where["not_collapsed"] / "metrics.json"
     write_json(metrics, read_json(metrics) | {"train_loss": 0.3})
@@ -175,12 +254,22 @@ def test_resampled_statistics_match_scipy_on_each_resample(method):
 
 RHO = 0.6
 TRUE_CORRELATION = {  # population values of each coefficient for a bivariate normal with correlation RHO
-    "pearson": RHO, "spearman": 6 / math.pi * math.asin(RHO / 2), "kendall": 2 / math.pi * math.asin(RHO)}
+    "pearson": RHO,
+    "spearman": 6 / math.pi * math.asin(RHO / 2),
+    "kendall": 2 / math.pi * math.asin(RHO),
+}
 
 
-@pytest.mark.parametrize("method, interval, n", [
-    ("pearson", "bca", 12), ("pearson", "bca", 40), ("spearman", "bca", 20), ("kendall", "bca", 20),
-    ("pearson", "percentile", 40)])
+@pytest.mark.parametrize(
+    "method, interval, n",
+    [
+        ("pearson", "bca", 12),
+        ("pearson", "bca", 40),
+        ("spearman", "bca", 20),
+        ("kendall", "bca", 20),
+        ("pearson", "percentile", 40),
+    ],
+)
 def test_bootstrap_interval_covers_true_correlation_at_nominal_rate(method, interval, n):
     """Bivariate normal, ρ = 0.6: 95% intervals from 200 independent samples cover the truth about 95% of the time."""
     rng = np.random.default_rng(0)
@@ -206,8 +295,9 @@ def test_bca_interval_differs_from_percentile_on_skewed_draws():
     x = rng.standard_normal(15)
     y = 0.95 * x + math.sqrt(1 - 0.95**2) * rng.standard_normal(15)
     bca = correlate(x, y, "pearson", BootstrapSettings(resamples=2000), np.random.default_rng(0))
-    plain = correlate(x, y, "pearson", BootstrapSettings(resamples=2000, interval="percentile"),
-                      np.random.default_rng(0))
+    plain = correlate(
+        x, y, "pearson", BootstrapSettings(resamples=2000, interval="percentile"), np.random.default_rng(0)
+    )
     assert bca.r == plain.r and bca.ci_low <= bca.r <= bca.ci_high
     assert bca.ci_low != pytest.approx(plain.ci_low, abs=1e-3) or bca.ci_high != pytest.approx(plain.ci_high, abs=1e-3)
     with pytest.raises(ValueError, match="analysis.interval"):
@@ -221,11 +311,15 @@ def test_few_points_or_constant_column_give_no_interval():
     assert e.r == pytest.approx(0.5) and math.isnan(e.ci_low) and math.isnan(e.ci_high)
     assert e.note == "fewer than 4 runs: no interval"
     # Six checkpoints, but from three runs: still too few resampling units for an interval.
-    e = correlate(np.arange(6.0), np.array([1.0, 3, 2, 5, 4, 6]), "pearson", settings, rng, runs=np.repeat([0, 1, 2], 2))
+    e = correlate(
+        np.arange(6.0), np.array([1.0, 3, 2, 5, 4, 6]), "pearson", settings, rng, runs=np.repeat([0, 1, 2], 2)
+    )
     assert e.n == 6 and e.runs == 3 and math.isnan(e.ci_low) and "fewer than 4 runs" in e.note
     e = correlate(np.arange(6.0), np.ones(6), "spearman", settings, rng)
     assert math.isnan(e.r) and math.isnan(e.ci_low) and e.note == "constant column"
-    e = correlate(np.array([1.0, np.nan, 3.0, 4.0, 5.0]), np.array([2.0, 1.0, 6.0, 8.0, 10.0]), "pearson", settings, rng)
+    e = correlate(
+        np.array([1.0, np.nan, 3.0, 4.0, 5.0]), np.array([2.0, 1.0, 6.0, 8.0, 10.0]), "pearson", settings, rng
+    )
     assert e.r == pytest.approx(1.0) and e.n == 4  # the NaN pair is dropped, the rest lie on a line
 
 
@@ -238,8 +332,14 @@ def test_run_bootstrap_of_repeated_checkpoints_equals_the_bootstrap_of_runs(meth
     y = 0.5 * x + rng.standard_normal(12)
     settings = BootstrapSettings(resamples=500)
     alone = correlate(x, y, method, settings, np.random.default_rng(0))
-    repeated = correlate(np.repeat(x, 3), np.repeat(y, 3), method, settings, np.random.default_rng(0),
-                         runs=np.repeat([f"run{i:02d}" for i in range(12)], 3))
+    repeated = correlate(
+        np.repeat(x, 3),
+        np.repeat(y, 3),
+        method,
+        settings,
+        np.random.default_rng(0),
+        runs=np.repeat([f"run{i:02d}" for i in range(12)], 3),
+    )
     naive = correlate(np.repeat(x, 3), np.repeat(y, 3), method, settings, np.random.default_rng(0))
     assert (repeated.n, repeated.runs, alone.runs) == (36, 12, 12)
     if method == "pearson":  # repeating points leaves Pearson's r unchanged (rank statistics change with ties)
@@ -258,10 +358,14 @@ def test_table_has_one_column_per_quantity_and_the_health_fields(fake):
     directory = Path(fake.cfg.paths.runs) / run / epoch_dirname(epoch)
     metrics, pretrain = read_json(directory / "metrics.json"), read_json(directory / "pretrain.json")
     assert row.train_loss == metrics["train_loss"] and row.train_acc == metrics["train_acc"]  # eval mode
-    assert row.heldout_loss == pretrain["val_loss"] and row.heldout_acc == pretrain["val_acc"]
+    assert row.heldout_loss == pretrain["heldout_loss"] and row.heldout_acc == pretrain["heldout_acc"]
     assert row.train_loss_running == pretrain["train_loss"] and row.train_acc_running == pretrain["train_acc"]
     assert row.free_energy_healthy and row.free_energy_levelled_off and row.free_energy_flags == ""
-    assert (row.free_energy_split_rhat, row.free_energy_llc_rel_spread, row.free_energy_gradient_bias) == (1.01, 0.05, -0.4)
+    assert (row.free_energy_split_rhat, row.free_energy_llc_rel_spread, row.free_energy_gradient_bias) == (
+        1.01,
+        0.05,
+        -0.4,
+    )
     assert row.fe_complexity_share == pytest.approx(row.fe_complexity_term / row.free_energy)
     assert row.fe_complexity_term == pytest.approx(fake.study.llc[(run, epoch)] * math.log(N_UP))  # λ̂·log n
 
@@ -317,7 +421,8 @@ def test_table1_on_final_checkpoints_resamples_runs_and_leaves_flagged_estimates
     final = correlation_table(table, metrics, targets, ["pearson", "kendall"], "final", settings)
     every = correlation_table(table, metrics, targets, ["pearson"], "all", settings)
     get = lambda result, metric, target, method="pearson": result.set_index(  # noqa: E731
-        ["group", "metric", "target", "method"]).loc[("pooled", metric, target, method)]
+        ["group", "metric", "target", "method"]
+    ).loc[("pooled", metric, target, method)]
     runs = len(fake.study.run_ids)
     fe = get(final, "free_energy", "finetune_acc")
     assert (fe.n, fe.runs, fe.left_out) == (runs - 2, runs - 2, 2)  # a diverged and an unhealthy final estimate
@@ -341,8 +446,15 @@ def test_level_set_finds_that_llc_predicts_accuracy_where_train_loss_cannot(fake
     """Fabricated: inside the collapsed band the train loss is noise, λ̂ sets the accuracy."""
     table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     settings = BootstrapSettings(resamples=400)
-    result = level_set_table(table, LevelSet("train_loss", max=0.05), ["free_energy", "llc", "train_loss"],
-                             ["finetune_acc"], ["pearson"], "final", settings).set_index("metric")
+    result = level_set_table(
+        table,
+        LevelSet("train_loss", max=0.05),
+        ["free_energy", "llc", "train_loss"],
+        ["finetune_acc"],
+        ["pearson"],
+        "final",
+        settings,
+    ).set_index("metric")
     runs = len(fake.study.run_ids)
     assert (result.in_band == runs - 1).all() and (result.outside_band == 1).all()  # one run did not collapse
     assert (result.without_value == 0).all() and (result.band_max <= 0.05).all() and (result.band_edge == 0.05).all()
@@ -352,12 +464,14 @@ def test_level_set_finds_that_llc_predicts_accuracy_where_train_loss_cannot(fake
     assert result.loc["train_loss", "ci_low"] < 0 < result.loc["train_loss", "ci_high"]
     assert abs(result.loc["train_loss", "r"]) < 0.6
 
-    every = level_set_table(table, LevelSet("train_loss", max=0.05), ["llc"], ["finetune_acc"], ["pearson"], "all",
-                            settings).iloc[0]
+    every = level_set_table(
+        table, LevelSet("train_loss", max=0.05), ["llc"], ["finetune_acc"], ["pearson"], "all", settings
+    ).iloc[0]
     # Epochs 2 and 4 of each run, less the run that did not collapse and the checkpoint without metrics.
     assert every.in_band == 2 * runs - 2 and every.in_band_runs == runs and every.without_value == 1
-    relative = level_set_table(table, LevelSet("train_loss", max=None, relative=0.5), ["llc"], ["finetune_acc"],
-                               ["pearson"], "final", settings).iloc[0]
+    relative = level_set_table(
+        table, LevelSet("train_loss", max=None, relative=0.5), ["llc"], ["finetune_acc"], ["pearson"], "final", settings
+    ).iloc[0]
     smallest = table[table.is_final].train_loss.min()
     assert relative.band_edge == pytest.approx(1.5 * smallest) and relative.band_max <= 1.5 * smallest
     assert relative.in_band == (table[table.is_final].train_loss <= 1.5 * smallest).sum()

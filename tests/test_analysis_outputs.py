@@ -23,23 +23,41 @@ from matplotlib.patches import Rectangle
 from test_analysis import EPOCHS, N_UP, SEEDS, Fake, fake  # noqa: F401  (fake is a fixture)
 
 from freeenergy.analysis import run_analysis
-from freeenergy.analysis.figures import (FLAGGED_GID, column_labels, draw_sweep, draw_terms, draw_traces, expected_files,
-                                         plotting_frame, save)
+from freeenergy.analysis.figures import (
+    FLAGGED_GID,
+    column_labels,
+    draw_sweep,
+    draw_terms,
+    draw_traces,
+    expected_files,
+    plotting_frame,
+    save,
+)
 from freeenergy.analysis.output import remove_leftover_temp_files, write_csv
-from freeenergy.records.io import save_figure
 from freeenergy.analysis.report import RESULT_FILES
 from freeenergy.analysis.stats import BootstrapSettings, correlation_table
 from freeenergy.analysis.table import build_summary
 from freeenergy.pretrain.sweeps import study_runs
+from freeenergy.records.io import save_figure
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "figures.py"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def run_script(fake: Fake, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *fake.overrides, "analysis.dpi=60", *extra,
-                           f"hydra.run.dir={tmp_path / 'hydra'}"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *fake.overrides,
+            "analysis.dpi=60",
+            *extra,
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_script_writes_every_output(fake, tmp_path):
@@ -67,9 +85,17 @@ def test_script_writes_every_output(fake, tmp_path):
     assert set(level.checkpoints) == {"final", "all"} and set(level.metric) == {"free_energy", "llc", "train_loss"}
     assert (level[level.checkpoints == "final"].in_band == runs - 1).all()
     markdown = (results / "correlations.md").read_text()
-    for words in ("Table 1: Pearson r, `checkpoints=final`", "Table 1: Pearson r, `checkpoints=all`", "§5.2",
-                  "resamples of runs", "LLC", "Train loss (eval mode)", "not levelled off", "chains disagree",
-                  "upstream: 2 flagged of 45 estimates (1 more recorded without health checks"):
+    for words in (
+        "Table 1: Pearson r, `checkpoints=final`",
+        "Table 1: Pearson r, `checkpoints=all`",
+        "§5.2",
+        "resamples of runs",
+        "LLC",
+        "Train loss (eval mode)",
+        "not levelled off",
+        "chains disagree",
+        "upstream: 2 flagged of 45 estimates (1 more recorded without health checks",
+    ):
         assert words in markdown, words
     level_line, headline = result.stdout.strip().splitlines()[-2:]
     assert headline.startswith("Pretraining free energy") and "checkpoints=final" in headline
@@ -78,13 +104,18 @@ def test_script_writes_every_output(fake, tmp_path):
     assert (results / "headline.txt").read_text().splitlines() == [level_line, headline]
 
 
-
 @pytest.fixture
 def drawn(fake):
     """The summary and its final-checkpoint correlations, for drawing figures in-process."""
     table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
-    correlations = correlation_table(table, ["free_energy"], ["finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc"],
-                                     ["pearson"], "final", BootstrapSettings(resamples=100))
+    correlations = correlation_table(
+        table,
+        ["free_energy"],
+        ["finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc"],
+        ["pearson"],
+        "final",
+        BootstrapSettings(resamples=100),
+    )
     yield table, correlations
     plt.close("all")
 
@@ -97,9 +128,17 @@ def test_a_redraw_is_byte_identical(fake, drawn, tmp_path):
     for folder in ("first", "second"):
         time.sleep(max(0.0, 1.05 - (time.time() % 1)))  # cross a second boundary between the two drawings
         paths.append(save(draw_terms(table, column_labels(5)), tmp_path / folder, "terms", dpi=40))
-        write_csv(tmp_path / folder / "correlations.csv", correlation_table(
-            table, ["free_energy", "train_loss"], ["finetune_acc"], ["pearson", "kendall"], "all",
-            BootstrapSettings(resamples=100)))
+        write_csv(
+            tmp_path / folder / "correlations.csv",
+            correlation_table(
+                table,
+                ["free_energy", "train_loss"],
+                ["finetune_acc"],
+                ["pearson", "kendall"],
+                "all",
+                BootstrapSettings(resamples=100),
+            ),
+        )
         paths[-1].append(tmp_path / folder / "correlations.csv")
     assert [p.name for p in paths[0]] == ["terms.png", "terms.pdf", "correlations.csv"]
     for first, second in zip(*paths):
@@ -120,8 +159,11 @@ def test_sweep_figure_gives_seeds_per_curve_and_never_averages_a_flagged_estimat
     flagged_keys = {fake.study.special["diverged"], fake.study.special["unhealthy"]}
     healthy = lr_sweep[[(r, e) not in flagged_keys for r, e in zip(lr_sweep.run_id, lr_sweep.epoch)]]
     expected = sorted(healthy[healthy.epoch == 4].groupby("lr").free_energy.mean())
-    drawn_means = sorted(line.get_ydata()[list(line.get_xdata()).index(4)] for line in free_energy_panel.lines
-                         if 4 in list(line.get_xdata()))
+    drawn_means = sorted(
+        line.get_ydata()[list(line.get_xdata()).index(4)]
+        for line in free_energy_panel.lines
+        if 4 in list(line.get_xdata())
+    )
     np.testing.assert_allclose(drawn_means, expected)
     crosses = [c for c in free_energy_panel.collections if c.get_gid() == FLAGGED_GID]
     assert sum(len(c.get_offsets()) for c in crosses) == 2
@@ -136,7 +178,9 @@ def test_trace_figure_shades_the_burnin_and_draws_each_plateau(fake, drawn):
     lr_panel = fig.axes[0]  # upstream estimate, learning-rate sweep
     spans = [p for p in lr_panel.patches if isinstance(p, Rectangle) and p.get_width() == 5]
     assert len(spans) == 1 and spans[0].get_x() == 0  # the burn-in: hyperparameters.num_burnin = 5
-    plateaus = sorted(seg[0][1] for c in lr_panel.collections if isinstance(c, LineCollection) for seg in c.get_segments())
+    plateaus = sorted(
+        seg[0][1] for c in lr_panel.collections if isinstance(c, LineCollection) for seg in c.get_segments()
+    )
     finals = table[table.is_final & table.in_lr_sweep.astype(bool) & (table.seed == min(SEEDS))]
     expected = sorted(fake.study.llc[(r, 4)] * math.log(N_UP) / N_UP for r in finals.run_id)  # λ̂ / nβ
     np.testing.assert_allclose(plateaus, expected, rtol=1e-5)
@@ -144,7 +188,10 @@ def test_trace_figure_shades_the_burnin_and_draws_each_plateau(fake, drawn):
     assert "burn-in (5 steps)" in labels and any("(not levelled off)" in label for label in labels)
     dotted = [line for line in lr_panel.lines if line.get_linestyle() == ":"]
     assert len(dotted) == 1  # the unhealthy estimate (seed 0 of 2·lr), and only it
-    assert "Shaded: burn-in (5 steps, left out)" in fig._suptitle.get_text() and "dashed: plateau" in fig._suptitle.get_text()
+    assert (
+        "Shaded: burn-in (5 steps, left out)" in fig._suptitle.get_text()
+        and "dashed: plateau" in fig._suptitle.get_text()
+    )
 
 
 def test_terms_figure_shows_the_share_of_the_complexity_term(drawn):
@@ -267,7 +314,7 @@ def _direct_writes(source: str) -> list[str]:
         code = line.split("#", 1)[0]
         if ".to_csv(" in code and ".to_csv(index=False)" not in code:
             hits.append(f"{number}: {line.strip()}")
-        elif any(call in code for call in DIRECT_WRITE) and not code.lstrip().startswith(("\"", "'", "-", "``")):
+        elif any(call in code for call in DIRECT_WRITE) and not code.lstrip().startswith(('"', "'", "-", "``")):
             if "open(" in code and not any(mode in code for mode in ('"w', "'w", '"a', "'a", '"x', "'x")):
                 continue  # a read
             hits.append(f"{number}: {line.strip()}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from torch import nn
 
-from conftest import compose_config
 from freeenergy.free_energy import estimate_free_energy
 from freeenergy.free_energy.batched import run_batched_chains
-from freeenergy.free_energy.sampler import chain_seeds, minibatch_order
 from freeenergy.free_energy.config import sgld_settings, validate_free_energy_config
+from freeenergy.free_energy.sampler import chain_seeds, minibatch_order
 from freeenergy.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,11 +93,13 @@ def test_run_batched_chains_wants_one_noise_seed_per_chain():
     batches = torch.stack([minibatch_order(64, 8, 2, chain_seeds(0, c)[0]) for c in range(2)])
     names = [name for name, _ in model.named_parameters()]
     with pytest.raises(ValueError, match="noise_seeds has 1 seeds for 2 chains"):
-        run_batched_chains(model, names, inputs, targets, torch.nn.functional.cross_entropy, lambda x: x, batches,
-                           [0], 1e-3, 1.0, 10.0)
+        run_batched_chains(
+            model, names, inputs, targets, torch.nn.functional.cross_entropy, lambda x: x, batches, [0], 1e-3, 1.0, 10.0
+        )
 
 
 # --- precision ---------------------------------------------------------------------------------------------
+
 
 def test_bf16_runs_and_stays_close_to_fp32():
     model, data = narrow_resnet_with_running_stats(), image_data()
@@ -119,20 +121,26 @@ def test_bf16_keeps_the_parameters_and_their_gradients_in_fp32():
     np.testing.assert_array_equal(estimate.loss_trace, again.loss_trace)  # deterministic as fp32 is
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(precision="fp16"), "precision='fp16' is not allowed"),
-    (dict(precision="bf16", vectorize_chains=True), "fp32 only"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(precision="fp16"), "precision='fp16' is not allowed"),
+        (dict(precision="bf16", vectorize_chains=True), "fp32 only"),
+    ],
+)
 def test_bad_precision_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         estimate_free_energy(narrow_resnet_with_running_stats(), image_data(), **SETTINGS, **options)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["free_energy.precision=fp16"], "free_energy.precision='fp16'"),
-    (["free_energy.vectorize_chains=1"], "free_energy.vectorize_chains=1"),
-    (["free_energy.precision=bf16", "free_energy.vectorize_chains=true"], "fp32 only"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["free_energy.precision=fp16"], "free_energy.precision='fp16'"),
+        (["free_energy.vectorize_chains=1"], "free_energy.vectorize_chains=1"),
+        (["free_energy.precision=bf16", "free_energy.vectorize_chains=true"], "fp32 only"),
+    ],
+)
 def test_the_sweep_refuses_bad_precision_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         validate_free_energy_config(compose_config(overrides).free_energy)

@@ -24,18 +24,32 @@ def load_benchmark(name: str):
 
 
 def test_gpu_check_cpu_smoke_prints_every_row(tmp_path):
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--out", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300,
-                            env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for row in ("pretrain resnet_narrow", "bf16+CL", "(scan)", "SGLD resnet_narrow", "LLC fp32 vs bf16",
-                "batched / sequential", "few-shot 5-way 5-shot"):
+    for row in (
+        "pretrain resnet_narrow",
+        "bf16+CL",
+        "(scan)",
+        "SGLD resnet_narrow",
+        "LLC fp32 vs bf16",
+        "batched / sequential",
+        "few-shot 5-way 5-shot",
+    ):
         assert row in result.stdout, result.stdout
     assert "nan" not in result.stdout.lower()
     rows = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert {r["section"] for r in rows} == {"pretrain", "sgld", "llc", "batched", "fewshot"}
-    assert all(r["command"].startswith("python benchmarks/gpu_check.py --cpu-smoke") and r["torch"] == torch.__version__
-               for r in rows)
+    assert all(
+        r["command"].startswith("python benchmarks/gpu_check.py --cpu-smoke") and r["torch"] == torch.__version__
+        for r in rows
+    )
     assert (tmp_path / "gpu_check.md").read_text().count("\n") == len(rows) + 2  # header, rule, one line a row
 
 
@@ -66,31 +80,69 @@ def test_the_cifar_writer_refuses_an_empty_file(tmp_path):
 # bf16 twice as fast; per checkpoint: 2 s (upstream) and 4 s (downstream) beside the estimate, 20 s
 # downstream step, 10 s metrics. VGG-16-BN trains at half ResNet-18's images/s at every batch size.
 
-E2E = {"device": "made-up GPU", "torch": "0", "date": "2026-01-01", "steps": {
-    "startup": {"status": "ok", "wall_s": 5.0},
-    "pretrain": {"status": "ok", "wall_s": 5 + 12 + 10 + 3, "epoch_seconds": [12.0, 10.0], "batch_size": 128},
-    "free_energy_upstream": {"status": "ok", "wall_s": 5 + 60 + 2, "estimate_wall_s": 60.0, "chains": 4,
-                             "steps_per_chain": 500, "batch_size": 512, "n": 34560, "checkpoints": 1},
-    "free_energy_downstream": {"status": "ok", "wall_s": 5 + 12 + 4, "estimate_wall_s": 12.0, "chains": 4,
-                               "steps_per_chain": 100, "batch_size": 512, "n": 12000, "checkpoints": 1},
-    "downstream": {"status": "ok", "wall_s": 25.0},
-    "metrics": {"status": "ok", "wall_s": 15.0},
-}}
+E2E = {
+    "device": "made-up GPU",
+    "torch": "0",
+    "date": "2026-01-01",
+    "steps": {
+        "startup": {"status": "ok", "wall_s": 5.0},
+        "pretrain": {"status": "ok", "wall_s": 5 + 12 + 10 + 3, "epoch_seconds": [12.0, 10.0], "batch_size": 128},
+        "free_energy_upstream": {
+            "status": "ok",
+            "wall_s": 5 + 60 + 2,
+            "estimate_wall_s": 60.0,
+            "chains": 4,
+            "steps_per_chain": 500,
+            "batch_size": 512,
+            "n": 34560,
+            "checkpoints": 1,
+        },
+        "free_energy_downstream": {
+            "status": "ok",
+            "wall_s": 5 + 12 + 4,
+            "estimate_wall_s": 12.0,
+            "chains": 4,
+            "steps_per_chain": 100,
+            "batch_size": 512,
+            "n": 12000,
+            "checkpoints": 1,
+        },
+        "downstream": {"status": "ok", "wall_s": 25.0},
+        "metrics": {"status": "ok", "wall_s": 15.0},
+    },
+}
 
 
 def made_up_rows() -> list[dict]:
     rows = []
     for model, rate, precision_batch in (("resnet18_cifar", 3456.0, 256), ("vgg16_bn", 1728.0, 128)):
         for batch in (32, 64, 128, 256, 512, 1024):
-            rows.append({"section": "pretrain", "value": rate, "detail": dict(
-                model=model, batch=batch, precision="fp32", channels_last=True, scan=True)})
+            rows.append(
+                {
+                    "section": "pretrain",
+                    "value": rate,
+                    "detail": dict(model=model, batch=batch, precision="fp32", channels_last=True, scan=True),
+                }
+            )
         for precision, factor in (("fp32", 1.0), ("bf16", 2.0)):
-            rows.append({"section": "pretrain", "value": rate * factor, "detail": dict(
-                model=model, batch=precision_batch, precision=precision, channels_last=True, scan=False)})
+            rows.append(
+                {
+                    "section": "pretrain",
+                    "value": rate * factor,
+                    "detail": dict(
+                        model=model, batch=precision_batch, precision=precision, channels_last=True, scan=False
+                    ),
+                }
+            )
     for model, batch, seconds in (("resnet18_cifar", 512, 0.03), ("vgg16_bn", 256, 0.06)):
         for precision, factor in (("fp32", 1.0), ("bf16", 2.0)):
-            rows.append({"section": "sgld", "value": batch / seconds * factor,
-                         "detail": dict(model=model, batch=batch, precision=precision)})
+            rows.append(
+                {
+                    "section": "sgld",
+                    "value": batch / seconds * factor,
+                    "detail": dict(model=model, batch=batch, precision=precision),
+                }
+            )
     return rows
 
 
@@ -138,7 +190,10 @@ def test_a_missing_row_or_step_leaves_only_its_steps_uncomputed_and_named(wall_t
     rows = [r for r in made_up_rows() if not (r["section"] == "sgld" and r["detail"]["model"] == "vgg16_bn")]
     result, steps = expectation(wall_time, "mini_imagenet", rows=rows)
     assert result.missing == ["free energy (upstream)", "free energy (downstream)"]
-    assert "no 'sgld' row with" in steps["free energy (upstream)"].note and "--only sgld" in steps["free energy (upstream)"].note
+    assert (
+        "no 'sgld' row with" in steps["free energy (upstream)"].note
+        and "--only sgld" in steps["free energy (upstream)"].note
+    )
     assert steps["pretraining"].seconds == pytest.approx(55 * 60 * 20 + 55 * 3 + 3 * 5)
     assert result.total_s == pytest.approx(sum(s.seconds for s in result.steps if s.seconds is not None))
     e2e = copy.deepcopy(E2E)
@@ -152,9 +207,10 @@ def test_a_missing_row_or_step_leaves_only_its_steps_uncomputed_and_named(wall_t
 
 def test_the_calculator_writes_its_tables(wall_time, tmp_path):
     (tmp_path / "e2e.json").write_text(json.dumps(E2E))
-    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in made_up_rows()) + "\n{\"cut short")
-    wall_time.main(["--e2e", str(tmp_path / "e2e.json"), "--rows", str(tmp_path / "rows.jsonl"),
-                    "--out", str(tmp_path)])
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in made_up_rows()) + '\n{"cut short')
+    wall_time.main(
+        ["--e2e", str(tmp_path / "e2e.json"), "--rows", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path)]
+    )
     text = (tmp_path / "wall_time.md").read_text()
     assert "**cifar_fs**" in text and "**mini_imagenet**" in text and "*scaled*" in text
     totals = [e["total_s"] for e in json.loads((tmp_path / "wall_time.json").read_text())["experiments"]]

@@ -33,6 +33,9 @@ def test_every_committed_record_was_made_with_the_settings_the_committed_config_
     paths = sorted(RECORDS.glob(f"*/epoch_*/{record_name}.json"))
     assert paths, f"no committed runs/default/*/epoch_*/{record_name}.json"
     wanted = requested(record_name)
-    stale = {str(p.relative_to(REPO)): differences(read_json(p)["settings"], wanted)[:3] for p in paths
-             if read_json(p)["settings"] != wanted}
+    stale = {
+        str(p.relative_to(REPO)): differences(read_json(p)["settings"], wanted)[:3]
+        for p in paths
+        if read_json(p)["settings"] != wanted
+    }
     assert not stale, f"{len(stale)} of {len(paths)} records would be refused: {dict(list(stale.items())[:2])}"

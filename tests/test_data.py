@@ -17,7 +17,11 @@ def test_generator_is_deterministic_per_seed():
 
 def test_class_splits_are_disjoint_and_upstream_covers_every_factor():
     splits = class_factors(seed=0)
-    assert {name: len(classes) for name, classes in splits.items()} == {"upstream": 64, "validation": 16, "downstream": 20}
+    assert {name: len(classes) for name, classes in splits.items()} == {
+        "upstream": 64,
+        "validation": 16,
+        "downstream": 20,
+    }
     upstream, validation, downstream = (set(splits[k]) for k in ("upstream", "validation", "downstream"))
     assert not upstream & validation and not upstream & downstream and not validation & downstream
     for position, values in enumerate((SHAPES, TEXTURES, tuple(HUES))):
@@ -30,8 +34,14 @@ def test_images_vary_within_a_class():
 
 
 def test_loader_caches_and_returns_the_same_bytes(tmp_path):
-    options = {"name": "synthetic", "root": str(tmp_path), "image_size": 8, "images_per_class": 6,
-               "heldout_fraction": 0.5, "seed": 3}
+    options = {
+        "name": "synthetic",
+        "root": str(tmp_path),
+        "image_size": 8,
+        "images_per_class": 6,
+        "heldout_fraction": 0.5,
+        "seed": 3,
+    }
     first = load_data(options)
     assert len(list(tmp_path.glob("synthetic_*.pt"))) == 1
     cached = load_data(options)

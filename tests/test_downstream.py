@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_config, tiny_overrides
 from omegaconf import OmegaConf
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from conftest import compose_config, tiny_overrides
 from freeenergy.data import ImageSet
 from freeenergy.data.synthetic import load_synthetic
 from freeenergy.downstream.episodes import sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import (
-    LogisticOptions, augmented_features, episode_accuracies, extract_features, fit_logistic, summarize,
+    LogisticOptions,
+    augmented_features,
+    episode_accuracies,
+    extract_features,
+    fit_logistic,
+    summarize,
 )
 from freeenergy.downstream.step import run_downstream
 from freeenergy.models import create_model
@@ -24,20 +29,41 @@ from freeenergy.records.checkpoints import iter_checkpoints
 
 # tiny_data has 10 images per downstream class: episodes and fine-tuning batches must fit in them
 TINY_DOWNSTREAM = [
-    "downstream.fewshot.shots=[1,2]", "downstream.fewshot.n_query=3", "downstream.fewshot.episodes=20",
-    "downstream.finetune.epochs=6", "downstream.finetune.batch_size=32", "downstream.finetune.images_per_class=null",
-    "downstream.finetune.lr=0.1", "downstream.finetune.backbone_lr=0.02",
+    "downstream.fewshot.shots=[1,2]",
+    "downstream.fewshot.n_query=3",
+    "downstream.fewshot.episodes=20",
+    "downstream.finetune.epochs=6",
+    "downstream.finetune.batch_size=32",
+    "downstream.finetune.images_per_class=null",
+    "downstream.finetune.lr=0.1",
+    "downstream.finetune.backbone_lr=0.02",
 ]
-FINETUNE_KEYS = {"test_acc", "test_loss", "train_loss", "epochs", "lr", "backbone_lr", "batch_size", "optimizer",
-                 "images_per_class", "train_images", "test_images", "seed", "wall_time_s", "device", "config"}
+FINETUNE_KEYS = {
+    "test_acc",
+    "test_loss",
+    "train_loss",
+    "epochs",
+    "lr",
+    "backbone_lr",
+    "batch_size",
+    "optimizer",
+    "images_per_class",
+    "train_images",
+    "test_images",
+    "seed",
+    "wall_time_s",
+    "device",
+    "config",
+}
 FEWSHOT_KEYS = {"results", "seed", "wall_time_s", "device", "config"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 
-def clustered_features(classes: int, per_class: int, dim: int, spread: float,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def clustered_features(
+    classes: int, per_class: int, dim: int, spread: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-norm features around one random direction per class, and their labels."""
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=generator)
@@ -47,6 +73,7 @@ def clustered_features(classes: int, per_class: int, dim: int, spread: float,
 
 
 # ---------------------------------------------------------------- episodes
+
 
 def test_episodes_are_disjoint_within_their_classes_and_reproducible():
     labels = torch.arange(8).repeat_interleave(12)[torch.randperm(96, generator=torch.Generator().manual_seed(1))]
@@ -65,10 +92,14 @@ def test_episodes_are_disjoint_within_their_classes_and_reproducible():
     assert not torch.equal(other.support, episodes.support)
 
 
-@pytest.mark.parametrize("n_way, k_shot, n_query, match", [
-    (9, 1, 1, "n_way=9 exceeds the 8 classes"), (5, 10, 3, "k_shot \\+ n_query = 13 exceeds the 12"),
-    (5, 0, 3, "k_shot=0"),
-])
+@pytest.mark.parametrize(
+    "n_way, k_shot, n_query, match",
+    [
+        (9, 1, 1, "n_way=9 exceeds the 8 classes"),
+        (5, 10, 3, "k_shot \\+ n_query = 13 exceeds the 12"),
+        (5, 0, 3, "k_shot=0"),
+    ],
+)
 def test_sampler_refuses_episodes_the_data_cannot_supply(n_way, k_shot, n_query, match):
     with pytest.raises(ValueError, match=match):
         sample_episodes(torch.arange(8).repeat_interleave(12), n_way, k_shot, n_query, 10, seed=0)
@@ -76,8 +107,10 @@ def test_sampler_refuses_episodes_the_data_cannot_supply(n_way, k_shot, n_query,
 
 # ---------------------------------------------------------------- probes
 
-def reference_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int,
-                       C: float) -> tuple[np.ndarray, np.ndarray]:
+
+def reference_logistic(
+    features: np.ndarray, labels: np.ndarray, n_classes: int, C: float
+) -> tuple[np.ndarray, np.ndarray]:
     """One episode with scipy's L-BFGS-B: min C·Σ CE + ½‖W‖² (intercept not penalised), as scikit-learn."""
     dim = features.shape[1]
     targets = np.eye(n_classes)[labels]
@@ -90,8 +123,13 @@ def reference_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int,
         value = C * (log_norm - (logits * targets).sum(1)).sum() + 0.5 * (weight**2).sum()
         return value, np.concatenate([(residual.T @ features + weight).ravel(), residual.sum(0)])
 
-    result = minimize(objective, np.zeros(n_classes * (dim + 1)), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-15})
+    result = minimize(
+        objective,
+        np.zeros(n_classes * (dim + 1)),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-15},
+    )
     return result.x[: n_classes * dim].reshape(n_classes, dim), result.x[n_classes * dim :]
 
 
@@ -118,8 +156,9 @@ def test_probes_separate_separable_features_and_are_at_chance_on_random_labels(c
     separable = episode_accuracies(features, sample_episodes(labels, 5, 1, 15, 100, seed=0), classifier)
     assert separable.min() == 1.0
     shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
-    random = summarize(episode_accuracies(features, sample_episodes(shuffled, 5, 5, 15, 400, seed=0), classifier,
-                                          episode_batch=150))
+    random = summarize(
+        episode_accuracies(features, sample_episodes(shuffled, 5, 5, 15, 400, seed=0), classifier, episode_batch=150)
+    )
     assert abs(random.mean_acc - 0.2) < 0.02 and random.episodes == 400
 
 
@@ -156,6 +195,7 @@ def test_features_are_unit_norm_eval_mode_and_views_reproducible():
 
 # ---------------------------------------------------------------- fine-tuning
 
+
 def colour_classes(classes: int, per_class: int, size: int = 8, seed: int = 0) -> ImageSet:
     """Noisy uint8 images whose class is their mean colour: learnable in a few steps."""
     generator = torch.Generator().manual_seed(seed)
@@ -183,11 +223,22 @@ def test_finetuning_improves_over_the_fresh_head_and_leaves_the_input_model_alon
     torch.manual_seed(0)
     model = create_model("resnet_narrow", num_classes=9, width=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ft_cfg = OmegaConf.create({"epochs": 8, "batch_size": 16, "optimizer": "sgd", "lr": 0.1, "backbone_lr": 0.02,
-                               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                               "augment": {"padding": 1, "flip": True}})
-    result = finetune(model, (train.images, train.labels), (test.images, test.labels), lambda x: x.float() / 128 - 1,
-                      ft_cfg, seed=0)
+    ft_cfg = OmegaConf.create(
+        {
+            "epochs": 8,
+            "batch_size": 16,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "backbone_lr": 0.02,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "augment": {"padding": 1, "flip": True},
+        }
+    )
+    result = finetune(
+        model, (train.images, train.labels), (test.images, test.labels), lambda x: x.float() / 128 - 1, ft_cfg, seed=0
+    )
     assert result.steps == 8 * (120 // 16)
     assert result.test_acc >= 0.9 and result.test_acc > result.initial_test_acc + 0.3
     assert result.test_loss < result.initial_test_loss
@@ -200,15 +251,26 @@ def test_finetuning_on_the_default_data_improves_over_the_untrained_head(tmp_pat
     train, test = finetune_split(data.downstream, 0.25, None, seed=0)
     torch.manual_seed(0)
     model = create_model("resnet_narrow", num_classes=64, width=8)
-    ft_cfg = OmegaConf.create({"epochs": 8, "batch_size": 32, "optimizer": "sgd", "lr": 0.1, "backbone_lr": 0.1,
-                               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                               "augment": {"padding": 1, "flip": True}})
+    ft_cfg = OmegaConf.create(
+        {
+            "epochs": 8,
+            "batch_size": 32,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "backbone_lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "augment": {"padding": 1, "flip": True},
+        }
+    )
     result = finetune(model, (train.images, train.labels), (test.images, test.labels), data.normalize, ft_cfg, seed=0)
     assert result.initial_test_loss == pytest.approx(np.log(20), abs=0.1)  # a fresh head: near uniform
     assert result.test_loss < result.initial_test_loss - 0.2 and result.test_acc > result.initial_test_acc
 
 
 # ---------------------------------------------------------------- the sweep
+
 
 def tiny_cfg(tiny_experiment, *overrides: str):
     return compose_config(tiny_overrides(tiny_experiment.path.parent) + TINY_DOWNSTREAM + list(overrides))
@@ -238,16 +300,21 @@ def test_sweep_writes_both_records_skips_finished_ones_and_survives_a_broken_che
     assert mtimes[1:] == [c.record_path("fewshot").stat().st_mtime_ns for c in checkpoints[2:]]
 
 
-@pytest.mark.parametrize("override, match", [
-    ("downstream.fewshot.shots=[1,8]",
-     r"downstream.fewshot.shots=\[1, 8\].*K \+ n_query = 8 \+ 3 exceeds the 10 images"),
-    ("downstream.fewshot.n_way=21", r"downstream.fewshot.n_way=21.*at most the 20 downstream classes"),
-    ("downstream.fewshot.episodes=0", r"downstream.fewshot.episodes=0.*positive integer"),
-    ("downstream.finetune.epochs=0", r"downstream.finetune.epochs=0.*positive integer"),
-    ("downstream.finetune.batch_size=500", r"downstream.finetune.batch_size=500.*at most the 160"),
-    ("downstream.kinds=[finetune,probe]", r"downstream.kinds=\['finetune', 'probe'\].*a non-empty list from"),
-    ("downstream.kinds=fewshot", r"downstream.kinds='fewshot'.*write a list, e.g. kinds=\[fewshot\]"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "downstream.fewshot.shots=[1,8]",
+            r"downstream.fewshot.shots=\[1, 8\].*K \+ n_query = 8 \+ 3 exceeds the 10 images",
+        ),
+        ("downstream.fewshot.n_way=21", r"downstream.fewshot.n_way=21.*at most the 20 downstream classes"),
+        ("downstream.fewshot.episodes=0", r"downstream.fewshot.episodes=0.*positive integer"),
+        ("downstream.finetune.epochs=0", r"downstream.finetune.epochs=0.*positive integer"),
+        ("downstream.finetune.batch_size=500", r"downstream.finetune.batch_size=500.*at most the 160"),
+        ("downstream.kinds=[finetune,probe]", r"downstream.kinds=\['finetune', 'probe'\].*a non-empty list from"),
+        ("downstream.kinds=fewshot", r"downstream.kinds='fewshot'.*write a list, e.g. kinds=\[fewshot\]"),
+    ],
+)
 def test_bad_config_is_refused_before_any_compute(tiny_experiment, override, match):
     with pytest.raises(ValueError, match=match):
         run_downstream(tiny_cfg(tiny_experiment, override))

@@ -15,19 +15,18 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config, tiny_overrides
 from torch import nn
 
-from conftest import compose_config, tiny_overrides
 from freeenergy.free_energy import estimate_free_energy
-from freeenergy.free_energy.calibration import calibrate, suggest_setting
 from freeenergy.free_energy.calibrate_step import checkpoint_from_path, run_calibration
+from freeenergy.free_energy.calibration import calibrate, suggest_setting
 from freeenergy.free_energy.diagnostics import max_stable_step_size, top_hessian_eigenvalue, trace_drift
 from freeenergy.free_energy.sampler import SGLDSettings, minibatch_order
-from freeenergy.free_energy.estimator import summarize
 from freeenergy.free_energy.step import run_free_energy
+from freeenergy.free_energy.summary import summarize
 from freeenergy.records.checkpoints import iter_checkpoints
 from freeenergy.records.io import read_json
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
@@ -79,8 +78,9 @@ def test_regular_model_has_llc_half_its_dimension():
     inputs, targets = regression_data(n, d)
     model = linear_model_at_minimum(inputs, targets)
     # full-batch gradients, so the chain's answer is exactly localized_regular_llc (within 4% of d/2 here)
-    estimate = estimate_free_energy(model, (inputs, targets), half_mse, step_size=1e-3, localization=1.0,
-                                    **{**KNOWN_ANSWER, "batch_size": n})
+    estimate = estimate_free_energy(
+        model, (inputs, targets), half_mse, step_size=1e-3, localization=1.0, **{**KNOWN_ANSWER, "batch_size": n}
+    )
     nbeta = n / math.log(n)
     expected = localized_regular_llc(inputs.T @ inputs / n, nbeta, gamma=1.0, step_size=1e-3)
     assert abs(expected - d / 2) < 0.04 * d / 2
@@ -99,8 +99,9 @@ def test_redundant_parameters_give_the_smaller_known_llc():
     a = products.abs().sqrt()
     model = Products(a, products / a)  # at the minimum of L_n, every aᵢbᵢ ≠ 0
     # full batch; ε keeps the discretization bias ≈ εP/4 ≤ 3% (P ≤ nβ·(aᵢ² + bᵢ²) ≈ 3nβ)
-    estimate = estimate_free_energy(model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0,
-                                    **{**KNOWN_ANSWER, "batch_size": n})
+    estimate = estimate_free_energy(
+        model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0, **{**KNOWN_ANSWER, "batch_size": n}
+    )
     assert estimate.num_parameters == 2 * k
     assert within_chain_spread(estimate, k / 2), (estimate.llc, estimate.llc_std)
     assert estimate.llc < 0.75 * (2 * k) / 2  # clearly below the regular count d/2 = 3
@@ -133,16 +134,24 @@ def test_frozen_parameters_leave_the_llc_of_the_sampled_ones():
     inputs, targets = regression_data(n, d)
     model = TwoBlocks(least_squares(inputs, targets))
     before = [p.detach().clone() for p in model.parameters()]
-    estimate = estimate_free_energy(model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0,
-                                    frozen_parameters=["second"], **KNOWN_ANSWER)
+    estimate = estimate_free_energy(
+        model,
+        (inputs, targets),
+        half_mse,
+        step_size=2e-4,
+        localization=1.0,
+        frozen_parameters=["second"],
+        **KNOWN_ANSWER,
+    )
     # only the first block moves: a regular model in 3 dimensions (Hessian: the first block of XᵀX/n)
     expected = localized_regular_llc(inputs[:, :3].T @ inputs[:, :3] / n, n / math.log(n), gamma=1.0, step_size=2e-4)
     assert estimate.num_parameters == 3 and abs(expected - 1.5) < 0.02
     assert within_chain_spread(estimate, expected), (estimate.llc, estimate.llc_std, expected)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the input model is untouched
     with pytest.raises(ValueError, match="frozen_parameters"):
-        estimate_free_energy(model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0,
-                             frozen_parameters=["third"])
+        estimate_free_energy(
+            model, (inputs, targets), half_mse, step_size=2e-4, localization=1.0, frozen_parameters=["third"]
+        )
 
 
 def small_cnn(num_classes: int = 4, batch_norm: bool = False) -> nn.Module:
@@ -194,7 +203,9 @@ def test_same_seed_is_identical_and_other_seeds_agree_within_spread():
         def __getitem__(self, i):
             return data[0][i], int(data[1][i])
 
-    np.testing.assert_array_equal(first.loss_trace, estimate_free_energy(model, Pairs(), seed=3, **CNN_SETTINGS).loss_trace)
+    np.testing.assert_array_equal(
+        first.loss_trace, estimate_free_energy(model, Pairs(), seed=3, **CNN_SETTINGS).loss_trace
+    )
     other = estimate_free_energy(model, data, seed=4, **CNN_SETTINGS)
     assert not np.array_equal(first.loss_trace, other.loss_trace)
     combined = math.sqrt((first.llc_std**2 + other.llc_std**2) / CNN_SETTINGS["num_chains"])
@@ -216,8 +227,9 @@ def test_a_step_size_far_too_large_is_reported_as_diverged():
 
 def test_a_finite_runaway_chain_counts_as_diverged():
     # One chain's loss climbs to a level that implies an LLC above d (twice the largest possible d/2).
-    settings = SGLDSettings(num_chains=3, num_draws=40, num_burnin=0, step_size=1e-4, localization=1.0, nbeta=100.0,
-                            batch_size=8, seed=0)
+    settings = SGLDSettings(
+        num_chains=3, num_draws=40, num_burnin=0, step_size=1e-4, localization=1.0, nbeta=100.0, batch_size=8, seed=0
+    )
     traces = np.full((3, 40), 1.0) + np.random.default_rng(0).normal(0, 0.01, (3, 40))
     traces[1, 20:] = 1.0 + np.linspace(0.5, 5.0, 20)  # implied LLC of the last quarter ≈ 100·4.4 > d = 50
     with pytest.warns(RuntimeWarning):
@@ -230,10 +242,16 @@ def test_a_finite_runaway_chain_counts_as_diverged():
     assert not healthy.diverged and math.isfinite(healthy.llc) and "diverged" not in healthy.health.flags
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"step_size": 0.0}, "step_size"), ({"localization": -1.0}, "localization"), ({"num_chains": 0}, "num_chains"),
-    ({"batch_size": 10_000}, "batch_size"), ({"nbeta": -5.0}, "nbeta"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"step_size": 0.0}, "step_size"),
+        ({"localization": -1.0}, "localization"),
+        ({"num_chains": 0}, "num_chains"),
+        ({"batch_size": 10_000}, "batch_size"),
+        ({"nbeta": -5.0}, "nbeta"),
+    ],
+)
 def test_bad_arguments_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         estimate_free_energy(small_cnn(), image_data(), **{**CNN_SETTINGS, **bad})
@@ -280,8 +298,17 @@ def test_calibration_marks_settings_and_suggests_the_largest_stable_step():
     model = linear_model_at_minimum(inputs, targets)
 
     def estimate(step_size, localization):
-        return estimate_free_energy(model, (inputs, targets), half_mse, num_chains=4, num_draws=200, num_burnin=50,
-                                    step_size=step_size, localization=localization, batch_size=100)
+        return estimate_free_energy(
+            model,
+            (inputs, targets),
+            half_mse,
+            num_chains=4,
+            num_draws=200,
+            num_burnin=50,
+            step_size=step_size,
+            localization=localization,
+            batch_size=100,
+        )
 
     sharpness = torch.linalg.eigvalsh(inputs.T @ inputs / 500).max().item()
     with warnings.catch_warnings():
@@ -308,14 +335,15 @@ def test_calibration_marks_settings_and_suggests_the_largest_stable_step():
 def test_suggestion_prefers_positive_llc_then_large_steps_then_weak_localization():
     import pandas as pd
 
-    table = pd.DataFrame({
-        "step_size": [1e-3, 1e-4, 1e-4, 1e-5, 1e-2],
-        "localization": [10.0, 100.0, 10.0, 10.0, 10.0],
-        "status": ["ok, negative LLC", "ok", "ok", "ok", "unstable"],
-    })
+    table = pd.DataFrame(
+        {
+            "step_size": [1e-3, 1e-4, 1e-4, 1e-5, 1e-2],
+            "localization": [10.0, 100.0, 10.0, 10.0, 10.0],
+            "status": ["ok, negative LLC", "ok", "ok", "ok", "unstable"],
+        }
+    )
     assert suggest_setting(table) == 2
     assert suggest_setting(table.assign(status="not levelled")) is None
-
 
 
 def test_a_step_size_that_inflates_the_llc_is_marked_biased_and_not_suggested():
@@ -330,8 +358,17 @@ def test_a_step_size_that_inflates_the_llc_is_marked_biased_and_not_suggested():
     bound = 4 / (nbeta * sharpness + gamma)
 
     def estimate(step_size, localization):
-        return estimate_free_energy(model, (inputs, targets), half_mse, num_chains=4, num_draws=400, num_burnin=300,
-                                    step_size=step_size, localization=localization, batch_size=4000)
+        return estimate_free_energy(
+            model,
+            (inputs, targets),
+            half_mse,
+            num_chains=4,
+            num_draws=400,
+            num_burnin=300,
+            step_size=step_size,
+            localization=localization,
+            batch_size=4000,
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -351,13 +388,15 @@ def test_step_size_bias_allows_for_chain_noise_and_compares_within_one_localizat
 
     from freeenergy.free_energy.calibration import mark_step_size_bias
 
-    table = pd.DataFrame({
-        "step_size": [1e-4, 2e-4, 4e-4, 1e-4, 2e-4],
-        "localization": [10.0, 10.0, 10.0, 100.0, 100.0],
-        "llc": [10.0, 10.5, 14.0, 3.0, 4.0],
-        "llc_se": [0.1, 0.1, 0.1, 1.0, 1.0],
-        "status": ["ok", "ok", "ok", "ok", "ok"],
-    })
+    table = pd.DataFrame(
+        {
+            "step_size": [1e-4, 2e-4, 4e-4, 1e-4, 2e-4],
+            "localization": [10.0, 10.0, 10.0, 100.0, 100.0],
+            "llc": [10.0, 10.5, 14.0, 3.0, 4.0],
+            "llc_se": [0.1, 0.1, 0.1, 1.0, 1.0],
+            "status": ["ok", "ok", "ok", "ok", "ok"],
+        }
+    )
     marked = mark_step_size_bias(table, 0.1)
     # a reference whose burn-in was too short anchors nothing: its successor stays unchecked
     unrelaxed = mark_step_size_bias(table.assign(status=["ok", "not relaxed", "ok", "ok", "ok"]), 0.1)
@@ -370,12 +409,32 @@ def test_step_size_bias_allows_for_chain_noise_and_compares_within_one_localizat
     with pytest.raises(ValueError, match="max_step_size_effect"):
         mark_step_size_bias(table, -0.1)
 
+
 # --- the sweep step, on the tiny experiment of conftest.py ---------------------------------------------
 
-TINY_FREE_ENERGY = ["free_energy.num_chains=2", "free_energy.num_draws=16", "free_energy.batch_size=32",
-                    "free_energy.step_size=1e-5", "free_energy.eval_batch_size=256"]
-RECORD_KEYS = {"split", "free_energy", "free_energy_std", "llc", "llc_std", "init_loss", "n", "nbeta", "diverged",
-               "loss_trace", "hyperparameters", "seed", "wall_time_s", "device"}
+TINY_FREE_ENERGY = [
+    "free_energy.num_chains=2",
+    "free_energy.num_draws=16",
+    "free_energy.batch_size=32",
+    "free_energy.step_size=1e-5",
+    "free_energy.eval_batch_size=256",
+]
+RECORD_KEYS = {
+    "split",
+    "free_energy",
+    "free_energy_std",
+    "llc",
+    "llc_std",
+    "init_loss",
+    "n",
+    "nbeta",
+    "diverged",
+    "loss_trace",
+    "hyperparameters",
+    "seed",
+    "wall_time_s",
+    "device",
+}
 
 
 def tiny_cfg(tiny_experiment, *overrides: str):
@@ -407,7 +466,9 @@ def test_sweep_writes_one_record_per_checkpoint_and_skips_finished_ones(tiny_exp
 def test_sweep_downstream_frozen_head_divergence_and_a_broken_checkpoint(tiny_experiment):
     checkpoints = list(iter_checkpoints(tiny_experiment.path))
     checkpoints[0].model_path.write_bytes(b"not a checkpoint")
-    outcomes = run_free_energy(tiny_cfg(tiny_experiment, "free_energy.split=downstream", "free_energy.sample_head=false"))
+    outcomes = run_free_energy(
+        tiny_cfg(tiny_experiment, "free_energy.split=downstream", "free_energy.sample_head=false")
+    )
     assert [o.status for o in outcomes] == ["failed", "estimated", "estimated", "estimated"]
     record = checkpoints[1].read_record("free_energy_downstream")
     assert record["split"] == "downstream" and record["n"] == 200  # 20 held-out classes × 10 images
@@ -428,7 +489,12 @@ def test_bad_free_energy_config_is_refused(tiny_experiment):
 
 
 def test_calibration_script_writes_table_figure_and_suggestion(tiny_experiment):
-    overrides = ["free_energy.num_burnin=40", "calibrate.step_sizes=[1e-4,100.0]", "calibrate.localizations=[1000.0]", "calibrate.sharpness_batch=64"]
+    overrides = [
+        "free_energy.num_burnin=40",
+        "calibrate.step_sizes=[1e-4,100.0]",
+        "calibrate.localizations=[1000.0]",
+        "calibrate.sharpness_batch=64",
+    ]
     try:
         cfg = tiny_cfg(tiny_experiment, *overrides)
     except Exception:  # calibrate is not in the defaults list of conf/config.yaml
@@ -453,6 +519,7 @@ def test_calibration_script_writes_table_figure_and_suggestion(tiny_experiment):
 
 # ---- health of an estimate: the false-divergence kind, chain agreement, the non-minimum bias ----
 
+
 def test_healthy_regression_chains_are_not_flagged_as_diverged():
     # Issue 10's repro: d = 12 at the least-squares optimum; the old run-away test (tail-mean LLC > d) ignored the
     # noise of the tail mean and flagged one seed of 5..14 although its trace was stationary.
@@ -460,8 +527,17 @@ def test_healthy_regression_chains_are_not_flagged_as_diverged():
     inputs, targets = regression_data(n, d)
     model = linear_model_at_minimum(inputs, targets)
     for seed in range(5, 15):
-        estimate = estimate_free_energy(model, (inputs, targets), half_mse, num_chains=2, num_draws=100,
-                                        step_size=1e-4, localization=1.0, batch_size=500, seed=seed)
+        estimate = estimate_free_energy(
+            model,
+            (inputs, targets),
+            half_mse,
+            num_chains=2,
+            num_draws=100,
+            step_size=1e-4,
+            localization=1.0,
+            batch_size=500,
+            seed=seed,
+        )
         assert not estimate.diverged and "diverged" not in estimate.health.flags, seed
         assert math.isfinite(estimate.llc)
 
@@ -475,8 +551,16 @@ def _equilibrium_traces(d: int, nbeta: float, chains: int, steps: int, minibatch
 
 @pytest.mark.parametrize("d, nbeta, minibatch_sd", [(12, 1086.0, 0.03), (200_000, 384.0, 0.05)])
 def test_runaway_test_spares_equilibrium_chains_of_small_and_large_models(d, nbeta, minibatch_sd):
-    settings = SGLDSettings(num_chains=4, num_draws=200, num_burnin=0, step_size=1e-5, localization=100.0,
-                            nbeta=nbeta, batch_size=64, seed=0)
+    settings = SGLDSettings(
+        num_chains=4,
+        num_draws=200,
+        num_burnin=0,
+        step_size=1e-5,
+        localization=100.0,
+        nbeta=nbeta,
+        batch_size=64,
+        seed=0,
+    )
     for seed in range(50):
         traces = _equilibrium_traces(d, nbeta, 4, 200, minibatch_sd, seed)
         with warnings.catch_warnings():
@@ -488,8 +572,16 @@ def test_runaway_test_spares_equilibrium_chains_of_small_and_large_models(d, nbe
 @pytest.mark.parametrize("d", [12, 200_000])
 def test_real_runaways_and_non_finite_chains_are_flagged(d):
     nbeta = 384.0
-    settings = SGLDSettings(num_chains=3, num_draws=200, num_burnin=0, step_size=1e-5, localization=100.0,
-                            nbeta=nbeta, batch_size=64, seed=0)
+    settings = SGLDSettings(
+        num_chains=3,
+        num_draws=200,
+        num_burnin=0,
+        step_size=1e-5,
+        localization=100.0,
+        nbeta=nbeta,
+        batch_size=64,
+        seed=0,
+    )
     traces = _equilibrium_traces(d, nbeta, 3, 200, 0.03, seed=0)
     traces[1] = 1.0 + np.exp(np.linspace(0, 8, 200)) * d / nbeta  # explodes: the implied LLC ends far above d
     traces[2, 150] = np.nan
@@ -500,6 +592,7 @@ def test_real_runaways_and_non_finite_chains_are_flagged(d):
 
 def test_split_rhat_known_cases():
     from freeenergy.free_energy.diagnostics import split_rhat
+
     rng = np.random.default_rng(0)
     same = rng.normal(size=(4, 1000))
     assert split_rhat(same) == pytest.approx(1.0, abs=0.01)
@@ -543,17 +636,35 @@ def test_health_fields_are_in_the_record():
     inputs, targets = regression_data(200, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        estimate = estimate_free_energy(linear_model_at_minimum(inputs, targets), (inputs, targets), half_mse,
-                                        num_chains=2, num_draws=50, step_size=1e-3, localization=1.0, batch_size=50)
+        estimate = estimate_free_energy(
+            linear_model_at_minimum(inputs, targets),
+            (inputs, targets),
+            half_mse,
+            num_chains=2,
+            num_draws=50,
+            step_size=1e-3,
+            localization=1.0,
+            batch_size=50,
+        )
     record = estimate.to_record()
-    for key in ("levelled_off", "drift_t", "drift_llc", "split_rhat", "llc_rel_spread", "grad_norm_sq",
-                "gradient_bias", "flags", "healthy"):
+    for key in (
+        "levelled_off",
+        "drift_t",
+        "drift_llc",
+        "split_rhat",
+        "llc_rel_spread",
+        "grad_norm_sq",
+        "gradient_bias",
+        "flags",
+        "healthy",
+    ):
         assert key in record, key
     assert record["healthy"] == (not record["flags"])
 
 
 def test_checkpoint_selection_all_final_or_epochs(tiny_experiment):
     from freeenergy.records.checkpoints import checkpoints_of_shard
+
     every = checkpoints_of_shard(tiny_experiment.path)
     assert [c.epoch for c in every] == [1, 2, 1, 2]
     assert [c.epoch for c in checkpoints_of_shard(tiny_experiment.path, which="final")] == [2, 2]

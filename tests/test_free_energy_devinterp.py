@@ -40,8 +40,13 @@ def trained_cnn(inputs: torch.Tensor, labels: torch.Tensor) -> nn.Module:
     """A small CNN without batch norm, trained briefly (full batch) into a low-loss region: the checkpoint."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, CLASSES),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, CLASSES),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(150):
@@ -66,18 +71,35 @@ def test_llc_agrees_with_devinterp_within_chain_spread():
     inputs, labels = teacher_data()
     model = trained_cnn(inputs, labels)
     nbeta = N / math.log(N)
-    ours = estimate_free_energy(model, (inputs, labels), num_chains=CHAINS, num_draws=DRAWS, step_size=STEP_SIZE,
-                                localization=LOCALIZATION, nbeta=nbeta, batch_size=BATCH, seed=0)
+    ours = estimate_free_energy(
+        model,
+        (inputs, labels),
+        num_chains=CHAINS,
+        num_draws=DRAWS,
+        step_size=STEP_SIZE,
+        localization=LOCALIZATION,
+        nbeta=nbeta,
+        batch_size=BATCH,
+        seed=0,
+    )
     assert not ours.diverged and ours.llc > 0
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, labels), batch_size=BATCH,
-                                         shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(inputs, labels), batch_size=BATCH, shuffle=True, drop_last=True
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # devinterp warns about seeding, nbeta and its deprecated SGLD class
         theirs = devinterp_sampler.estimate_learning_coeff_with_summary(
-            model, loader, evaluate=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+            model,
+            loader,
+            evaluate=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
             optimizer_kwargs=dict(lr=STEP_SIZE, localization=LOCALIZATION, nbeta=nbeta),
-            num_chains=CHAINS, num_draws=DRAWS, init_loss=ours.init_loss, seed=0, device="cpu", verbose=False,
+            num_chains=CHAINS,
+            num_draws=DRAWS,
+            init_loss=ours.init_loss,
+            seed=0,
+            device="cpu",
+            verbose=False,
         )
     their_trace = np.asarray(theirs["loss/trace"], dtype=np.float64)
     assert their_trace.shape == ours.loss_trace.shape == (CHAINS, DRAWS)

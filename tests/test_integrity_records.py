@@ -17,21 +17,39 @@ from conftest import compose_config, tiny_overrides
 from freeenergy.analysis.table import build_summary
 from freeenergy.downstream.step import run_downstream
 from freeenergy.free_energy.step import run_free_energy
-from freeenergy.records.identity import run_identity
 from freeenergy.metrics.step import run_metrics
 from freeenergy.pretrain.sweeps import study_runs
 from freeenergy.pretrain.trainer import run_pretraining
-from freeenergy.records.provenance import exit_if_failed
-from freeenergy.records.io import STALE_TMP_SECONDS, RecordError, file_sha256, load_torch, model_fields, read_json, save_torch, write_json
 from freeenergy.records.checkpoints import iter_checkpoints
+from freeenergy.records.identity import run_identity
+from freeenergy.records.io import (
+    STALE_TMP_SECONDS,
+    RecordError,
+    file_sha256,
+    load_torch,
+    model_fields,
+    read_json,
+    save_torch,
+    write_json,
+)
+from freeenergy.records.provenance import exit_if_failed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_STEPS = [
-    "free_energy.num_chains=2", "free_energy.num_draws=16", "free_energy.batch_size=32", "free_energy.step_size=1e-5",
-    "downstream.fewshot.shots=[1]", "downstream.fewshot.n_query=3", "downstream.fewshot.episodes=10",
-    "downstream.finetune.epochs=1", "downstream.finetune.batch_size=32",
-    "metrics.hessian.probes=2", "metrics.hessian.images=64", "metrics.geometric_complexity.images=64",
-    "metrics.neural_collapse.images=128", "metrics.loss.train_images=128",
+    "free_energy.num_chains=2",
+    "free_energy.num_draws=16",
+    "free_energy.batch_size=32",
+    "free_energy.step_size=1e-5",
+    "downstream.fewshot.shots=[1]",
+    "downstream.fewshot.n_query=3",
+    "downstream.fewshot.episodes=10",
+    "downstream.finetune.epochs=1",
+    "downstream.finetune.batch_size=32",
+    "metrics.hessian.probes=2",
+    "metrics.hessian.images=64",
+    "metrics.geometric_complexity.images=64",
+    "metrics.neural_collapse.images=128",
+    "metrics.loss.train_images=128",
 ]
 STEPS = {"free_energy": run_free_energy, "finetune": run_downstream, "fewshot": run_downstream, "metrics": run_metrics}
 
@@ -46,8 +64,9 @@ def pretrain_cfg(experiment, lr: float = 0.05, *overrides: str):
     """A run of the tiny experiment, with the thread count its runs were trained with (as their records say),
     so that retraining reproduces their weights exactly."""
     threads = read_json(next(experiment.path.glob("*/epoch_001/pretrain.json")))["runtime"]["num_threads"]
-    return compose_config(tiny_overrides(experiment.path.parent) + [f"optim.lr={lr}", f"num_threads={threads}",
-                                                                     *overrides])
+    return compose_config(
+        tiny_overrides(experiment.path.parent) + [f"optim.lr={lr}", f"num_threads={threads}", *overrides]
+    )
 
 
 def statuses(outcomes) -> list[str]:
@@ -60,6 +79,7 @@ def truncate(path: Path, keep: int | None = None) -> None:
 
 
 # ---------------------------------------------------------------- 1. truncated or empty records, all kinds
+
 
 @pytest.mark.parametrize("kind", ["free_energy", "finetune", "fewshot", "metrics"])
 def test_truncated_or_empty_step_records_are_detected_named_and_recomputed(tiny_experiment, kind, capsys):
@@ -100,6 +120,7 @@ def test_a_truncated_pretrain_record_or_run_record_is_repaired_by_pretraining(ti
 
 # ---------------------------------------------------------------- 2. a corrupt or empty model.pt
 
+
 @pytest.mark.parametrize("damage", [b"", b"not a checkpoint"])
 def test_a_corrupt_model_file_is_retrained_not_reported_finished(tiny_experiment, damage, capsys):
     run_dir = tiny_experiment.path / run_identity(pretrain_cfg(tiny_experiment))
@@ -125,14 +146,16 @@ def test_a_step_whose_checkpoint_fails_exits_non_zero_after_doing_the_rest(tiny_
 
 # ---------------------------------------------------------------- 3. non-finite values
 
+
 def test_non_finite_numbers_that_are_not_flagged_make_a_record_unfinished(tiny_experiment, capsys):
     cfg = step_cfg(tiny_experiment)
     run_free_energy(cfg)
     checkpoints = list(iter_checkpoints(tiny_experiment.path))
     text = checkpoints[0].record_path("free_energy").read_text()
     record = json.loads(text)
-    checkpoints[0].record_path("free_energy").write_text(text.replace(
-        f'"free_energy": {json.dumps(record["free_energy"])}', '"free_energy": NaN'))
+    checkpoints[0].record_path("free_energy").write_text(
+        text.replace(f'"free_energy": {json.dumps(record["free_energy"])}', '"free_energy": NaN')
+    )
     edited = dict(json.loads(checkpoints[1].record_path("free_energy").read_text()), llc=None)
     checkpoints[1].record_path("free_energy").write_text(json.dumps(edited))  # null, not flagged, not diverged
     capsys.readouterr()
@@ -160,6 +183,7 @@ def test_non_finite_weights_are_refused_by_every_step_with_the_right_words(tiny_
 
 
 # ---------------------------------------------------------------- 4. records of another configuration
+
 
 def test_records_edited_to_another_setting_or_copied_from_another_checkpoint_are_recomputed(tiny_experiment, capsys):
     cfg = step_cfg(tiny_experiment, "downstream.kinds=[finetune]")
@@ -206,6 +230,7 @@ def test_a_run_record_edited_to_another_lr_is_caught(tiny_experiment, caplog, ca
 
 # ---------------------------------------------------------------- 5. stale records after a repair
 
+
 def test_new_weights_make_the_later_records_of_that_checkpoint_stale(tiny_experiment, capsys):
     cfg = step_cfg(tiny_experiment)
     run_metrics(cfg)
@@ -221,6 +246,7 @@ def test_new_weights_make_the_later_records_of_that_checkpoint_stale(tiny_experi
 
 
 # ---------------------------------------------------------------- 6. overwrite means overwrite
+
 
 def test_overwrite_ignores_a_leftover_resume_file_and_retrains(tmp_path, capsys):
     class Killed(Exception):
@@ -244,6 +270,7 @@ def test_overwrite_ignores_a_leftover_resume_file_and_retrains(tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- 9. the runtime is recorded and compared
+
 
 def test_every_record_carries_its_runtime_and_a_differing_resume_or_reuse_warns(tiny_experiment, tmp_path, caplog):
     run_metrics(step_cfg(tiny_experiment))
@@ -272,6 +299,7 @@ def test_every_record_carries_its_runtime_and_a_differing_resume_or_reuse_warns(
 
 
 # ---------------------------------------------------------------- leftover temporary files
+
 
 def test_leftover_temporary_files_are_cleaned_and_fresh_ones_kept(tiny_experiment):
     checkpoint = list(iter_checkpoints(tiny_experiment.path))[0]

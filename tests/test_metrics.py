@@ -7,25 +7,42 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_config, tiny_overrides
 from torch import nn
 from torch.func import functional_call
 
-from conftest import compose_config, tiny_overrides
 from freeenergy.metrics.common import balanced_subset
-from freeenergy.models.evaluate import evaluate
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace, hutchinson_trace
 from freeenergy.metrics.neural_collapse import cdnv, model_cdnv
 from freeenergy.metrics.step import run_metrics
 from freeenergy.models import create_model
+from freeenergy.models.evaluate import evaluate
 from freeenergy.records.checkpoints import iter_checkpoints
 
-RECORD_KEYS = {"train_loss", "train_acc", "heldout_loss", "heldout_acc", "hessian_trace", "hessian_trace_se",
-               "hessian_probes", "nc_cdnv", "geometric_complexity", "geometric_complexity_se", "timings_s", "seed",
-               "device", "config"}
+RECORD_KEYS = {
+    "train_loss",
+    "train_acc",
+    "heldout_loss",
+    "heldout_acc",
+    "hessian_trace",
+    "hessian_trace_se",
+    "hessian_probes",
+    "nc_cdnv",
+    "geometric_complexity",
+    "geometric_complexity_se",
+    "timings_s",
+    "seed",
+    "device",
+    "config",
+}
 METRIC_NAMES = {"train_loss", "heldout_loss", "hessian_trace", "nc_cdnv", "geometric_complexity"}
-TINY_METRICS = ["metrics.hessian.probes=3", "metrics.hessian.images=64", "metrics.geometric_complexity.images=64",
-                "metrics.neural_collapse.images=256"]
+TINY_METRICS = [
+    "metrics.hessian.probes=3",
+    "metrics.hessian.images=64",
+    "metrics.geometric_complexity.images=64",
+    "metrics.neural_collapse.images=256",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
@@ -44,6 +61,7 @@ def rademacher_se(hessian: torch.Tensor, probes: int) -> float:
 
 # ---------------------------------------------------------------- subsets
 
+
 def test_subset_is_class_balanced_nested_and_reproducible():
     labels = torch.arange(5).repeat_interleave(torch.tensor([3, 10, 10, 10, 10]))
     small, large = balanced_subset(labels, 10, seed=3), balanced_subset(labels, 25, seed=3)
@@ -58,6 +76,7 @@ def test_subset_is_class_balanced_nested_and_reproducible():
 
 
 # ---------------------------------------------------------------- Hutchinson
+
 
 def quadratic_terms(matrices: list[torch.Tensor], halves: tuple[torch.Tensor, torch.Tensor]):
     """Loss terms ½·wᵀAw, with w split into two parameter tensors (so cross terms join parameters)."""
@@ -145,6 +164,7 @@ def test_hessian_trace_of_a_tiny_network_matches_the_exact_eval_mode_hessian():
 
 # ---------------------------------------------------------------- neural collapse
 
+
 def test_cdnv_by_hand_on_two_classes():
     features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 1.0], [10.0, -1.0]])
     # means (1, 0) and (10, 0), variances 1 and 1: (1 + 1) / (2·9²)
@@ -176,6 +196,7 @@ def test_cdnv_refuses_a_single_class():
 
 # ---------------------------------------------------------------- geometric complexity
 
+
 def test_geometric_complexity_of_a_linear_map_is_its_squared_frobenius_norm():
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).double()
@@ -205,6 +226,7 @@ def test_geometric_complexity_refuses_a_single_projection():
 
 
 # ---------------------------------------------------------------- the model is left alone
+
 
 def half_trained_resnet() -> nn.Module:
     """A tiny timm ResNet in train mode with one block in eval mode, so a blanket model.train() would show."""
@@ -238,6 +260,7 @@ def test_each_metric_leaves_parameters_buffers_modes_and_grads_unchanged(metric)
 
 # ---------------------------------------------------------------- the sweep
 
+
 def tiny_cfg(tiny_experiment, *overrides: str):
     return compose_config(tiny_overrides(tiny_experiment.path.parent) + TINY_METRICS + list(overrides))
 
@@ -266,12 +289,15 @@ def test_sweep_records_every_checkpoint_skips_finished_ones_and_survives_a_broke
     assert {k: again[k] for k in numbers} == {k: first[k] for k in numbers}  # same subsets, probes, projections
 
 
-@pytest.mark.parametrize("override, match", [
-    ("metrics.hessian.probes=1", "metrics.hessian.probes=1"),
-    ("metrics.geometric_complexity.projections=0", "metrics.geometric_complexity.projections=0"),
-    ("metrics.neural_collapse.images=100", "metrics.neural_collapse.images=100 .*2 per upstream class"),
-    ("metrics.eval_batch_size=0", "metrics.eval_batch_size=0"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("metrics.hessian.probes=1", "metrics.hessian.probes=1"),
+        ("metrics.geometric_complexity.projections=0", "metrics.geometric_complexity.projections=0"),
+        ("metrics.neural_collapse.images=100", "metrics.neural_collapse.images=100 .*2 per upstream class"),
+        ("metrics.eval_batch_size=0", "metrics.eval_batch_size=0"),
+    ],
+)
 def test_bad_config_is_refused_before_any_compute(tiny_experiment, override, match):
     with pytest.raises(ValueError, match=match):
         run_metrics(tiny_cfg(tiny_experiment, override))

@@ -6,9 +6,9 @@ import torch
 from freeenergy.models import create_model, penultimate_features
 
 
-@pytest.mark.parametrize("name, size, feature_dim", [
-    ("resnet_narrow", 16, 128), ("resnet18_cifar", 32, 512), ("vgg16_bn", 84, 4096),
-])
+@pytest.mark.parametrize(
+    "name, size, feature_dim", [("resnet_narrow", 16, 128), ("resnet18_cifar", 32, 512), ("vgg16_bn", 84, 4096)]
+)
 def test_models_give_logits_and_penultimate_features(name, size, feature_dim):
     model = create_model(name, num_classes=7).eval()
     images = torch.randn(2, 3, size, size)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_LEARNING_RATES, compose_config, tiny_overrides
+
 from freeenergy.models import load_checkpoint_model
-from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.pretrain.config import run_identity, validate_pretrain_config
 from freeenergy.pretrain.sweeps import study_runs, sweep_override_lines
+from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.records.checkpoints import iter_checkpoints
 from freeenergy.records.io import load_torch, read_json
 
@@ -25,7 +25,7 @@ def test_tiny_experiment_has_checkpoints_and_records(tiny_experiment):
     for checkpoint in checkpoints:
         record = checkpoint.read_record("pretrain")
         assert record["epoch"] == checkpoint.epoch
-        assert 0 <= record["val_acc"] <= 1 and record["train_loss"] > 0
+        assert 0 <= record["heldout_acc"] <= 1 and record["train_loss"] > 0
         run = checkpoint.run_record()
         assert run["status"] == "done" and run["num_classes"] == 64 and run["seed"] == 0
         model = load_checkpoint_model(checkpoint)
@@ -57,23 +57,31 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert run["status"] == "done" and run["resumed_after_epochs"] == [1]
     assert [h["epoch"] for h in run["history"]] == [1, 2, 3]
 
-    straight_dir = run_pretraining(compose_config(tiny_overrides(tmp_path / "b") + ["train.epochs=3", "train.checkpoint_epochs=[3]"]))
-    resumed, straight = load_torch(interrupted_dir / "epoch_003" / "model.pt"), load_torch(straight_dir / "epoch_003" / "model.pt")
+    straight_dir = run_pretraining(
+        compose_config(tiny_overrides(tmp_path / "b") + ["train.epochs=3", "train.checkpoint_epochs=[3]"])
+    )
+    resumed, straight = (
+        load_torch(interrupted_dir / "epoch_003" / "model.pt"),
+        load_torch(straight_dir / "epoch_003" / "model.pt"),
+    )
     assert resumed.keys() == straight.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.name=imagenet", "data='imagenet'"),
-    ("model.name=resnet999", "model='resnet999'"),
-    ("optim.lr=0", "optim.lr=0"),
-    ("optim.lr=-0.1", "optim.lr=-0.1"),
-    ("train.batch_size=0", "train.batch_size=0"),
-    ("optim.momentum=1.0", "optim.momentum=1.0"),
-    ("optim.momentum=-0.5", "optim.momentum=-0.5"),
-    ("train.checkpoint_epochs=[0]", "train.checkpoint_epochs"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.name=imagenet", "data='imagenet'"),
+        ("model.name=resnet999", "model='resnet999'"),
+        ("optim.lr=0", "optim.lr=0"),
+        ("optim.lr=-0.1", "optim.lr=-0.1"),
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("optim.momentum=1.0", "optim.momentum=1.0"),
+        ("optim.momentum=-0.5", "optim.momentum=-0.5"),
+        ("train.checkpoint_epochs=[0]", "train.checkpoint_epochs"),
+    ],
+)
 def test_bad_config_is_refused_with_the_key_and_value(override, message, tmp_path):
     cfg = compose_config(tiny_overrides(tmp_path) + [override])
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
@@ -94,8 +102,10 @@ def test_run_identity_ignores_execution_keys_but_not_hyperparameters(tmp_path):
 
 
 def test_one_at_a_time_sweep_membership_and_overrides(tmp_path):
-    cfg = compose_config(tiny_overrides(tmp_path) + ["sweep.lr=[0.1,0.05]", "sweep.batch_size=[]",
-                                                     "sweep.momentum=[0.5]", "sweep.seeds=[0,1]"])
+    cfg = compose_config(
+        tiny_overrides(tmp_path)
+        + ["sweep.lr=[0.1,0.05]", "sweep.batch_size=[]", "sweep.momentum=[0.5]", "sweep.seeds=[0,1]"]
+    )
     study = study_runs(cfg)
     assert len(study) == 3 * 2  # base, lr 0.1, momentum 0.5 (lr 0.05 is the base) × 2 seeds
     base = run_identity(cfg)
@@ -107,11 +117,21 @@ def test_one_at_a_time_sweep_membership_and_overrides(tmp_path):
 
 
 def test_hydra_multirun_with_the_joblib_launcher(tmp_path):
-    command = [sys.executable, "scripts/pretrain.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-               "optim.lr=0.05,0.1", "train.epochs=1", "train.checkpoint_epochs=[1]", "num_threads=1",
-               *[o for o in tiny_overrides(tmp_path) if not o.startswith("train.")]]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    command = [
+        sys.executable,
+        "scripts/pretrain.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optim.lr=0.05,0.1",
+        "train.epochs=1",
+        "train.checkpoint_epochs=[1]",
+        "num_threads=1",
+        *[o for o in tiny_overrides(tmp_path) if not o.startswith("train.")],
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
     assert [r.split("-")[0] for r in runs] == ["lr0.05", "lr0.1"]

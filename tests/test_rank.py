@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 from PIL import Image
 from safetensors.torch import save_file
 
-from freeenergy.rank.command import run_rank_calibration
 from freeenergy.free_energy.diagnostics import FLAGS
 from freeenergy.rank import run_rank
+from freeenergy.rank.command import run_rank_calibration
 from freeenergy.rank.report import COLUMNS, distinguishable
 from freeenergy.records.io import read_json
 
@@ -77,6 +77,7 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rank")
     write_image_folder(root / "images")
     from freeenergy.data.image_folder import load_image_folder
+
     data = load_image_folder(root / "images", 8, root / "scratch_cache", progress=False)
     ckpts = root / "ckpts"
     ckpts.mkdir()
@@ -91,11 +92,25 @@ def project(tmp_path_factory) -> Path:
 
 def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "rank.model=test_resnet", f"rank.checkpoints=[{root / 'ckpts'}/*]", f"rank.data={root / 'images'}",
-        "rank.image_size=8", "rank.name=tiny", f"rank.results={out / 'results'}", f"rank.figures={out / 'figures'}",
-        f"rank.cache_dir={out / 'cache'}", "rank.probe_steps=2", "free_energy.num_chains=2", "free_energy.num_burnin=30",
-        "free_energy.num_draws=8", "free_energy.batch_size=12", "free_energy.eval_batch_size=64",
-        "calibrate.sharpness_batch=24", "calibrate.sharpness_iterations=3", "progress=false", "device=cpu", *extra,
+        "rank.model=test_resnet",
+        f"rank.checkpoints=[{root / 'ckpts'}/*]",
+        f"rank.data={root / 'images'}",
+        "rank.image_size=8",
+        "rank.name=tiny",
+        f"rank.results={out / 'results'}",
+        f"rank.figures={out / 'figures'}",
+        f"rank.cache_dir={out / 'cache'}",
+        "rank.probe_steps=2",
+        "free_energy.num_chains=2",
+        "free_energy.num_burnin=30",
+        "free_energy.num_draws=8",
+        "free_energy.batch_size=12",
+        "free_energy.eval_batch_size=64",
+        "calibrate.sharpness_batch=24",
+        "calibrate.sharpness_iterations=3",
+        "progress=false",
+        "device=cpu",
+        *extra,
     ]
 
 
@@ -153,6 +168,7 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     record = read_json(record_file)
     record.pop("estimate")
     from freeenergy.records.io import write_json
+
     write_json(record_file, record)
     resumed = run_rank(cfg)
     assert resumed.estimated == [str(project / "ckpts" / "init0.pth")] and len(resumed.reused) == 2
@@ -195,8 +211,14 @@ def test_rank_refuses_bad_input_naming_the_key(project, tmp_path):
 
 def test_fit_head_ranks_on_data_with_other_classes(project, tmp_path):
     two = write_image_folder(tmp_path / "two_classes", classes=2, per_class=6)
-    overrides = tiny_overrides(project, tmp_path / "out", "rank.fit_head=true", f"rank.data={two}",
-                               f"rank.checkpoints=[{project / 'ckpts' / 'trained.pt'}]", "free_energy.batch_size=6")
+    overrides = tiny_overrides(
+        project,
+        tmp_path / "out",
+        "rank.fit_head=true",
+        f"rank.data={two}",
+        f"rank.checkpoints=[{project / 'ckpts' / 'trained.pt'}]",
+        "free_energy.batch_size=6",
+    )
     result = run_rank(rank_config(overrides))
     assert list(result.table["rank"]) == [1]
     record = read_json(next((tmp_path / "out" / "results" / "records").glob("*.json")))
@@ -204,9 +226,11 @@ def test_fit_head_ranks_on_data_with_other_classes(project, tmp_path):
 
 
 def test_calibrate_script_accepts_checkpoint_files(project, tmp_path):
-    overrides = tiny_overrides(project, tmp_path / "out", "calibrate.auto_fractions=[0.25,2.0]",
-                               "calibrate.auto_localization_factors=[1.0]")
+    overrides = tiny_overrides(
+        project, tmp_path / "out", "calibrate.auto_fractions=[0.25,2.0]", "calibrate.auto_localization_factors=[1.0]"
+    )
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = run_rank_calibration(rank_config(overrides), CONF_DIR)
@@ -217,8 +241,13 @@ def test_calibrate_script_accepts_checkpoint_files(project, tmp_path):
 
 
 def test_distinguishable_uses_the_standard_errors_of_both_neighbours():
-    table = pd.DataFrame({"free_energy": [10.0, 12.0, 12.5, math.nan], "free_energy_std": [1.0, 1.0, 1.0, math.nan],
-                          "num_chains": [4, 4, 4, 4]})
+    table = pd.DataFrame(
+        {
+            "free_energy": [10.0, 12.0, 12.5, math.nan],
+            "free_energy_std": [1.0, 1.0, 1.0, math.nan],
+            "num_chains": [4, 4, 4, 4],
+        }
+    )
     # se = 1/√4 = 0.5 each → combined 0.707; z = 2 → threshold 1.41: gap 2 yes, gap 0.5 no, next is NaN → None
     assert distinguishable(table, z=2.0) == [True, False, None, None]
     assert distinguishable(table, z=3.0) == [False, False, None, None]  # threshold 2.12 > 2
@@ -228,18 +257,24 @@ def test_a_project_model_on_a_project_dataset(tmp_path):
     """The README's worked example in miniature: this project's resnet_narrow, its synthetic data (upstream split)."""
     torch.manual_seed(0)
     from freeenergy.models import create_model
+
     torch.save(create_model("resnet_narrow", num_classes=64, width=4).state_dict(), tmp_path / "model.pt")
     overrides = tiny_overrides(tmp_path, tmp_path / "out") + [
-        "rank.model=resnet_narrow", "rank.model_kwargs={width: 4}", f"rank.checkpoints=[{tmp_path / 'model.pt'}]",
-        "rank.data=synthetic", "data.image_size=8", "data.images_per_class=5", f"paths.data_cache={tmp_path / 'cache'}",
-        "free_energy.batch_size=32"]
+        "rank.model=resnet_narrow",
+        "rank.model_kwargs={width: 4}",
+        f"rank.checkpoints=[{tmp_path / 'model.pt'}]",
+        "rank.data=synthetic",
+        "data.image_size=8",
+        "data.images_per_class=5",
+        f"paths.data_cache={tmp_path / 'cache'}",
+        "free_energy.batch_size=32",
+    ]
     result = run_rank(rank_config(overrides), CONF_DIR)
     record = read_json(next((tmp_path / "out" / "results" / "records").glob("*.json")))
     assert list(result.table["rank"]) == [1] and record["estimate"]["n"] == 64 * 4  # 5 per class, 20% held out
     assert record["estimate"]["init_loss"] == pytest.approx(math.log(64), rel=0.2)  # an untrained 64-way head
     with pytest.raises(ValueError, match="add data=cifar_fs"):
         run_rank(rank_config(overrides + ["rank.data=cifar_fs"]), CONF_DIR)
-
 
 
 def test_step_check_flags_a_llc_that_moves_with_the_step_size_and_reuses_its_record(monkeypatch):
@@ -249,19 +284,39 @@ def test_step_check_flags_a_llc_that_moves_with_the_step_size_and_reuses_its_rec
 
     from freeenergy.rank import sgld, step_check
 
-    fe = OmegaConf.create({"step_size": 1e-3, "localization": 100.0, "num_burnin": 50, "num_draws": 50, "num_chains": 4,
-                           "batch_size": 8, "seed": 0, "nbeta": 10.0, "sample_head": True})
+    fe = OmegaConf.create(
+        {
+            "step_size": 1e-3,
+            "localization": 100.0,
+            "num_burnin": 50,
+            "num_draws": 50,
+            "num_chains": 4,
+            "batch_size": 8,
+            "seed": 0,
+            "nbeta": 10.0,
+            "sample_head": True,
+        }
+    )
     half = step_check.halved_step(fe)
     assert (half.step_size, half.num_burnin, half.num_draws, half.localization) == (5e-4, 100, 100, 100.0)
     saved = []
-    state = SimpleNamespace(cfg=OmegaConf.create({"calibrate": {"max_step_size_effect": 0.1}, "progress": False}),
-                            candidates=[SimpleNamespace(name="a")], save=saved.append,
-                            model_identity=lambda: {"model": "m"})
+    state = SimpleNamespace(
+        cfg=OmegaConf.create({"calibrate": {"max_step_size_effect": 0.1}, "progress": False}),
+        candidates=[SimpleNamespace(name="a")],
+        save=saved.append,
+        model_identity=lambda: {"model": "m"},
+    )
     identity = sgld.estimate_identity(state, half)
+
     def verdict(main_llc, half_llc, std=0.2):
-        state.records = {"a": {"estimate": {"llc": main_llc, "llc_std": std},
-                               "step_check": {"identity": identity, "llc": half_llc, "llc_std": std}}}
+        state.records = {
+            "a": {
+                "estimate": {"llc": main_llc, "llc_std": std},
+                "step_check": {"identity": identity, "llc": half_llc, "llc_std": std},
+            }
+        }
         return step_check.check_step_size(state, fe, "a")
+
     assert verdict(10.3, 10.0).biased is False  # +3%: on the plateau
     with pytest.warns(RuntimeWarning, match="STEP-SIZE BIASED.*free_energy.step_size=0.0005.*num_burnin=100"):
         biased = verdict(14.0, 10.0)

@@ -9,20 +9,46 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config
 from freeenergy.plan import plan_study
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-TOP_LEVEL_KEYS = ("data", "model", "optim", "train", "free_energy", "downstream", "metrics", "analysis", "calibrate",
-                  "sweep", "shard", "paths", "launch", "hydra")
+TOP_LEVEL_KEYS = (
+    "data",
+    "model",
+    "optim",
+    "train",
+    "free_energy",
+    "downstream",
+    "metrics",
+    "analysis",
+    "calibrate",
+    "sweep",
+    "shard",
+    "paths",
+    "launch",
+    "hydra",
+)
 FILE_SUFFIXES = (".json", ".py", ".yaml", ".md", ".csv", ".png", ".pdf", ".pt", ".tsv", ".txt", ".sh", ".toml")
-TRACKED_PREFIXES = ("conf/", "scripts/", "src/", "docs/", "benchmarks/", "tests/", "results/default/",
-                    "figures/default/", "requirements", "pyproject", "reproduce.sh", "README")
+TRACKED_PREFIXES = (
+    "conf/",
+    "scripts/",
+    "src/",
+    "docs/",
+    "benchmarks/",
+    "tests/",
+    "results/default/",
+    "figures/default/",
+    "requirements",
+    "pyproject",
+    "reproduce.sh",
+    "README",
+)
 
 
 def code_blocks(text: str, language: str = "bash") -> list[str]:
@@ -43,7 +69,9 @@ def commands(text: str) -> list[list[str]]:
 
 
 def study_commands() -> list[list[str]]:
-    return [t for t in commands(README) if t[0] == "./reproduce.sh" or (t[0] == "python" and t[1].startswith("scripts/"))]
+    return [
+        t for t in commands(README) if t[0] == "./reproduce.sh" or (t[0] == "python" and t[1].startswith("scripts/"))
+    ]
 
 
 def overrides_of(tokens: list[str]) -> list[str]:
@@ -95,15 +123,22 @@ def test_every_readme_command_composes_with_the_config_as_written(tokens):
 
 
 def test_every_config_key_the_readme_names_exists():
-    configs = [OmegaConf.to_container(compose_with_hydra([f"experiment={e}", f"hydra/launcher={launcher}"]))
-               for e in EXPERIMENTS for launcher in ("slurm", "joblib")]
+    configs = [
+        OmegaConf.to_container(compose_with_hydra([f"experiment={e}", f"hydra/launcher={launcher}"]))
+        for e in EXPERIMENTS
+        for launcher in ("slurm", "joblib")
+    ]
     keys = set()
     for token in re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)(?:=[^`]*)?`", README) + [
-            o.split("=")[0] for t in study_commands() for o in overrides_of(t)]:
+        o.split("=")[0] for t in study_commands() for o in overrides_of(t)
+    ]:
         if token.split(".")[0] in TOP_LEVEL_KEYS and not token.endswith(FILE_SUFFIXES):
             keys.add(token.lstrip("+"))
-    unknown = [k for k in sorted(keys) if not any(OmegaConf.select(OmegaConf.create(c), k, default="<none>") != "<none>"
-                                                   for c in configs)]
+    unknown = [
+        k
+        for k in sorted(keys)
+        if not any(OmegaConf.select(OmegaConf.create(c), k, default="<none>") != "<none>" for c in configs)
+    ]
     assert len(keys) > 20 and not unknown, unknown
 
 
@@ -117,12 +152,22 @@ def test_the_cost_table_matches_the_plan():
     assert sorted(r[0] for r in rows) == EXPERIMENTS
     for experiment, runs, checkpoints, estimates, finetunings in rows:
         plan = plan_study(compose_config([f"experiment={experiment}"]))
-        assert (plan.runs, plan.checkpoints, plan.free_energy_estimates, plan.finetunings) == \
-            (int(runs), int(checkpoints), int(estimates), int(finetunings)), experiment
+        assert (plan.runs, plan.checkpoints, plan.free_energy_estimates, plan.finetunings) == (
+            int(runs),
+            int(checkpoints),
+            int(estimates),
+            int(finetunings),
+        ), experiment
 
 
-@pytest.mark.parametrize("path", ["README.md", "benchmarks/README.md", *[str(p.relative_to(REPO)) for p in
-                                  sorted(REPO.glob("docs/*.md")) + sorted(REPO.glob("conf/**/*.yaml"))]])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "README.md",
+        "benchmarks/README.md",
+        *[str(p.relative_to(REPO)) for p in sorted(REPO.glob("docs/*.md")) + sorted(REPO.glob("conf/**/*.yaml"))],
+    ],
+)
 def test_no_reference_to_documents_outside_the_repository(path):
     text = (REPO / path).read_text()
     for dangling in ("paper.md", "design.md", "the issue's", "the issue "):

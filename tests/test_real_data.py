@@ -14,10 +14,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from PIL import Image
 from torchvision.datasets import CIFAR100
 
-from conftest import compose_config
 from freeenergy.data import load_data
 from freeenergy.data.splits import read_class_list
 
@@ -52,10 +52,15 @@ def check_splits(data, benchmark, all_names, per_class, size):
         ids = [i for imageset in sets for i in image_ids(imageset, all_names)]
         assert len(ids) == len(set(ids))  # train and held-out upstream images are disjoint, and together complete
         assert sorted(ids) == sorted((all_names.index(c), i) for c in wanted for i in range(per_class))
-    assert (len(data.upstream_train.class_names), data.validation.num_classes, data.downstream.num_classes) == (64, 16, 20)
+    assert (len(data.upstream_train.class_names), data.validation.num_classes, data.downstream.num_classes) == (
+        64,
+        16,
+        20,
+    )
 
 
 # --- CIFAR-FS -------------------------------------------------------------------------------------------
+
 
 def cifar_image(klass: int, image: int) -> np.ndarray:
     """A CIFAR row (3072 bytes, channel-major): red (0,0) = class, green (0,0) = image, a blue mark."""
@@ -73,8 +78,13 @@ def write_cifar100(root, train_per_class=2, test_per_class=1):
     for name, per_class, first in (("train", train_per_class, 0), ("test", test_per_class, train_per_class)):
         labels = [c for c in range(100) for _ in range(per_class)]
         data = np.stack([cifar_image(c, first + k % per_class) for k, c in enumerate(labels)])
-        batch = {"batch_label": f"{name} batch", "filenames": [f"image_{k}.png" for k in range(len(labels))],
-                 "fine_labels": labels, "coarse_labels": [c // 5 for c in labels], "data": data}
+        batch = {
+            "batch_label": f"{name} batch",
+            "filenames": [f"image_{k}.png" for k in range(len(labels))],
+            "fine_labels": labels,
+            "coarse_labels": [c // 5 for c in labels],
+            "data": data,
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
     meta = {"fine_label_names": CIFAR_NAMES, "coarse_label_names": [f"coarse_{i}" for i in range(20)]}
     (folder / "meta").write_bytes(pickle.dumps(meta))
@@ -96,8 +106,16 @@ def checksummed_cifar(tmp_path, monkeypatch):
 
 
 def cifar_cfg(root, **extra):
-    return {"name": "cifar_fs", "root": str(root), "download": False, "image_size": 32, "heldout_fraction": 0.34,
-            "split_seed": 0, "verify_checksums": False, **extra}
+    return {
+        "name": "cifar_fs",
+        "root": str(root),
+        "download": False,
+        "image_size": 32,
+        "heldout_fraction": 0.34,
+        "split_seed": 0,
+        "verify_checksums": False,
+        **extra,
+    }
 
 
 def test_cifar_fs_loads_through_the_experiment_config(checksummed_cifar):
@@ -146,11 +164,14 @@ def test_cifar_fs_checksums_refuse_a_changed_file(checksummed_cifar):
         load_data(cifar_cfg(checksummed_cifar, verify_checksums=True))
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("no root", r"data.root=.*nowhere.* does not exist.*data.download=true"),
-    ("empty root", r"(?s)No cifar_fs copy.*None of these was found.*data.download=true"),
-    ("no meta file", r"found train, test in .*cifar-100-python but no meta \(set data.download=true"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("no root", r"data.root=.*nowhere.* does not exist.*data.download=true"),
+        ("empty root", r"(?s)No cifar_fs copy.*None of these was found.*data.download=true"),
+        ("no meta file", r"found train, test in .*cifar-100-python but no meta \(set data.download=true"),
+    ],
+)
 def test_cifar_fs_bad_layout_names_the_root_and_the_fix(tmp_path, layout, message):
     root = tmp_path / "nowhere" if layout == "no root" else tmp_path
     if layout == "no meta file":
@@ -165,6 +186,7 @@ def test_cifar_fs_refuses_a_bad_image_size(tmp_path):
 
 
 # --- mini-ImageNet --------------------------------------------------------------------------------------
+
 
 def mini_filename(wnid: str, image: int, suffix: str = "png") -> str:
     return f"{wnid}{image + 1:08d}.{suffix}"  # the usual naming, e.g. n0153282900000001.jpg
@@ -186,20 +208,30 @@ def write_mini_imagenet(root, per_class=3, size=20):
 
 
 def mini_cfg(root, **extra):
-    return {"name": "mini_imagenet", "root": str(root), "image_size": 12, "heldout_fraction": 0.34,
-            "split_seed": 0, "cache_dir": None, **extra}
+    return {
+        "name": "mini_imagenet",
+        "root": str(root),
+        "image_size": 12,
+        "heldout_fraction": 0.34,
+        "split_seed": 0,
+        "cache_dir": None,
+        **extra,
+    }
 
 
 def test_mini_imagenet_loads_through_the_experiment_config_and_caches(tmp_path):
     write_mini_imagenet(tmp_path)
-    cfg = compose_config(["experiment=mini_imagenet", f"data.root={tmp_path}", "data.image_size=12",
-                          "data.heldout_fraction=0.34"])
+    cfg = compose_config(
+        ["experiment=mini_imagenet", f"data.root={tmp_path}", "data.image_size=12", "data.heldout_fraction=0.34"]
+    )
     data = load_data(cfg.data)
     check_splits(data, "mini_imagenet", MINI_NAMES, per_class=3, size=12)
     assert (len(data.upstream_train), len(data.upstream_heldout)) == (64 * 2, 64 * 1)
     assert data.std == (0.229, 0.224, 0.225)
     assert (tmp_path / "cache_12.pt").exists()
-    (tmp_path / "images" / mini_filename(MINI_SPLITS["test"][0], 0)).write_bytes(b"")  # the cache is read, not the files
+    (tmp_path / "images" / mini_filename(MINI_SPLITS["test"][0], 0)).write_bytes(
+        b""
+    )  # the cache is read, not the files
     again = load_data(cfg.data)
     assert torch.equal(again.downstream.images, data.downstream.images)
     assert torch.equal(again.upstream_heldout.images, data.upstream_heldout.images)  # same seed, same split
@@ -254,18 +286,30 @@ def break_line(root):
         handle.write("only_a_filename.png\n")
 
 
-@pytest.mark.parametrize("break_layout, message", [
-    (lambda root: (root / "val.csv").unlink(), r"data.format=csv: found images, train.csv, test.csv .* but no val.csv"),
-    (lambda root: (root / "images").rename(root / "pictures"),
-     r"data.format=csv: found train.csv, val.csv, test.csv .* but no images"),
-    (lambda root: (root / "images" / mini_filename(MINI_SPLITS["train"][0], 0)).unlink(),
-     r"1 image\(s\) named in the CSVs .* missing .* 'n0153282900000001.png'"),
-    (break_header, "test.csv must start with the header 'filename,label'"),
-    (break_classes, r"test.csv does not hold the standard mini_imagenet classes of the test split"),
-    (break_line, r"train.csv, line 66: expected 'filename,label'"),
-    (lambda root: (root / "images" / mini_filename(MINI_SPLITS["val"][0], 0)).write_bytes(b"not an image"),
-     r"cannot decode .*n0185567200000001.png"),
-])
+@pytest.mark.parametrize(
+    "break_layout, message",
+    [
+        (
+            lambda root: (root / "val.csv").unlink(),
+            r"data.format=csv: found images, train.csv, test.csv .* but no val.csv",
+        ),
+        (
+            lambda root: (root / "images").rename(root / "pictures"),
+            r"data.format=csv: found train.csv, val.csv, test.csv .* but no images",
+        ),
+        (
+            lambda root: (root / "images" / mini_filename(MINI_SPLITS["train"][0], 0)).unlink(),
+            r"1 image\(s\) named in the CSVs .* missing .* 'n0153282900000001.png'",
+        ),
+        (break_header, "test.csv must start with the header 'filename,label'"),
+        (break_classes, r"test.csv does not hold the standard mini_imagenet classes of the test split"),
+        (break_line, r"train.csv, line 66: expected 'filename,label'"),
+        (
+            lambda root: (root / "images" / mini_filename(MINI_SPLITS["val"][0], 0)).write_bytes(b"not an image"),
+            r"cannot decode .*n0185567200000001.png",
+        ),
+    ],
+)
 def test_mini_imagenet_bad_layout_is_named(tmp_path, break_layout, message):
     write_mini_imagenet(tmp_path, per_class=1, size=4)
     break_layout(tmp_path)
@@ -274,11 +318,14 @@ def test_mini_imagenet_bad_layout_is_named(tmp_path, break_layout, message):
     assert not (tmp_path / "cache_12.pt").exists()
 
 
-@pytest.mark.parametrize("option, message", [
-    ({"root": "nowhere"}, r"data.root='.*nowhere' does not exist"),
-    ({"image_size": -1}, r"data.image_size=-1 must be a positive integer"),
-    ({"heldout_fraction": 1.0}, r"data.heldout_fraction=1.0 must lie strictly between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"root": "nowhere"}, r"data.root='.*nowhere' does not exist"),
+        ({"image_size": -1}, r"data.image_size=-1 must be a positive integer"),
+        ({"heldout_fraction": 1.0}, r"data.heldout_fraction=1.0 must lie strictly between 0 and 1"),
+    ],
+)
 def test_mini_imagenet_bad_options_are_named(tmp_path, option, message):
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         load_data({**mini_cfg(tmp_path), **option, "root": str(tmp_path / option.get("root", ""))})

@@ -61,6 +61,7 @@ def interleaved(names: list[str]) -> list[tuple[str, int]]:
 
 # --- Python 2 pickles, opcode by opcode --------------------------------------------------------------------
 
+
 def py2_pickle(value) -> bytes:
     """``value`` pickled as Python 2's cPickle writes it at protocol 2.
 
@@ -132,6 +133,7 @@ def save_png(path: Path, pixels: np.ndarray) -> None:
 
 # --- mini-ImageNet writers -----------------------------------------------------------------------------------
 
+
 def mini_filename(wnid: str, image: int) -> str:
     return f"{wnid}{image + 1:08d}.png"  # the usual naming, e.g. n0153282900000001.jpg
 
@@ -157,8 +159,11 @@ def write_mini_pickles(root: Path, size: int = MINI_SIZE, python2: bool = True) 
     for split, names in class_lists("mini_imagenet").items():
         label_of = {wnid: offset + k for k, wnid in enumerate(sorted(names))}
         order = interleaved(names)
-        content = {"data": np.stack([pixels[w][i] for w, i in order]), "labels": [label_of[w] for w, _ in order],
-                   "catname2label": label_of}
+        content = {
+            "data": np.stack([pixels[w][i] for w, i in order]),
+            "labels": [label_of[w] for w, _ in order],
+            "catname2label": label_of,
+        }
         write_pickle(root / f"miniImageNet_category_split_{files[split]}.pickle", content, python2)
         offset += len(names)
 
@@ -219,6 +224,7 @@ MINI_WRITERS = {
 
 # --- CIFAR-FS writers -------------------------------------------------------------------------------------
 
+
 def write_cifar_torchvision(root: Path, python2: bool = True) -> Path:
     """CIFAR-100's python version: cifar-100-python/{train,test,meta}; images 0-1 in train, 2 in test."""
     pixels, folder = reference_pixels("cifar_fs", CIFAR_SIZE), root / "cifar-100-python"
@@ -226,8 +232,13 @@ def write_cifar_torchvision(root: Path, python2: bool = True) -> Path:
         order = [(name, i) for i in images for name in reversed(FINE_LABEL_NAMES)]
         rows = np.stack([pixels[n][i].transpose(2, 0, 1).reshape(-1) for n, i in order])
         labels = [FINE_LABEL_NAMES.index(n) for n, _ in order]
-        batch = {"batch_label": f"{half} batch", "filenames": [f"image_{k}.png" for k in range(len(order))],
-                 "fine_labels": labels, "coarse_labels": [label // 5 for label in labels], "data": rows}
+        batch = {
+            "batch_label": f"{half} batch",
+            "filenames": [f"image_{k}.png" for k in range(len(order))],
+            "fine_labels": labels,
+            "coarse_labels": [label // 5 for label in labels],
+            "data": rows,
+        }
         write_pickle(folder / half, batch, python2)
     meta = {"fine_label_names": FINE_LABEL_NAMES, "coarse_label_names": [f"coarse_{i}" for i in range(20)]}
     write_pickle(folder / "meta", meta, python2)
@@ -239,8 +250,10 @@ def write_cifar_pickles(root: Path, naming: str = "CIFAR_FS_{}.pickle", python2:
     pixels = reference_pixels("cifar_fs", CIFAR_SIZE)
     for split, names in class_lists("cifar_fs").items():
         order = interleaved(names)
-        content = {"data": np.stack([pixels[n][i] for n, i in order]),
-                   "labels": [FINE_LABEL_NAMES.index(n) for n, _ in order]}
+        content = {
+            "data": np.stack([pixels[n][i] for n, i in order]),
+            "labels": [FINE_LABEL_NAMES.index(n) for n, _ in order],
+        }
         write_pickle(root / naming.format(split), content, python2)
 
 
@@ -286,8 +299,14 @@ CIFAR_WRITERS = {
 def data_config(benchmark: str, root: Path, **extra) -> dict:
     common = {"root": str(root), "heldout_fraction": 0.34, "split_seed": 0, "cache_dir": None, "format": "auto"}
     if benchmark == "cifar_fs":
-        return {"name": "cifar_fs", "download": False, "image_size": CIFAR_SIZE, "verify_checksums": False,
-                **common, **extra}
+        return {
+            "name": "cifar_fs",
+            "download": False,
+            "image_size": CIFAR_SIZE,
+            "verify_checksums": False,
+            **common,
+            **extra,
+        }
     return {"name": "mini_imagenet", "image_size": MINI_SIZE, **common, **extra}
 
 
@@ -295,8 +314,12 @@ def assert_reference(data, benchmark: str, size: int, heldout_fraction: float = 
     """``data`` (FewShotData) holds exactly the reference tensors, split as the reference would be."""
     reference = reference_splits(benchmark, size)
     train, heldout = split_per_class(reference["train"], heldout_fraction, 0)
-    for got, want in ((data.upstream_train, train), (data.upstream_heldout, heldout),
-                      (data.validation, reference["val"]), (data.downstream, reference["test"])):
+    for got, want in (
+        (data.upstream_train, train),
+        (data.upstream_heldout, heldout),
+        (data.validation, reference["val"]),
+        (data.downstream, reference["test"]),
+    ):
         assert got.class_names == want.class_names
         assert torch.equal(got.labels, want.labels)
         assert torch.equal(got.images, want.images)
@@ -304,8 +327,10 @@ def assert_reference(data, benchmark: str, size: int, heldout_fraction: float = 
 
 # --- tests ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("benchmark, writer", [("mini_imagenet", w) for w in MINI_WRITERS]
-                         + [("cifar_fs", w) for w in CIFAR_WRITERS])
+
+@pytest.mark.parametrize(
+    "benchmark, writer", [("mini_imagenet", w) for w in MINI_WRITERS] + [("cifar_fs", w) for w in CIFAR_WRITERS]
+)
 def test_every_format_is_detected_and_loads_to_the_same_tensors(tmp_path, capsys, benchmark, writer):
     (MINI_WRITERS if benchmark == "mini_imagenet" else CIFAR_WRITERS)[writer](tmp_path / "copy")
     data = load_data(data_config(benchmark, tmp_path / "copy"))
@@ -321,8 +346,9 @@ def test_formats_agree_after_resizing(tmp_path):
     """Decoded files (resized one by one) and arrays (resized in chunks) give the same pixels."""
     write_mini_split_folders(tmp_path / "folders", size=12)
     write_mini_pickles(tmp_path / "pickles", size=12)
-    from_folders, from_pickles = (load_data(data_config("mini_imagenet", tmp_path / f, image_size=5))
-                                  for f in ("folders", "pickles"))
+    from_folders, from_pickles = (
+        load_data(data_config("mini_imagenet", tmp_path / f, image_size=5)) for f in ("folders", "pickles")
+    )
     assert from_folders.downstream.images.shape[1:] == (3, 5, 5)
     assert torch.equal(from_folders.downstream.images, from_pickles.downstream.images)
     assert torch.equal(from_folders.upstream_train.images, from_pickles.upstream_train.images)
@@ -370,6 +396,7 @@ def test_class_counts_other_than_600_warn_but_load(tmp_path):
 
 # --- what is refused, and how ------------------------------------------------------------------------------
 
+
 def test_nothing_found_is_one_error_naming_every_format_and_the_closest_match(tmp_path):
     write_mini_cache_pickles(tmp_path)
     (tmp_path / "mini-imagenet-cache-val.pkl").unlink()
@@ -378,22 +405,30 @@ def test_nothing_found_is_one_error_naming_every_format_and_the_closest_match(tm
     message = str(caught.value)
     for name in ("csv", "pickles", "cache_pickles", "folders", "hdf5"):
         assert f"data.format={name}:" in message
-    assert ("Closest match: data.format=cache_pickles: found mini-imagenet-cache-train.pkl, mini-imagenet-cache-test.pkl"
-            in message)
+    assert (
+        "Closest match: data.format=cache_pickles: found mini-imagenet-cache-train.pkl, mini-imagenet-cache-test.pkl"
+        in message
+    )
     assert "but no mini-imagenet-cache-val.pkl or mini-imagenet-cache-validation.pkl" in message
 
 
 def test_an_empty_folder_lists_what_was_looked_for(tmp_path):
     (tmp_path / "notes.txt").write_text("")
-    with pytest.raises(FileNotFoundError, match=r"(?s)data.format=torchvision.*None of these was found.*notes.txt"
-                                                r".*data.download=true"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"(?s)data.format=torchvision.*None of these was found.*notes.txt"
+        r".*data.download=true",
+    ):
         load_data(data_config("cifar_fs", tmp_path))
 
 
 def test_a_named_format_that_is_not_there_says_what_it_lacks(tmp_path):
     write_cifar_pickles(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"(?s)Looked for:\n  - data.format=torchvision: cifar-100-python/"
-                                                r".*It holds data.format=pickles: pass that, or data.format=auto"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"(?s)Looked for:\n  - data.format=torchvision: cifar-100-python/"
+        r".*It holds data.format=pickles: pass that, or data.format=auto",
+    ):
         load_data(data_config("cifar_fs", tmp_path, format="torchvision"))
     with pytest.raises(ValueError, match=r"data.format='h5' is unknown for cifar_fs; choose auto .*'pickles'"):
         load_data(data_config("cifar_fs", tmp_path, format="h5"))
@@ -430,8 +465,11 @@ def test_a_copy_with_other_classes_is_refused_before_decoding(tmp_path):
     write_mini_split_folders(tmp_path)
     val, test = class_lists("mini_imagenet")["val"], class_lists("mini_imagenet")["test"]
     (tmp_path / "val" / val[0]).rename(tmp_path / "test" / val[0])  # a class moved to another split
-    with pytest.raises(ValueError, match=r"val does not hold the standard mini_imagenet classes of the val split.*"
-                                         r"1 missing \['n01855672'\].*not the standard 64/16/20 split"):
+    with pytest.raises(
+        ValueError,
+        match=r"val does not hold the standard mini_imagenet classes of the val split.*"
+        r"1 missing \['n01855672'\].*not the standard 64/16/20 split",
+    ):
         load_data(data_config("mini_imagenet", tmp_path))
     assert not (tmp_path / "cache_8.pt").exists()
     assert test  # the test split now holds 21 classes; the first error is enough
@@ -445,11 +483,14 @@ def test_a_pool_whose_own_split_lists_differ_warns_and_uses_ours(tmp_path):
     assert data.validation.class_names == class_lists("cifar_fs")["val"]
 
 
-@pytest.mark.parametrize("relabel, message", [
-    ("renumbered", "consecutive numbers .* class names are lost"),
-    ("fc100", "looks like FC100"),
-    ("other", r"name classes outside the CIFAR-FS train split"),
-])
+@pytest.mark.parametrize(
+    "relabel, message",
+    [
+        ("renumbered", "consecutive numbers .* class names are lost"),
+        ("fc100", "looks like FC100"),
+        ("other", r"name classes outside the CIFAR-FS train split"),
+    ],
+)
 def test_cifar_pickles_whose_labels_are_not_fine_label_ids_are_refused(tmp_path, relabel, message):
     write_cifar_pickles(tmp_path, python2=False)
     path = tmp_path / "CIFAR_FS_train.pickle"
@@ -469,9 +510,13 @@ def test_cifar_pickles_whose_labels_are_not_fine_label_ids_are_refused(tmp_path,
 
 def test_hdf5_files_without_h5py_say_what_to_install(tmp_path, monkeypatch):
     import freeenergy.data.mini_imagenet as mini
+
     monkeypatch.setattr(mini, "_h5py", lambda: None)
     for split in SPLITS:
         (tmp_path / f"{split}_data.hdf5").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"data.format=hdf5: found train_data.hdf5, val_data.hdf5, test_data.hdf5"
-                                                r" .* but no h5py package \(pip install h5py\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"data.format=hdf5: found train_data.hdf5, val_data.hdf5, test_data.hdf5"
+        r" .* but no h5py package \(pip install h5py\)",
+    ):
         load_data(data_config("mini_imagenet", tmp_path))

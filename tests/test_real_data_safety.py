@@ -18,14 +18,22 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
+from test_real_data_formats import (
+    MINI_SIZE,
+    assert_reference,
+    data_config,
+    py2_pickle,
+    write_cifar_pickles,
+    write_cifar_torchvision,
+    write_mini_cache_pickles,
+    write_mini_pickles,
+)
 from torchvision.datasets import CIFAR100
 
-from conftest import compose_config
 from freeenergy.data import load_data
 from freeenergy.data.safe_pickle import UnreadablePickleError, UnsafePickleError, load_pickle
 from freeenergy.pretrain.config import validate_pretrain_config
-from test_real_data_formats import (MINI_SIZE, assert_reference, data_config, py2_pickle, write_cifar_pickles,
-                                    write_cifar_torchvision, write_mini_cache_pickles, write_mini_pickles)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*other than 600 images")  # tiny copies
 
@@ -47,10 +55,7 @@ class CallsEval:
 
 def hostile(marker, kind: str) -> bytes:
     """A dataset-looking dict whose 'data' runs code when unpickled."""
-    payloads = {
-        "os.system": RunsAShellCommand(f"touch {marker}"),
-        "eval": CallsEval(),
-    }
+    payloads = {"os.system": RunsAShellCommand(f"touch {marker}"), "eval": CallsEval()}
     return pickle.dumps({"data": payloads[kind], "labels": [0]}, protocol=2).replace(b"MARKER", str(marker).encode())
 
 
@@ -62,12 +67,15 @@ def test_a_plain_load_of_the_hostile_pickle_would_run_its_code(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["os.system", "eval"])
-@pytest.mark.parametrize("benchmark, file", [
-    ("mini_imagenet", "miniImageNet_category_split_train_phase_train.pickle"),
-    ("mini_imagenet", "mini-imagenet-cache-test.pkl"),
-    ("cifar_fs", "CIFAR_FS_val.pickle"),
-    ("cifar_fs", "cifar-100-python/train"),
-])
+@pytest.mark.parametrize(
+    "benchmark, file",
+    [
+        ("mini_imagenet", "miniImageNet_category_split_train_phase_train.pickle"),
+        ("mini_imagenet", "mini-imagenet-cache-test.pkl"),
+        ("cifar_fs", "CIFAR_FS_val.pickle"),
+        ("cifar_fs", "cifar-100-python/train"),
+    ],
+)
 def test_a_pickle_carrying_code_is_refused_and_its_code_does_not_run(tmp_path, benchmark, file, kind):
     root, marker = tmp_path / "copy", tmp_path / "ran"
     if benchmark == "mini_imagenet":
@@ -83,8 +91,13 @@ def test_a_pickle_carrying_code_is_refused_and_its_code_does_not_run(tmp_path, b
 
 def test_only_numpy_arrays_and_plain_containers_pass(tmp_path):
     path = tmp_path / "ok.pkl"
-    value = {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": [np.float32(1.5), (1, "x")], "c": {1, 2},
-             "d": b"\x00\xff", "e": bytearray(b"ab")}
+    value = {
+        "a": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "b": [np.float32(1.5), (1, "x")],
+        "c": {1, 2},
+        "d": b"\x00\xff",
+        "e": bytearray(b"ab"),
+    }
     for protocol in (2, 4, 5):
         path.write_bytes(pickle.dumps(value, protocol=protocol))
         loaded = load_pickle(path)
@@ -109,6 +122,7 @@ def test_a_truncated_pickle_is_named(tmp_path, content):
 
 # --- damaged caches are named and rebuilt ----------------------------------------------------------------
 
+
 def truncate(path) -> None:
     path.write_bytes(path.read_bytes()[:600])
 
@@ -125,10 +139,15 @@ def older(path) -> None:
     torch.save({"digest": "x", "images": torch.zeros(1, 3, 8, 8, dtype=torch.uint8)}, path)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (truncate, "is corrupt or incomplete"), (empty, "is corrupt or incomplete"),
-    (foreign, "holds other images"), (older, "was written by another version"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (truncate, "is corrupt or incomplete"),
+        (empty, "is corrupt or incomplete"),
+        (foreign, "holds other images"),
+        (older, "was written by another version"),
+    ],
+)
 def test_a_damaged_image_cache_is_named_and_rebuilt(tmp_path, damage, reason):
     write_mini_cache_pickles(tmp_path)
     load_data(data_config("mini_imagenet", tmp_path))
@@ -156,14 +175,17 @@ def test_a_cache_with_wrong_tensors_is_rebuilt(tmp_path):
 SYNTHETIC = {"name": "synthetic", "image_size": 4, "images_per_class": 2, "heldout_fraction": 0.5, "seed": 0}
 
 
-@pytest.mark.parametrize("piece, damage, reason", [
-    (".pt", truncate, "is corrupt or incomplete"),
-    (".pt", empty, "is corrupt or incomplete"),
-    (".json", truncate, r"is corrupt or incomplete \(JSONDecodeError"),
-    (".json", lambda p: p.write_text('{"upstream": []}'), "does not hold the class names"),
-    (".pt", lambda p: p.unlink(), "is missing"),
-    (".json", lambda p: p.unlink(), "is missing"),
-])
+@pytest.mark.parametrize(
+    "piece, damage, reason",
+    [
+        (".pt", truncate, "is corrupt or incomplete"),
+        (".pt", empty, "is corrupt or incomplete"),
+        (".json", truncate, r"is corrupt or incomplete \(JSONDecodeError"),
+        (".json", lambda p: p.write_text('{"upstream": []}'), "does not hold the class names"),
+        (".pt", lambda p: p.unlink(), "is missing"),
+        (".json", lambda p: p.unlink(), "is missing"),
+    ],
+)
 def test_a_damaged_synthetic_cache_is_named_and_regenerated(tmp_path, piece, damage, reason):
     first = load_data({**SYNTHETIC, "root": str(tmp_path)})
     (path,) = tmp_path.glob(f"synthetic_*{piece}")
@@ -180,10 +202,12 @@ def test_a_damaged_synthetic_cache_is_named_and_regenerated(tmp_path, piece, dam
 
 # --- downloading, and the messages that point the user to the right fix ----------------------------------
 
+
 @pytest.fixture
 def offline(monkeypatch):
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
@@ -218,10 +242,17 @@ def test_download_applies_to_the_torchvision_format_only(tmp_path):
         load_data(data_config("cifar_fs", tmp_path, download=True, format="pickles"))
 
 
-@pytest.mark.parametrize("data, says, never", [
-    ("mini_imagenet", r"data.root=.*nowhere.* does not exist.*mini-ImageNet copy.*never downloaded", "data.download"),
-    ("cifar_fs", r"data.root=.*nowhere.* does not exist.*CIFAR-FS copy.*set data.download=true", "for CIFAR-100)"),
-])
+@pytest.mark.parametrize(
+    "data, says, never",
+    [
+        (
+            "mini_imagenet",
+            r"data.root=.*nowhere.* does not exist.*mini-ImageNet copy.*never downloaded",
+            "data.download",
+        ),
+        ("cifar_fs", r"data.root=.*nowhere.* does not exist.*CIFAR-FS copy.*set data.download=true", "for CIFAR-100)"),
+    ],
+)
 def test_a_missing_root_is_refused_before_compute_with_the_dataset_s_own_fix(tmp_path, data, says, never):
     cfg = compose_config([f"data={data}", f"data.root={tmp_path / 'nowhere'}"])
     with pytest.raises(ValueError, match=says) as caught:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import compose_config, tiny_overrides
+
 from freeenergy.analysis.report import NoRecordsError, run_analysis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +28,7 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 
 
 # ---------------------------------------------------------------- --help
+
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_every_script_help_says_what_it_does_then_shows_the_config(script, tmp_path):
@@ -60,8 +61,12 @@ def test_reproduce_help_prints_the_usage_and_an_unknown_experiment_is_refused(tm
 
 
 def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
-    result = run([str(REPO / "reproduce.sh"), "cifar_fs", "--dry-run"], cwd=tmp_path,
-                 FREEENERGY_PYTHON=sys.executable, FREEENERGY_ROOT=str(tmp_path))
+    result = run(
+        [str(REPO / "reproduce.sh"), "cifar_fs", "--dry-run"],
+        cwd=tmp_path,
+        FREEENERGY_PYTHON=sys.executable,
+        FREEENERGY_ROOT=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert "runs:         70 = 14 settings × 5 seeds" in result.stdout
     assert "checkpoints:  490" in result.stdout and "980 SGLD estimates" in result.stdout
@@ -69,6 +74,7 @@ def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------- paths anchored at the repository
+
 
 @pytest.fixture
 def repository_copy(tmp_path) -> Path:
@@ -102,8 +108,9 @@ def test_default_paths_lie_under_the_repository_from_any_directory(repository_co
 
 def test_freeenergy_root_moves_every_default_and_command_line_paths_stay_as_given(repository_copy, tmp_path):
     scratch = tmp_path / "scratch"
-    cfg = resolved_config(repository_copy / "scripts" / "free_energy.py", tmp_path, "paths.results=mine",
-                          FREEENERGY_ROOT=str(scratch))
+    cfg = resolved_config(
+        repository_copy / "scripts" / "free_energy.py", tmp_path, "paths.results=mine", FREEENERGY_ROOT=str(scratch)
+    )
     assert cfg["paths"]["runs"] == f"{scratch}/runs/default"
     assert cfg["data"]["root"] == f"{scratch}/data_cache"
     assert cfg["paths"]["results"] == "mine"  # relative to the current directory, as typed
@@ -113,8 +120,9 @@ def test_a_script_run_from_another_directory_writes_only_under_the_repository(re
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     tiny = [o for o in tiny_overrides(Path("unused")) if not o.startswith("paths.")]
-    result = run([sys.executable, str(repository_copy / "scripts" / "pretrain.py"), *tiny, "num_threads=1"],
-                 cwd=elsewhere)
+    result = run(
+        [sys.executable, str(repository_copy / "scripts" / "pretrain.py"), *tiny, "num_threads=1"], cwd=elsewhere
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not list(elsewhere.iterdir())
     assert len(list((repository_copy / "runs" / "smoke").glob("*/epoch_002/model.pt"))) == 1
@@ -123,31 +131,48 @@ def test_a_script_run_from_another_directory_writes_only_under_the_repository(re
 
 # ---------------------------------------------------------------- never replace results with emptier ones
 
+
 def test_analysis_without_records_refuses_and_leaves_existing_results_untouched(tmp_path):
     cfg = compose_config(tiny_overrides(tmp_path))
     results, figures = Path(cfg.paths.results), Path(cfg.paths.figures)
     results.mkdir(parents=True)
     (results / "summary.csv").write_text("run_id,free_energy\nr,1.0\n")
-    with pytest.raises(NoRecordsError, match=r"No finished checkpoint record .*nothing was written.*reproduce\.sh smoke"):
+    with pytest.raises(
+        NoRecordsError, match=r"No finished checkpoint record .*nothing was written.*reproduce\.sh smoke"
+    ):
         run_analysis(cfg)
     assert (results / "summary.csv").read_text() == "run_id,free_energy\nr,1.0\n"
     assert [p.name for p in results.iterdir()] == ["summary.csv"] and not figures.exists()
 
 
 def test_figures_script_without_records_exits_with_what_to_run_first(tmp_path):
-    result = run([sys.executable, str(REPO / "scripts" / "figures.py"), "experiment=smoke",
-                  "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"], cwd=tmp_path,
-                 FREEENERGY_ROOT=str(tmp_path))
+    result = run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "figures.py"),
+            "experiment=smoke",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ],
+        cwd=tmp_path,
+        FREEENERGY_ROOT=str(tmp_path),
+    )
     assert result.returncode != 0
     assert "./reproduce.sh smoke" in result.stderr and "nothing was written" in result.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
 
 
-@pytest.mark.parametrize("experiment, hint", [("cifar_fs", "data.download=true"), ("mini_imagenet", "mini-ImageNet copy")])
+@pytest.mark.parametrize(
+    "experiment, hint", [("cifar_fs", "data.download=true"), ("mini_imagenet", "mini-ImageNet copy")]
+)
 def test_reproduce_stops_before_any_job_when_the_data_folder_is_missing(experiment, hint, tmp_path):
     missing = tmp_path / "nowhere"
-    result = run([str(REPO / "reproduce.sh"), experiment, f"data.root={missing}"], cwd=tmp_path,
-                 FREEENERGY_PYTHON=sys.executable, FREEENERGY_ROOT=str(tmp_path))
+    result = run(
+        [str(REPO / "reproduce.sh"), experiment, f"data.root={missing}"],
+        cwd=tmp_path,
+        FREEENERGY_PYTHON=sys.executable,
+        FREEENERGY_ROOT=str(tmp_path),
+    )
     assert result.returncode != 0
     assert f"data.root='{missing}' does not exist" in result.stderr and hint in result.stderr
     assert "Traceback" not in result.stderr

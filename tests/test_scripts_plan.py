@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import compose_config
+
 from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.data.subsample import subsample_per_class
 from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, study_settings
 
-
 # ---------------------------------------------------------------- counts
 
-@pytest.mark.parametrize("experiment, runs, checkpoints", [
-    ("cifar_fs", 70, 490),       # (1 base + 4 + 5 + 4 off-base values) × 5 seeds × 7 checkpoint epochs
-    ("mini_imagenet", 55, 385),  # (1 + 2 + 5 + 3) × 5 × 7
-    ("smoke", 5, 10),            # (1 + 1 + 1 + 2) × 1 × 2
-])
+
+@pytest.mark.parametrize(
+    "experiment, runs, checkpoints",
+    [
+        ("cifar_fs", 70, 490),  # (1 base + 4 + 5 + 4 off-base values) × 5 seeds × 7 checkpoint epochs
+        ("mini_imagenet", 55, 385),  # (1 + 2 + 5 + 3) × 5 × 7
+        ("smoke", 5, 10),  # (1 + 1 + 1 + 2) × 1 × 2
+    ],
+)
 def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, checkpoints):
     plan = plan_study(compose_config([f"experiment={experiment}", "free_energy.checkpoints.downstream=all"]))
     assert (plan.runs, plan.checkpoints, plan.free_energy_estimates) == (runs, checkpoints, 2 * checkpoints)
@@ -31,8 +34,16 @@ def test_plan_counts_one_estimate_per_run_for_a_split_kept_to_final_checkpoints(
 
 
 def test_plan_counts_a_setting_once_whatever_the_number_format():
-    cfg = compose_config(["experiment=smoke", "optim.momentum=0", "sweep.momentum=[0.0,0.9]", "sweep.lr=[0.05,0.05]",
-                          "sweep.batch_size=[]", "sweep.seeds=[0,1,2]"])
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            "optim.momentum=0",
+            "sweep.momentum=[0.0,0.9]",
+            "sweep.lr=[0.05,0.05]",
+            "sweep.batch_size=[]",
+            "sweep.seeds=[0,1,2]",
+        ]
+    )
     assert len(study_settings(cfg)) == 2  # base (momentum 0 = 0.0) and momentum 0.9; lr 0.05 is the base
     assert plan_study(cfg).runs == 6
 
@@ -45,8 +56,9 @@ def test_plan_counts_what_the_sweeps_launch_the_base_only_when_an_axis_lists_it(
 
 
 def test_plan_counts_sgd_and_sgld_steps_from_the_config():
-    cfg = compose_config(["experiment=smoke", "sweep.lr=[0.05]", "sweep.batch_size=[]", "sweep.momentum=[]",
-                          "free_energy.num_burnin=10"])
+    cfg = compose_config(
+        ["experiment=smoke", "sweep.lr=[0.05]", "sweep.batch_size=[]", "sweep.momentum=[]", "free_energy.num_burnin=10"]
+    )
     plan = plan_study(cfg)
     # 64 classes × (60 images − 12 held out) = 3,072 images; 3,072 // 64 = 48 steps × 4 epochs
     assert plan.upstream_train_images == 3072 and plan.sgd_steps == 48 * 4
@@ -66,13 +78,17 @@ def test_plan_of_a_subsampled_real_dataset_counts_its_images():
 
 # ---------------------------------------------------------------- how ./reproduce.sh spreads the steps
 
-@pytest.mark.parametrize("local_jobs, cores, expected", [
-    (2, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),   # this machine: two 1-thread processes
-    (2, 16, LaunchPlan("basic", jobs=2, threads=8, shards=2)),  # never more threads than cores
-    (4, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),   # never more processes than cores
-    (2, 1, LaunchPlan("basic", jobs=1, threads=None, shards=1)),
-    (1, 8, LaunchPlan("basic", jobs=1, threads=None, shards=1)),  # off: one process, torch's threads
-])
+
+@pytest.mark.parametrize(
+    "local_jobs, cores, expected",
+    [
+        (2, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),  # this machine: two 1-thread processes
+        (2, 16, LaunchPlan("basic", jobs=2, threads=8, shards=2)),  # never more threads than cores
+        (4, 2, LaunchPlan("basic", jobs=2, threads=1, shards=2)),  # never more processes than cores
+        (2, 1, LaunchPlan("basic", jobs=1, threads=None, shards=1)),
+        (1, 8, LaunchPlan("basic", jobs=1, threads=None, shards=1)),  # off: one process, torch's threads
+    ],
+)
 def test_local_jobs_never_ask_for_more_threads_than_cores(local_jobs, cores, expected):
     plan = launch_plan({"local_jobs": local_jobs, "shards": 8}, "basic", cores)
     assert plan == expected
@@ -98,6 +114,7 @@ def test_bad_launch_values_are_refused_by_name(key, value):
 
 # ---------------------------------------------------------------- subsample of a real dataset
 
+
 def _image_set(counts: list[int], offset: int = 0) -> ImageSet:
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
     images = (torch.arange(len(labels)) + offset).remainder(256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
@@ -105,9 +122,15 @@ def _image_set(counts: list[int], offset: int = 0) -> ImageSet:
 
 
 def _dataset() -> FewShotData:
-    return FewShotData("fake", upstream_train=_image_set([54, 54, 20]), upstream_heldout=_image_set([6, 6, 2], 100),
-                       validation=_image_set([60, 60]), downstream=_image_set([60, 60, 30]),
-                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return FewShotData(
+        "fake",
+        upstream_train=_image_set([54, 54, 20]),
+        upstream_heldout=_image_set([6, 6, 2], 100),
+        validation=_image_set([60, 60]),
+        downstream=_image_set([60, 60, 30]),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
 
 
 def _per_class(images: ImageSet) -> list[int]:

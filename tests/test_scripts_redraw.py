@@ -34,16 +34,26 @@ def fresh_clone(destination: Path) -> Path:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under the default study's output folders, by path."""
-    return {str(p.relative_to(root)): p.read_bytes() for folder in OUTPUTS for p in sorted((root / folder).rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for folder in OUTPUTS
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def redraw(clone: Path) -> subprocess.CompletedProcess:
     """The README's redraw command in the clone, with the clone's own sources, from a new shell's environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("FREEENERGY_ROOT", "PYTHONPATH")}
     env.update(PYTHONPATH=str(clone / "src"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "scripts/figures.py", "experiment=default"], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "scripts/figures.py", "experiment=default"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture
@@ -54,7 +64,9 @@ def clone(tmp_path) -> Path:
 
 
 def test_redraw_on_a_fresh_clone_reproduces_the_committed_results_byte_for_byte(clone):
-    assert committed_records(), "runs/default/*/epoch_*/*.json must be committed with results/default and figures/default"
+    assert committed_records(), (
+        "runs/default/*/epoch_*/*.json must be committed with results/default and figures/default"
+    )
     committed = snapshot(clone)
     result = redraw(clone)
     assert result.returncode == 0, result.stderr[-3000:]

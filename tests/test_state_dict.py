@@ -9,7 +9,11 @@ from torch import nn
 
 from freeenergy.models import create_model
 from freeenergy.models.state_dict import (
-    CheckpointError, NonFiniteWeightsError, load_weights, read_state_dict, strip_prefixes,
+    CheckpointError,
+    NonFiniteWeightsError,
+    load_weights,
+    read_state_dict,
+    strip_prefixes,
 )
 
 
@@ -70,6 +74,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("ran",))
+
     torch.save({"state_dict": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="evil.pt"):
         read_state_dict(tmp_path / "evil.pt")

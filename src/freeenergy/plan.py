@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,16 +82,19 @@ def study_settings(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def saved_epochs(train: Mapping[str, Any]) -> tuple[int, ...]:
     """The epochs a run keeps: configured checkpoint epochs up to ``train.epochs``, and the final epoch."""
-    return tuple(sorted({int(e) for e in train["checkpoint_epochs"] if int(e) <= train["epochs"]}
-                        | {int(train["epochs"])}))
+    return tuple(
+        sorted({int(e) for e in train["checkpoint_epochs"] if int(e) <= train["epochs"]} | {int(train["epochs"])})
+    )
 
 
 def upstream_train_images(data: Mapping[str, Any]) -> int:
     """Pretraining images of a dataset config: per upstream class, all images but the held-out share."""
     per_class = data.get("images_per_class") or NATIVE_IMAGES_PER_CLASS.get(data["name"])
     if per_class is None:
-        raise ValueError(f"data={data['name']!r}: set data.images_per_class, or add the dataset's size to "
-                         "freeenergy.plan.NATIVE_IMAGES_PER_CLASS.")
+        raise ValueError(
+            f"data={data['name']!r}: set data.images_per_class, or add the dataset's size to "
+            "freeenergy.plan.NATIVE_IMAGES_PER_CLASS."
+        )
     heldout = max(1, round(data["heldout_fraction"] * per_class))
     return UPSTREAM_CLASSES * (per_class - heldout)
 
@@ -116,11 +120,18 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
     kinds = set(cfg.downstream.kinds)
     fewshot = cfg.downstream.fewshot
     return StudyPlan(
-        experiment=cfg.experiment_name, settings=len(settings), seeds=seeds, runs=runs, epochs=cfg.train.epochs,
-        checkpoint_epochs=epochs, checkpoints=checkpoints, upstream_train_images=images,
+        experiment=cfg.experiment_name,
+        settings=len(settings),
+        seeds=seeds,
+        runs=runs,
+        epochs=cfg.train.epochs,
+        checkpoint_epochs=epochs,
+        checkpoints=checkpoints,
+        upstream_train_images=images,
         sgd_steps=seeds * cfg.train.epochs * sum(images // setting["batch_size"] for setting in settings),
-        free_energy_estimates=sum(runs * _selected_epochs(fe.checkpoints[split], epochs)
-                                  for split in ("upstream", "downstream")),
+        free_energy_estimates=sum(
+            runs * _selected_epochs(fe.checkpoints[split], epochs) for split in ("upstream", "downstream")
+        ),
         sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
         finetunings=checkpoints if "finetune" in kinds else 0,
         fewshot_episodes=checkpoints * len(fewshot.shots) * fewshot.episodes if "fewshot" in kinds else 0,
@@ -172,8 +183,10 @@ def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int, joblib: bo
     for key in ("local_jobs", "shards"):
         value = launch[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"launch.{key}={value!r} is not allowed: a positive integer (1 turns parallel "
-                             f"{'local processes' if key == 'local_jobs' else 'shards'} off).")
+            raise ValueError(
+                f"launch.{key}={value!r} is not allowed: a positive integer (1 turns parallel "
+                f"{'local processes' if key == 'local_jobs' else 'shards'} off)."
+            )
     if launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
         return LaunchPlan(launcher, jobs=1, threads=None, shards=launch["shards"])
     jobs = min(launch["local_jobs"], cores) if joblib else 1
@@ -184,8 +197,14 @@ def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int, joblib: bo
 
 def shell_lines(launch: LaunchPlan, results_dir: str, figures_dir: str) -> list[str]:
     """``key=value`` lines that ./reproduce.sh reads, one per line."""
-    return [f"launcher={launch.launcher}", f"jobs={launch.jobs}", f"threads={launch.threads or ''}",
-            f"shards={launch.shards}", f"results={results_dir}", f"figures={figures_dir}"]
+    return [
+        f"launcher={launch.launcher}",
+        f"jobs={launch.jobs}",
+        f"threads={launch.threads or ''}",
+        f"shards={launch.shards}",
+        f"results={results_dir}",
+        f"figures={figures_dir}",
+    ]
 
 
 def _count(n: int, unit: str | None = None) -> str:
@@ -219,15 +238,21 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
     if problem:
         lines.append(f"  data: not found yet: {problem}")
     if launch.launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
-        lines.append(f"  ./reproduce.sh: sweeps through hydra/launcher={launch.launcher}; each checkpoint step as "
-                     f"{launch.shards} shards (launch.shards), one step after the other")
+        lines.append(
+            f"  ./reproduce.sh: sweeps through hydra/launcher={launch.launcher}; each checkpoint step as "
+            f"{launch.shards} shards (launch.shards), one step after the other"
+        )
     elif launch.jobs > 1:
-        lines.append(f"  ./reproduce.sh: {launch.jobs} processes at once with num_threads={launch.threads} "
-                     f"(launch.local_jobs): sweeps through Hydra's joblib launcher, each checkpoint step as "
-                     f"{launch.shards} shards; launch.local_jobs=1 runs one process at a time")
+        lines.append(
+            f"  ./reproduce.sh: {launch.jobs} processes at once with num_threads={launch.threads} "
+            f"(launch.local_jobs): sweeps through Hydra's joblib launcher, each checkpoint step as "
+            f"{launch.shards} shards; launch.local_jobs=1 runs one process at a time"
+        )
     else:
-        lines.append("  ./reproduce.sh: one process at a time (launch.local_jobs=1, a single core, or Hydra's joblib "
-                     "launcher not installed: pip install -e '.[cluster]')")
+        lines.append(
+            "  ./reproduce.sh: one process at a time (launch.local_jobs=1, a single core, or Hydra's joblib "
+            "launcher not installed: pip install -e '.[cluster]')"
+        )
     timings = Path(cfg.paths.results) / "reproduce_timings.tsv"
     seconds = steps_seconds(timings)
     if seconds is not None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import random
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -21,12 +20,6 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={spec!r} asked for CUDA but none is available; use device=cpu or device=auto.")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def set_threads(num_threads: int | None) -> None:
@@ -47,8 +40,11 @@ def runtime_info(device: str | torch.device) -> dict[str, Any]:
 def runtime_differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
     """``["num_threads 2 → 1", …]``: how the runtime of a stored result differs from this process's."""
     recorded = recorded or {}
-    return [f"{key} {recorded.get(key)!r} → {current.get(key)!r}" for key in RUNTIME_KEYS
-            if key in recorded and recorded.get(key) != current.get(key)]
+    return [
+        f"{key} {recorded.get(key)!r} → {current.get(key)!r}"
+        for key in RUNTIME_KEYS
+        if key in recorded and recorded.get(key) != current.get(key)
+    ]
 
 
 def warn_runtime_mismatch(what: str, differing: Iterable[tuple[str, list[str]]]) -> None:
@@ -57,7 +53,12 @@ def warn_runtime_mismatch(what: str, differing: Iterable[tuple[str, list[str]]])
     if differing:
         shown = "; ".join(f"{name} ({', '.join(diffs)})" for name, diffs in differing[:3])
         more = f"; … ({len(differing)} in all)" if len(differing) > 3 else ""
-        log.warning("%s: %d stored result(s) were computed on another runtime: %s%s. They are kept (the thread "
-                    "count, torch version and device are recorded but not part of an identity; numbers can differ "
-                    "in the last digits, see docs/records.md); recompute with overwrite=true to make them uniform.",
-                    what, len(differing), shown, more)
+        log.warning(
+            "%s: %d stored result(s) were computed on another runtime: %s%s. They are kept (the thread "
+            "count, torch version and device are recorded but not part of an identity; numbers can differ "
+            "in the last digits, see docs/records.md); recompute with overwrite=true to make them uniform.",
+            what,
+            len(differing),
+            shown,
+            more,
+        )

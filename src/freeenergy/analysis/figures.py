@@ -17,9 +17,9 @@ What the marks mean, in every figure (and said in its title):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -30,12 +30,18 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib import ticker, transforms  # noqa: E402
 
-from freeenergy.records.io import save_figure  # noqa: E402
 from freeenergy.analysis.stats import POOLED, format_correlation, groups_of, lookup  # noqa: E402
-from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, STEP_FREE_ENERGY, estimate_value_columns,  # noqa: E402
-                                       flagged, select_checkpoints, sweep_rows)
+from freeenergy.analysis.table import (  # noqa: E402
+    FREE_ENERGY_PREFIXES,
+    STEP_FREE_ENERGY,
+    estimate_value_columns,
+    flagged,
+    select_checkpoints,
+    sweep_rows,
+)
 from freeenergy.pretrain.sweeps import SWEEP_AXES  # noqa: E402
 from freeenergy.records.checkpoints import Checkpoint, epoch_dirname  # noqa: E402
+from freeenergy.records.io import save_figure  # noqa: E402
 
 SWEEP_FIGURES = {axis: f"sweep_{axis}" for axis in SWEEP_AXES}  # Figs. 2/3 layout, one per sweep
 PROXY_FIGURE = "proxy_downstream_free_energy"
@@ -45,8 +51,16 @@ FIGURE_NAMES = [*SWEEP_FIGURES.values(), PROXY_FIGURE, TERMS_FIGURE, TRACES_FIGU
 FORMATS = ("png", "pdf")
 
 AXIS_NAMES = {"lr": "learning rate", "batch_size": "batch size", "momentum": "momentum", POOLED: "all sweeps pooled"}
-PERCENT_COLUMNS = ("finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc", "train_acc", "heldout_acc",
-                   "train_acc_running", "fe_complexity_share", "downstream_fe_complexity_share")
+PERCENT_COLUMNS = (
+    "finetune_acc",
+    "fewshot_1shot_acc",
+    "fewshot_5shot_acc",
+    "train_acc",
+    "heldout_acc",
+    "train_acc_running",
+    "fe_complexity_share",
+    "downstream_fe_complexity_share",
+)
 SETTING = "setting"
 NO_DATA = "no records yet"
 ALL_FLAGGED = "every estimate flagged (red ×)"
@@ -54,8 +68,10 @@ BASE = "base setting"  # pooled panels: colour of the runs at the base setting (
 EPOCH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 FLAG_COLOUR = "red"
 FLAGGED_GID = "flagged"  # the artists that mark flagged estimates (tests find them by it)
-FLAG_KEY = ("red ×: flagged SGLD estimate (diverged: at the panel's foot; failed a health check: at its value), "
-            "left out of means, sd and r")
+FLAG_KEY = (
+    "red ×: flagged SGLD estimate (diverged: at the panel's foot; failed a health check: at its value), "
+    "left out of means, sd and r"
+)
 
 
 @dataclass(frozen=True)
@@ -158,8 +174,17 @@ def _mark_flagged(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str) -> str:
     at_value, at_foot = xs.notna() & ys.notna(), xs.notna() & ys.isna()
     ax.scatter(xs[at_value], ys[at_value], marker="x", color=FLAG_COLOUR, zorder=5, s=40, gid=FLAGGED_GID)
     blended = transforms.blended_transform_factory(ax.transData, ax.transAxes)
-    ax.scatter(xs[at_foot], np.full(int(at_foot.sum()), 0.03), marker="x", color=FLAG_COLOUR, transform=blended,
-               clip_on=False, zorder=5, s=40, gid=FLAGGED_GID)
+    ax.scatter(
+        xs[at_foot],
+        np.full(int(at_foot.sum()), 0.03),
+        marker="x",
+        color=FLAG_COLOUR,
+        transform=blended,
+        clip_on=False,
+        zorder=5,
+        s=40,
+        gid=FLAGGED_GID,
+    )
     return f"; × {len(rows)} flagged, left out"
 
 
@@ -167,16 +192,27 @@ def _runs_title(used: int, total: int) -> str:
     return f"{used} of {total} runs" if used < total else f"all {total} runs"
 
 
-def curve_panel(ax: plt.Axes, frame: pd.DataFrame, column: str, order: list[str], labels: dict[str, str],
-                total_runs: int) -> int:
+def curve_panel(
+    ax: plt.Axes, frame: pd.DataFrame, column: str, order: list[str], labels: dict[str, str], total_runs: int
+) -> int:
     """One curve per setting over pretraining epochs (mean ± sd over seeds), flagged estimates marked;
     returns the number of runs the curves rest on."""
     bad = flagged_for(frame, column)
     healthy = frame[~bad]
     used = runs_with(frame, "epoch", column)
     if used:
-        sns.lineplot(data=healthy, x="epoch", y=column, hue=SETTING, hue_order=order, palette=_palette(order),
-                     marker="o", errorbar="sd", ax=ax, legend=False)
+        sns.lineplot(
+            data=healthy,
+            x="epoch",
+            y=column,
+            hue=SETTING,
+            hue_order=order,
+            palette=_palette(order),
+            marker="o",
+            errorbar="sd",
+            ax=ax,
+            legend=False,
+        )
     else:
         _empty(ax, ALL_FLAGGED if bad.any() else NO_DATA)
     marks = _mark_flagged(ax, frame[bad], "epoch", column)
@@ -186,8 +222,16 @@ def curve_panel(ax: plt.Axes, frame: pd.DataFrame, column: str, order: list[str]
     return used
 
 
-def scatter_panel(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, order: list[str], labels: dict[str, str],
-                  annotation: str, hue: str = SETTING) -> int:
+def scatter_panel(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    order: list[str],
+    labels: dict[str, str],
+    annotation: str,
+    hue: str = SETTING,
+) -> int:
     """Checkpoints coloured by setting, the least-squares trend, and the correlation with its interval;
     flagged estimates marked and left out. Returns the number of runs the points come from."""
     bad = flagged_for(frame, x, y)
@@ -199,12 +243,33 @@ def scatter_panel(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, order: list
         _empty(ax, ALL_FLAGGED if bad.any() else NO_DATA)
     else:
         epochs = sorted(points["epoch"].dropna().unique())
-        sns.scatterplot(data=points, x=x, y=y, hue=hue, hue_order=order, palette=_palette(order), ax=ax,
-                        style="epoch", style_order=epochs, markers=_epoch_markers(epochs), legend=False, s=36,
-                        edgecolor="none", alpha=0.85)
+        sns.scatterplot(
+            data=points,
+            x=x,
+            y=y,
+            hue=hue,
+            hue_order=order,
+            palette=_palette(order),
+            ax=ax,
+            style="epoch",
+            style_order=epochs,
+            markers=_epoch_markers(epochs),
+            legend=False,
+            s=36,
+            edgecolor="none",
+            alpha=0.85,
+        )
         if len(points) >= 2 and points[x].nunique() > 1:
-            sns.regplot(data=points, x=x, y=y, scatter=False, ci=None, color="0.25", ax=ax,
-                        line_kws={"linewidth": 1.2, "linestyle": "--"})
+            sns.regplot(
+                data=points,
+                x=x,
+                y=y,
+                scatter=False,
+                ci=None,
+                color="0.25",
+                ax=ax,
+                line_kws={"linewidth": 1.2, "linestyle": "--"},
+            )
     runs = int(points["run_id"].nunique())
     marks = _mark_flagged(ax, frame[bad], x, y)
     ax.set_title(f"{annotation} of {runs} runs{marks}", fontsize=9)
@@ -234,16 +299,21 @@ def _legend(fig: plt.Figure, order: list[str], title: str, epochs: list, seeds: 
         handles.append(plt.Line2D([], [], color=FLAG_COLOUR, marker="x", linestyle="", label="flagged estimate"))
         fig.legend(handles=handles, title=title, loc="upper right", bbox_to_anchor=(1.0, 0.9), frameon=False)
     if epochs:
-        handles = [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=f"{e:g}")
-                   for e, m in _epoch_markers(epochs).items()]
-        fig.legend(handles=handles, title="epoch\n(markers)", loc="upper right", bbox_to_anchor=(1.0, 0.42),
-                   frameon=False)
+        handles = [
+            plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=f"{e:g}")
+            for e, m in _epoch_markers(epochs).items()
+        ]
+        fig.legend(
+            handles=handles, title="epoch\n(markers)", loc="upper right", bbox_to_anchor=(1.0, 0.42), frameon=False
+        )
 
 
 def _panel_legend(ax: plt.Axes, order: list[str], title: str, seeds: dict[str, int] | None = None) -> None:
     if title and order:
-        handles = [plt.Line2D([], [], color=c, marker="o", label=_setting_label(s, seeds) if seeds else s)
-                   for s, c in _palette(order).items()]
+        handles = [
+            plt.Line2D([], [], color=c, marker="o", label=_setting_label(s, seeds) if seeds else s)
+            for s, c in _palette(order).items()
+        ]
         ax.legend(handles=handles, title=title, fontsize=7, title_fontsize=8, loc="best")
 
 
@@ -259,28 +329,51 @@ def subsets_words(used: list[int], total: int) -> str:
     return f"panels rest on different subsets of the {total} runs (see each panel's title)"
 
 
-def draw_sweep(table: pd.DataFrame, chosen: pd.DataFrame, correlations: pd.DataFrame, axis: str,
-               labels: dict[str, str], checkpoints: str) -> plt.Figure:
+def draw_sweep(
+    table: pd.DataFrame,
+    chosen: pd.DataFrame,
+    correlations: pd.DataFrame,
+    axis: str,
+    labels: dict[str, str],
+    checkpoints: str,
+) -> plt.Figure:
     """Figs. 2/3 for one sweep: curves over training (top; bottom left), free energy against accuracy (bottom)."""
     frame, points = plotting_frame(sweep_rows(table, axis), axis), plotting_frame(sweep_rows(chosen, axis), axis)
     order, seeds, total = setting_order(frame, axis), seeds_per_setting(frame), frame["run_id"].nunique()
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.8), constrained_layout=False)
-    used = [curve_panel(ax, frame, column, order, labels, total)
-            for ax, column in zip([*axes[0], axes[1, 0]], ("free_energy", "finetune_acc", "fewshot_1shot_acc",
-                                                          "fewshot_5shot_acc", "train_loss"))]
-    used += [scatter_panel(ax, points, "free_energy", target, order, labels,
-                           annotation(correlations, axis, "free_energy", target, checkpoints))
-             for ax, target in zip(axes[1, 1:], ("finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc"))]
-    fig.suptitle(f"{AXIS_NAMES[axis].capitalize()} sweep: pretraining free energy and downstream accuracy. "
-                 f"Curves: mean ± sd over seeds ({seeds_words(frame)}); points: {checkpoints} checkpoints\n"
-                 f"{subsets_words(used, total)}; {FLAG_KEY}", fontsize=12)
+    used = [
+        curve_panel(ax, frame, column, order, labels, total)
+        for ax, column in zip(
+            [*axes[0], axes[1, 0]],
+            ("free_energy", "finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc", "train_loss"),
+        )
+    ]
+    used += [
+        scatter_panel(
+            ax,
+            points,
+            "free_energy",
+            target,
+            order,
+            labels,
+            annotation(correlations, axis, "free_energy", target, checkpoints),
+        )
+        for ax, target in zip(axes[1, 1:], ("finetune_acc", "fewshot_1shot_acc", "fewshot_5shot_acc"))
+    ]
+    fig.suptitle(
+        f"{AXIS_NAMES[axis].capitalize()} sweep: pretraining free energy and downstream accuracy. "
+        f"Curves: mean ± sd over seeds ({seeds_words(frame)}); points: {checkpoints} checkpoints\n"
+        f"{subsets_words(used, total)}; {FLAG_KEY}",
+        fontsize=12,
+    )
     fig.tight_layout(rect=(0, 0, 0.9, 0.94))
     _legend(fig, order, AXIS_NAMES[axis], sorted(pd.to_numeric(points["epoch"]).dropna().unique()), seeds)
     return fig
 
 
-def draw_proxy(chosen: pd.DataFrame, correlations: pd.DataFrame, labels: dict[str, str],
-               checkpoints: str) -> plt.Figure:
+def draw_proxy(
+    chosen: pd.DataFrame, correlations: pd.DataFrame, labels: dict[str, str], checkpoints: str
+) -> plt.Figure:
     """Pretraining free energy against downstream free energy, pooled and per sweep."""
     groups = groups_of(chosen)
     fig, axes = plt.subplots(2, math.ceil(len(groups) / 2), figsize=(12, 10.5), squeeze=False)
@@ -288,12 +381,22 @@ def draw_proxy(chosen: pd.DataFrame, correlations: pd.DataFrame, labels: dict[st
         axis = None if group == POOLED else group
         frame = plotting_frame(rows, axis)
         order = setting_order(frame, axis)
-        scatter_panel(ax, frame, "free_energy", "downstream_free_energy", order, labels,
-                      annotation(correlations, group, "free_energy", "downstream_free_energy", checkpoints))
+        scatter_panel(
+            ax,
+            frame,
+            "free_energy",
+            "downstream_free_energy",
+            order,
+            labels,
+            annotation(correlations, group, "free_energy", "downstream_free_energy", checkpoints),
+        )
         ax.set_title(f"{AXIS_NAMES[group]}" + ("" if axis is None else " sweep") + f"\n{ax.get_title()}", fontsize=10)
         _panel_legend(ax, order, AXIS_NAMES[group] if axis else "run in", seeds_per_setting(frame) if axis else None)
-    fig.suptitle("Is pretraining free energy a proxy for downstream free energy? One point per checkpoint "
-                 f"({checkpoints}); markers: epoch (" + _epoch_key(chosen) + f")\n{FLAG_KEY}", fontsize=11)
+    fig.suptitle(
+        "Is pretraining free energy a proxy for downstream free energy? One point per checkpoint "
+        f"({checkpoints}); markers: epoch (" + _epoch_key(chosen) + f")\n{FLAG_KEY}",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -315,8 +418,9 @@ def draw_terms(table: pd.DataFrame, labels: dict[str, str]) -> plt.Figure:
         frame = plotting_frame(sweep_rows(table, axis), axis)
         frames.append(frame)
         order, total = setting_order(frame, axis), frame["run_id"].nunique()
-        used += [curve_panel(axes[row, col], frame, column, order, labels, total)
-                 for col, column in enumerate(TERM_COLUMNS)]
+        used += [
+            curve_panel(axes[row, col], frame, column, order, labels, total) for col, column in enumerate(TERM_COLUMNS)
+        ]
         totals += [total] * len(TERM_COLUMNS)
         axes[row, 0].set_title(f"{AXIS_NAMES[axis]} sweep; {axes[row, 0].get_title()}", loc="left", fontsize=10)
         axes[row, 0].set_title("")
@@ -324,10 +428,13 @@ def draw_terms(table: pd.DataFrame, labels: dict[str, str]) -> plt.Figure:
         axes[row, 2].axhline(0, color="0.7", linewidth=0.8)
         _panel_legend(axes[row, 2], order, AXIS_NAMES[axis], seeds_per_setting(frame))
     differ = any(u < t for u, t in zip(used, totals))
-    fig.suptitle("Free energy F = n·Lₙ(w*) + λ̂·log n (second term computed as F − n·Lₙ(w*)); right: its share of F. "
-                 f"Mean ± sd over seeds ({seeds_words(*frames)})\n"
-                 + ("panels rest on different subsets of runs (see each panel's title); " if differ else "")
-                 + FLAG_KEY, fontsize=11)
+    fig.suptitle(
+        "Free energy F = n·Lₙ(w*) + λ̂·log n (second term computed as F − n·Lₙ(w*)); right: its share of F. "
+        f"Mean ± sd over seeds ({seeds_words(*frames)})\n"
+        + ("panels rest on different subsets of runs (see each panel's title); " if differ else "")
+        + FLAG_KEY,
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -351,7 +458,7 @@ class Trace:
     @property
     def plateau(self) -> float:
         """The post-burn-in mean of the excess loss (λ̂ / nβ for a healthy estimate); NaN without draws."""
-        draws = self.excess_loss[self.burnin:]
+        draws = self.excess_loss[self.burnin :]
         draws = draws[np.isfinite(draws)]
         return float(draws.mean()) if draws.size else math.nan
 
@@ -370,8 +477,12 @@ def trace_of(runs_dir: Path, row: pd.Series, step: str, prefix: str, is_flagged:
     with np.errstate(all="ignore"):
         mean = np.nanmean(trace, axis=0) - record["init_loss"]
     flags = row.get(f"{prefix}free_energy_flags")
-    return Trace(mean, int((record.get("hyperparameters") or {}).get("num_burnin", 0)),
-                 flags if isinstance(flags, str) else "", is_flagged)
+    return Trace(
+        mean,
+        int((record.get("hyperparameters") or {}).get("num_burnin", 0)),
+        flags if isinstance(flags, str) else "",
+        is_flagged,
+    )
 
 
 def trace_panel(ax: plt.Axes, traces: dict[str, Trace], order: list[str], smoothing: int, title: str) -> None:
@@ -390,8 +501,9 @@ def trace_panel(ax: plt.Axes, traces: dict[str, Trace], order: list[str], smooth
         name = f"{label}: plateau {trace.plateau:.3g}" + (f" ({trace.flags or 'flagged'})" if trace.is_flagged else "")
         ax.plot(level, color=colour, linewidth=1.8, linestyle=":" if trace.is_flagged else "-", label=name)
         if math.isfinite(trace.plateau):
-            ax.hlines(trace.plateau, trace.burnin, len(trace.excess_loss) - 1, color=colour, linestyle="--",
-                      linewidth=1.0)
+            ax.hlines(
+                trace.plateau, trace.burnin, len(trace.excess_loss) - 1, color=colour, linestyle="--", linewidth=1.0
+            )
     if healthy_limits is not None:
         ax.set_ylim(healthy_limits)
     if traces:
@@ -404,27 +516,39 @@ def trace_panel(ax: plt.Axes, traces: dict[str, Trace], order: list[str], smooth
 def draw_traces(table: pd.DataFrame, runs_dir: Path, smoothing: int) -> plt.Figure:
     """SGLD loss traces of the final checkpoint of each setting (its lowest seed), per split and sweep."""
     splits = [(split, step, prefix) for (split, step), prefix in zip(STEP_FREE_ENERGY.items(), FREE_ENERGY_PREFIXES)]
-    fig, axes = plt.subplots(len(splits), len(SWEEP_AXES), figsize=(6 * len(SWEEP_AXES), 4.2 * len(splits)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(splits), len(SWEEP_AXES), figsize=(6 * len(SWEEP_AXES), 4.2 * len(splits)), squeeze=False
+    )
     burnins: set[int] = set()
     for row, (split, step, prefix) in enumerate(splits):
         for col, axis in enumerate(SWEEP_AXES):
             final = sweep_rows(table[table["is_final"].astype(bool)], axis).sort_values("seed", kind="stable")
             final = plotting_frame(final.drop_duplicates(subset=[axis]), axis)
             marks = flagged(final, prefix)
-            traces = {label: trace_of(runs_dir, checkpoint_row, step, prefix, bool(marks[index]))
-                      for label, (index, checkpoint_row) in zip(final[SETTING], final.iterrows())}
+            traces = {
+                label: trace_of(runs_dir, checkpoint_row, step, prefix, bool(marks[index]))
+                for label, (index, checkpoint_row) in zip(final[SETTING], final.iterrows())
+            }
             traces = {label: trace for label, trace in traces.items() if trace is not None}
             trace_panel(axes[row, col], traces, setting_order(final, axis), smoothing, AXIS_NAMES[axis])
-            axes[row, col].set(xlabel="SGLD step", ylabel="Sampled loss − Lₙ(w*) (nats/image)",
-                               title=f"{split} estimate, {AXIS_NAMES[axis]} sweep ({len(traces)} runs)")
+            axes[row, col].set(
+                xlabel="SGLD step",
+                ylabel="Sampled loss − Lₙ(w*) (nats/image)",
+                title=f"{split} estimate, {AXIS_NAMES[axis]} sweep ({len(traces)} runs)",
+            )
             burnins.update(trace.burnin for trace in traces.values())
-    burnin = (f"shaded: burn-in ({', '.join(str(b) for b in sorted(burnins))} steps, left out)" if any(burnins)
-              else "no burn-in (hyperparameters.num_burnin = 0)")
-    fig.suptitle("SGLD loss traces of the final checkpoint of each setting, lowest seed (faint: mean over chains; "
-                 f"bold: rolling mean over {smoothing} steps).\n{burnin.capitalize()}; dashed: plateau = "
-                 "post-burn-in mean = λ̂/nβ; dotted: flagged estimate (its flags in the legend). A converged "
-                 "estimate rises from 0 and levels off.", fontsize=11)
+    burnin = (
+        f"shaded: burn-in ({', '.join(str(b) for b in sorted(burnins))} steps, left out)"
+        if any(burnins)
+        else "no burn-in (hyperparameters.num_burnin = 0)"
+    )
+    fig.suptitle(
+        "SGLD loss traces of the final checkpoint of each setting, lowest seed (faint: mean over chains; "
+        f"bold: rolling mean over {smoothing} steps).\n{burnin.capitalize()}; dashed: plateau = "
+        "post-burn-in mean = λ̂/nβ; dotted: flagged estimate (its flags in the legend). A converged "
+        "estimate rises from 0 and levels off.",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -440,8 +564,13 @@ def save(fig: plt.Figure, figures_dir: Path, name: str, dpi: int) -> list[Path]:
     return paths
 
 
-def draw_all(table: pd.DataFrame, correlations: pd.DataFrame, runs_dir: str | Path, figures_dir: str | Path,
-             settings: FigureSettings = FigureSettings()) -> list[Path]:
+def draw_all(
+    table: pd.DataFrame,
+    correlations: pd.DataFrame,
+    runs_dir: str | Path,
+    figures_dir: str | Path,
+    settings: FigureSettings = FigureSettings(),
+) -> list[Path]:
     """Every figure of the study (``FIGURE_NAMES``), PNG and PDF; returns the files written.
 
     ``table`` is the summary (flagged estimates included: they are marked, never averaged);
@@ -453,8 +582,10 @@ def draw_all(table: pd.DataFrame, correlations: pd.DataFrame, runs_dir: str | Pa
     chosen = select_checkpoints(table, settings.checkpoints)
     sns.set_theme(style="whitegrid", context="notebook")
     makers: dict[str, Callable[[], plt.Figure]] = {
-        **{name: (lambda axis=axis: draw_sweep(table, chosen, correlations, axis, labels, settings.checkpoints))
-           for axis, name in SWEEP_FIGURES.items()},
+        **{
+            name: (lambda axis=axis: draw_sweep(table, chosen, correlations, axis, labels, settings.checkpoints))
+            for axis, name in SWEEP_FIGURES.items()
+        },
         PROXY_FIGURE: lambda: draw_proxy(chosen, correlations, labels, settings.checkpoints),
         TERMS_FIGURE: lambda: draw_terms(table, labels),
         TRACES_FIGURE: lambda: draw_traces(table, Path(runs_dir), settings.trace_smoothing),

@@ -7,8 +7,8 @@ truncated ``correlations.csv`` that still parses, nor a 0-byte PNG.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

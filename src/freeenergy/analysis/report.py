@@ -12,12 +12,19 @@ from omegaconf import DictConfig
 
 from freeenergy.analysis.figures import AXIS_NAMES, FigureSettings, draw_all, expected_files
 from freeenergy.analysis.output import remove_leftover_temp_files, write_csv
-from freeenergy.records.io import write_text
-from freeenergy.analysis.stats import (POOLED, BootstrapSettings, LevelSet, check_methods, correlation_table,
-                                       format_correlation, level_set_table, lookup)
-from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged,
-                                       select_checkpoints)
+from freeenergy.analysis.stats import (
+    POOLED,
+    BootstrapSettings,
+    LevelSet,
+    check_methods,
+    correlation_table,
+    format_correlation,
+    level_set_table,
+    lookup,
+)
+from freeenergy.analysis.table import FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged, select_checkpoints
 from freeenergy.pretrain.sweeps import SWEEP_AXES, study_settings
+from freeenergy.records.io import write_text
 
 SUMMARY_FILE = "summary.csv"
 CORRELATIONS_FILE = "correlations.csv"
@@ -28,10 +35,16 @@ RESULT_FILES = (SUMMARY_FILE, CORRELATIONS_FILE, CORRELATIONS_MD, LEVEL_SET_FILE
 HEADLINE_TARGETS = ("finetune_acc", "fewshot_5shot_acc")
 LEVEL_SET_HEADLINE_TARGET = "finetune_acc"
 NAMES = {
-    "free_energy": "Free energy (WBIC)", "llc": "LLC λ̂ alone", "train_loss": "Train loss (eval mode)",
-    "heldout_loss": "Held-out loss (upstream)", "hessian_trace": "Hessian trace (flatness)",
-    "nc_cdnv": "Neural collapse (CDNV)", "geometric_complexity": "Geometric complexity",
-    "finetune_acc": "Fine-tuning acc.", "fewshot_1shot_acc": "1-shot acc.", "fewshot_5shot_acc": "5-shot acc.",
+    "free_energy": "Free energy (WBIC)",
+    "llc": "LLC λ̂ alone",
+    "train_loss": "Train loss (eval mode)",
+    "heldout_loss": "Held-out loss (upstream)",
+    "hessian_trace": "Hessian trace (flatness)",
+    "nc_cdnv": "Neural collapse (CDNV)",
+    "geometric_complexity": "Geometric complexity",
+    "finetune_acc": "Fine-tuning acc.",
+    "fewshot_1shot_acc": "1-shot acc.",
+    "fewshot_5shot_acc": "5-shot acc.",
     "downstream_free_energy": "Downstream free energy",
 }
 SHORT_NAMES = {"free_energy": "F", "llc": "λ̂", "train_loss": "train loss", "heldout_loss": "held-out loss"}
@@ -49,12 +62,14 @@ class NoRecordsError(RuntimeError):
 def no_records_message(cfg: DictConfig) -> str:
     """What to run first when ``cfg.paths.runs`` holds no finished checkpoint record."""
     name = cfg.experiment_name
-    return (f"No finished checkpoint record (epoch_*/pretrain.json) under paths.runs={cfg.paths.runs}, so there "
-            f"is nothing to analyse; nothing was written, and the tables and figures already in "
-            f"{cfg.paths.results} and {cfg.paths.figures} are left as they are. Run the study first: "
-            f"`./reproduce.sh {name}` (every step), or the steps one by one: `python scripts/pretrain.py "
-            f"-m experiment={name} …`, then scripts/free_energy.py, downstream.py and metrics.py with "
-            f"experiment={name}. If the records are elsewhere, point paths.runs at them.")
+    return (
+        f"No finished checkpoint record (epoch_*/pretrain.json) under paths.runs={cfg.paths.runs}, so there "
+        f"is nothing to analyse; nothing was written, and the tables and figures already in "
+        f"{cfg.paths.results} and {cfg.paths.figures} are left as they are. Run the study first: "
+        f"`./reproduce.sh {name}` (every step), or the steps one by one: `python scripts/pretrain.py "
+        f"-m experiment={name} …`, then scripts/free_energy.py, downstream.py and metrics.py with "
+        f"experiment={name}. If the records are elsewhere, point paths.runs at them."
+    )
 
 
 @dataclass
@@ -84,8 +99,10 @@ def interval_words(a: DictConfig) -> str:
 
 def selection_words(table: pd.DataFrame, choice: str) -> str:
     chosen = select_checkpoints(table, choice)
-    return (f"`checkpoints={choice}`: {CHECKPOINT_CHOICES[choice]}; {len(chosen)} checkpoints of "
-            f"{chosen['run_id'].nunique()} runs")
+    return (
+        f"`checkpoints={choice}`: {CHECKPOINT_CHOICES[choice]}; {len(chosen)} checkpoints of "
+        f"{chosen['run_id'].nunique()} runs"
+    )
 
 
 def flagged_list(table: pd.DataFrame) -> list[str]:
@@ -94,8 +111,10 @@ def flagged_list(table: pd.DataFrame) -> list[str]:
     for prefix in FREE_ENERGY_PREFIXES:
         for _, row in table[flagged(table, prefix)].iterrows():
             flags = row[f"{prefix}free_energy_flags"]
-            lines.append(f"- `{row.run_id}` epoch {int(row.epoch)}, {SPLIT_NAMES[prefix]}: "
-                         f"{flags if isinstance(flags, str) and flags else 'flagged'}")
+            lines.append(
+                f"- `{row.run_id}` epoch {int(row.epoch)}, {SPLIT_NAMES[prefix]}: "
+                f"{flags if isinstance(flags, str) and flags else 'flagged'}"
+            )
     return lines
 
 
@@ -104,24 +123,36 @@ def health_words(table: pd.DataFrame) -> str:
     for prefix in FREE_ENERGY_PREFIXES:
         estimated = table[f"{prefix}free_energy_diverged"].notna()
         unassessed = estimated & table[f"{prefix}free_energy_healthy"].isna()
-        counts.append(f"{SPLIT_NAMES[prefix]}: {int(flagged(table, prefix).sum())} flagged of {int(estimated.sum())} "
-                      "estimates" + (f" ({int(unassessed.sum())} more recorded without health checks: not assessed, "
-                                     "kept)" if unassessed.any() else ""))
-    return ("Flagged free-energy estimates (diverged, or failing a sampling check: not levelled off, chains "
-            "disagree) are left out of every correlation, never averaged: " + ", ".join(counts) + " (listed at the "
-            "end; each cell of `correlations.csv` counts its own in `left_out`). An estimate flagged only as `not a "
-            "minimum` or `negative LLC` keeps its free energy (n·L̄ is still the localized WBIC) but not its λ̂ (no "
-            "learning coefficient away from a minimum).")
+        counts.append(
+            f"{SPLIT_NAMES[prefix]}: {int(flagged(table, prefix).sum())} flagged of {int(estimated.sum())} "
+            "estimates"
+            + (
+                f" ({int(unassessed.sum())} more recorded without health checks: not assessed, kept)"
+                if unassessed.any()
+                else ""
+            )
+        )
+    return (
+        "Flagged free-energy estimates (diverged, or failing a sampling check: not levelled off, chains "
+        "disagree) are left out of every correlation, never averaged: " + ", ".join(counts) + " (listed at the "
+        "end; each cell of `correlations.csv` counts its own in `left_out`). An estimate flagged only as `not a "
+        "minimum` or `negative LLC` keeps its free energy (n·L̄ is still the localized WBIC) but not its λ̂ (no "
+        "learning coefficient away from a minimum)."
+    )
 
 
 def level_set_markdown(level_sets: pd.DataFrame, a: DictConfig, choices: list[str]) -> list[str]:
     """The §5.2 section: for each choice of checkpoints, the band and the in-band correlations."""
     level = a.level_set
-    parts = ["", "## §5.2 level-set test: inside one level set of the train loss", "",
-             "Among checkpoints whose train loss lies in one band, does the free energy (or λ̂) still predict "
-             "downstream accuracy, and does the train loss itself? Band: "
-             f"`{LevelSet(level.column, level.max, level.relative).describe()}` "
-             "(`analysis.level_set`); all sweeps pooled; intervals as above, bootstrap over runs."]
+    parts = [
+        "",
+        "## §5.2 level-set test: inside one level set of the train loss",
+        "",
+        "Among checkpoints whose train loss lies in one band, does the free energy (or λ̂) still predict "
+        "downstream accuracy, and does the train loss itself? Band: "
+        f"`{LevelSet(level.column, level.max, level.relative).describe()}` "
+        "(`analysis.level_set`); all sweeps pooled; intervals as above, bootstrap over runs.",
+    ]
     metrics, targets = list(level.metrics), list(level.targets)
     for choice in choices:
         rows = level_sets[level_sets.checkpoints == choice]
@@ -129,17 +160,25 @@ def level_set_markdown(level_sets: pd.DataFrame, a: DictConfig, choices: list[st
             continue
         first = rows.iloc[0]
         spread = f"; `{level.column}` spans {first.band_min:.4g}–{first.band_max:.4g} in it" if first.in_band else ""
-        parts += ["", f"### `checkpoints={choice}`: {int(first.in_band)} checkpoints of {int(first.in_band_runs)} runs "
-                  f"in the band{spread} ({int(first.outside_band)} outside it, {int(first.without_value)} without "
-                  f"a `{level.column}` value)"]
+        parts += [
+            "",
+            f"### `checkpoints={choice}`: {int(first.in_band)} checkpoints of {int(first.in_band_runs)} runs "
+            f"in the band{spread} ({int(first.outside_band)} outside it, {int(first.without_value)} without "
+            f"a `{level.column}` value)",
+        ]
         for method in a.methods if choice == choices[0] else ["pearson"]:
-            parts += ["", f"{method.capitalize()}:", "",
-                      markdown_table(rows.assign(group=POOLED), POOLED, method, metrics, targets)]
+            parts += [
+                "",
+                f"{method.capitalize()}:",
+                "",
+                markdown_table(rows.assign(group=POOLED), POOLED, method, metrics, targets),
+            ]
     return parts
 
 
-def correlations_markdown(correlations: pd.DataFrame, level_sets: pd.DataFrame, table: pd.DataFrame,
-                          cfg: DictConfig) -> str:
+def correlations_markdown(
+    correlations: pd.DataFrame, level_sets: pd.DataFrame, table: pd.DataFrame, cfg: DictConfig
+) -> str:
     """``correlations.md``: Table 1 on the configured checkpoints beside the other choice, each method, each
     sweep, the §5.2 level-set test, and the flagged estimates left out."""
     a = cfg.analysis
@@ -166,15 +205,22 @@ def correlations_markdown(correlations: pd.DataFrame, level_sets: pd.DataFrame, 
     for method in a.methods:
         title = "Table 1: Pearson r" if method == "pearson" else f"{method.capitalize()} correlation"
         for choice in choices:
-            parts += ["", f"## {title}, `checkpoints={choice}`, all sweeps pooled", "",
-                      markdown_table(on[choice], POOLED, method, metrics, targets)]
+            parts += [
+                "",
+                f"## {title}, `checkpoints={choice}`, all sweeps pooled",
+                "",
+                markdown_table(on[choice], POOLED, method, metrics, targets),
+            ]
     for axis in SWEEP_AXES:
-        parts += ["", f"## Pearson r, {AXIS_NAMES[axis]} sweep, `checkpoints={choices[0]}`", "",
-                  markdown_table(on[choices[0]], axis, "pearson", metrics, targets)]
+        parts += [
+            "",
+            f"## Pearson r, {AXIS_NAMES[axis]} sweep, `checkpoints={choices[0]}`",
+            "",
+            markdown_table(on[choices[0]], axis, "pearson", metrics, targets),
+        ]
     parts += level_set_markdown(level_sets, a, choices)
     flagged_lines = flagged_list(table)
-    parts += ["", "## Flagged free-energy estimates (left out of every correlation)", "",
-              *(flagged_lines or ["None."])]
+    parts += ["", "## Flagged free-energy estimates (left out of every correlation)", "", *(flagged_lines or ["None."])]
     return "\n".join(parts) + "\n"
 
 
@@ -186,10 +232,14 @@ def other_choice(checkpoints: str) -> str:
 
 def headline(correlations: pd.DataFrame, a: DictConfig) -> str:
     """The study's answer in one line: pooled Pearson r of free energy with fine-tuning and 5-shot accuracy."""
-    cells = [f"vs {NAMES[t].lower()} r = {format_correlation(lookup(correlations, POOLED, 'free_energy', t))}"
-             for t in HEADLINE_TARGETS]
-    return (f"Pretraining free energy (Pearson r [{100 * a.confidence:.0f}% {a.interval} CI over runs], all sweeps "
-            f"pooled, checkpoints={a.checkpoints}): " + "; ".join(cells))
+    cells = [
+        f"vs {NAMES[t].lower()} r = {format_correlation(lookup(correlations, POOLED, 'free_energy', t))}"
+        for t in HEADLINE_TARGETS
+    ]
+    return (
+        f"Pretraining free energy (Pearson r [{100 * a.confidence:.0f}% {a.interval} CI over runs], all sweeps "
+        f"pooled, checkpoints={a.checkpoints}): " + "; ".join(cells)
+    )
 
 
 def level_set_headline(level_sets: pd.DataFrame, a: DictConfig) -> str:
@@ -198,10 +248,14 @@ def level_set_headline(level_sets: pd.DataFrame, a: DictConfig) -> str:
     if rows.empty:
         return "Level set: not computed."
     first = rows.iloc[0]
-    cells = [f"{SHORT_NAMES.get(m, m)} {format_correlation(lookup(rows, POOLED, m, LEVEL_SET_HEADLINE_TARGET))}"
-             for m in a.level_set.metrics]
-    return (f"Level set {first.band} (checkpoints={a.checkpoints}, {int(first.in_band_runs)} runs in the band): "
-            f"Pearson r with {NAMES[LEVEL_SET_HEADLINE_TARGET].lower()}: " + "; ".join(cells))
+    cells = [
+        f"{SHORT_NAMES.get(m, m)} {format_correlation(lookup(rows, POOLED, m, LEVEL_SET_HEADLINE_TARGET))}"
+        for m in a.level_set.metrics
+    ]
+    return (
+        f"Level set {first.band} (checkpoints={a.checkpoints}, {int(first.in_band_runs)} runs in the band): "
+        f"Pearson r with {NAMES[LEVEL_SET_HEADLINE_TARGET].lower()}: " + "; ".join(cells)
+    )
 
 
 def bootstrap_settings(a: DictConfig) -> BootstrapSettings:
@@ -222,16 +276,39 @@ def check_settings(a: DictConfig) -> None:
 
 def correlations_of(table: pd.DataFrame, a: DictConfig, choices: list[str]) -> pd.DataFrame:
     """Every correlation for each choice of checkpoints (``correlations.csv``)."""
-    return pd.concat([correlation_table(table, list(a.pretraining_metrics), list(a.downstream_measures),
-                                        list(a.methods), choice, bootstrap_settings(a)) for choice in choices],
-                     ignore_index=True)
+    return pd.concat(
+        [
+            correlation_table(
+                table,
+                list(a.pretraining_metrics),
+                list(a.downstream_measures),
+                list(a.methods),
+                choice,
+                bootstrap_settings(a),
+            )
+            for choice in choices
+        ],
+        ignore_index=True,
+    )
 
 
 def level_sets_of(table: pd.DataFrame, a: DictConfig, choices: list[str]) -> pd.DataFrame:
     """The §5.2 level-set correlations for each choice of checkpoints (``level_set.csv``)."""
-    return pd.concat([level_set_table(table, level_set_of(a), list(a.level_set.metrics), list(a.level_set.targets),
-                                      list(a.methods), choice, bootstrap_settings(a)) for choice in choices],
-                     ignore_index=True)
+    return pd.concat(
+        [
+            level_set_table(
+                table,
+                level_set_of(a),
+                list(a.level_set.metrics),
+                list(a.level_set.targets),
+                list(a.methods),
+                choice,
+                bootstrap_settings(a),
+            )
+            for choice in choices
+        ],
+        ignore_index=True,
+    )
 
 
 def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
@@ -255,12 +332,26 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
     write_csv(paths[LEVEL_SET_FILE], level_sets)
     write_text(paths[CORRELATIONS_MD], correlations_markdown(correlations, level_sets, table, cfg))
     primary = correlations[correlations.checkpoints == a.checkpoints]
-    figures = draw_all(table, primary, cfg.paths.runs, figures_dir,
-                       FigureSettings(a.checkpoints, a.fewshot_n_way, a.dpi, a.trace_smoothing))
+    figures = draw_all(
+        table,
+        primary,
+        cfg.paths.runs,
+        figures_dir,
+        FigureSettings(a.checkpoints, a.fewshot_n_way, a.dpi, a.trace_smoothing),
+    )
     lines = [level_set_headline(level_sets, a), headline(primary, a)]
     write_text(paths[HEADLINE_FILE], "\n".join(lines) + "\n")
-    print(f"{len(table)} checkpoints of {table['run_id'].nunique()} runs → {paths[SUMMARY_FILE]}\n"
-          f"Correlations → {paths[CORRELATIONS_FILE]} and {paths[CORRELATIONS_MD]} (Table 1); level-set test → "
-          f"{paths[LEVEL_SET_FILE]}\nFigures ({len(figures)} files) → {figures_dir}/\n" + "\n".join(lines))
-    return AnalysisOutputs(paths[SUMMARY_FILE], paths[CORRELATIONS_FILE], paths[CORRELATIONS_MD],
-                           paths[LEVEL_SET_FILE], figures, "\n".join(lines), time.perf_counter() - start)
+    print(
+        f"{len(table)} checkpoints of {table['run_id'].nunique()} runs → {paths[SUMMARY_FILE]}\n"
+        f"Correlations → {paths[CORRELATIONS_FILE]} and {paths[CORRELATIONS_MD]} (Table 1); level-set test → "
+        f"{paths[LEVEL_SET_FILE]}\nFigures ({len(figures)} files) → {figures_dir}/\n" + "\n".join(lines)
+    )
+    return AnalysisOutputs(
+        paths[SUMMARY_FILE],
+        paths[CORRELATIONS_FILE],
+        paths[CORRELATIONS_MD],
+        paths[LEVEL_SET_FILE],
+        figures,
+        "\n".join(lines),
+        time.perf_counter() - start,
+    )

@@ -25,16 +25,22 @@ checkpoints it left out for that reason (``left_out``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
-from freeenergy.analysis.table import (FREE_ENERGY_PREFIXES, estimate_value_columns, flagged, select_checkpoints,
-                                       sweep_rows, usable_estimates)
+from freeenergy.analysis.table import (
+    FREE_ENERGY_PREFIXES,
+    estimate_value_columns,
+    flagged,
+    select_checkpoints,
+    sweep_rows,
+    usable_estimates,
+)
 from freeenergy.pretrain.sweeps import SWEEP_AXES
 
 POOLED = "pooled"
@@ -81,8 +87,21 @@ class Correlation(Estimate):
     left_out: int = 0  # checkpoints left out because their free-energy estimate is flagged
 
 
-CORRELATION_COLUMNS = ["group", "metric", "target", "method", "r", "p_value", "ci_low", "ci_high", "n", "runs",
-                       "left_out", "resamples_used", "note"]
+CORRELATION_COLUMNS = [
+    "group",
+    "metric",
+    "target",
+    "method",
+    "r",
+    "p_value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "runs",
+    "left_out",
+    "resamples_used",
+    "note",
+]
 
 
 # A resample is a vector of counts: how often each of the n checkpoints was drawn (B × n for B resamples).
@@ -149,8 +168,14 @@ def _is_constant(values: np.ndarray) -> bool:
     return bool(np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())))
 
 
-def correlate(x: np.ndarray, y: np.ndarray, method: str, settings: BootstrapSettings, rng: np.random.Generator,
-              runs: np.ndarray | None = None) -> Estimate:
+def correlate(
+    x: np.ndarray,
+    y: np.ndarray,
+    method: str,
+    settings: BootstrapSettings,
+    rng: np.random.Generator,
+    runs: np.ndarray | None = None,
+) -> Estimate:
     """The correlation of the pairs where both values are finite, with a bootstrap interval over runs.
 
     ``runs`` labels each point's run (the resampling unit); None makes every point its own run. No interval
@@ -163,7 +188,9 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str, settings: BootstrapSett
     codes = np.unique(runs[keep], return_inverse=True)[1].ravel()
     n, k = len(x), int(codes.max()) + 1 if len(x) else 0
     if n < 2 or _is_constant(x) or _is_constant(y):
-        return Estimate(math.nan, math.nan, math.nan, math.nan, n, k, 0, "too few points" if n < 2 else "constant column")
+        return Estimate(
+            math.nan, math.nan, math.nan, math.nan, n, k, 0, "too few points" if n < 2 else "constant column"
+        )
     point, resampled = METHODS[method]
     result = point(x, y)
     r = float(result.statistic)
@@ -192,8 +219,9 @@ def jackknife(x: np.ndarray, y: np.ndarray, codes: np.ndarray, resampled: Resamp
     return resampled(x, y, (codes[None, :] != np.arange(int(codes.max()) + 1)[:, None]).astype(float))
 
 
-def interval_levels(draws: np.ndarray, estimate: float, jackknifed: np.ndarray,
-                    settings: BootstrapSettings) -> np.ndarray:
+def interval_levels(
+    draws: np.ndarray, estimate: float, jackknifed: np.ndarray, settings: BootstrapSettings
+) -> np.ndarray:
     """The two quantile levels of the bootstrap draws that bound the interval (percentile or BCa)."""
     tail = (1 - settings.confidence) / 2
     percentile = np.array([tail, 1 - tail])
@@ -227,8 +255,16 @@ def left_out_flagged(rows: pd.DataFrame, metric: str, target: str) -> int:
     return int(lost.sum())
 
 
-def correlation_rows(rows: pd.DataFrame, usable: pd.DataFrame, group: str, metrics: list[str], targets: list[str],
-                     methods: list[str], settings: BootstrapSettings, rng: np.random.Generator) -> list[dict]:
+def correlation_rows(
+    rows: pd.DataFrame,
+    usable: pd.DataFrame,
+    group: str,
+    metrics: list[str],
+    targets: list[str],
+    methods: list[str],
+    settings: BootstrapSettings,
+    rng: np.random.Generator,
+) -> list[dict]:
     """Every (metric, target, method) correlation of one set of checkpoints (``usable``: flagged ones blanked)."""
     out = []
     runs = usable["run_id"].to_numpy()
@@ -241,20 +277,38 @@ def correlation_rows(rows: pd.DataFrame, usable: pd.DataFrame, group: str, metri
             left_out = left_out_flagged(rows, metric, target)
             for method in methods:
                 estimate = correlate(x, y, method, settings, rng, runs)
-                out.append(asdict(Correlation(**asdict(estimate), group=group, metric=metric, target=target,
-                                              method=method, left_out=left_out)))
+                out.append(
+                    asdict(
+                        Correlation(
+                            **asdict(estimate),
+                            group=group,
+                            metric=metric,
+                            target=target,
+                            method=method,
+                            left_out=left_out,
+                        )
+                    )
+                )
     return out
 
 
 def check_columns(table: pd.DataFrame, columns: Iterable[str], keys: str) -> None:
     missing = sorted(set(columns) - set(table.columns))
     if missing:
-        raise ValueError(f"{keys} name {missing}, which are not columns of summary.csv: choose among the columns "
-                         "of docs/summary_columns.md (freeenergy.analysis.table.SUMMARY_COLUMNS).")
+        raise ValueError(
+            f"{keys} name {missing}, which are not columns of summary.csv: choose among the columns "
+            "of docs/summary_columns.md (freeenergy.analysis.table.SUMMARY_COLUMNS)."
+        )
 
 
-def correlation_table(table: pd.DataFrame, metrics: list[str], targets: list[str], methods: list[str],
-                      checkpoints: str, settings: BootstrapSettings) -> pd.DataFrame:
+def correlation_table(
+    table: pd.DataFrame,
+    metrics: list[str],
+    targets: list[str],
+    methods: list[str],
+    checkpoints: str,
+    settings: BootstrapSettings,
+) -> pd.DataFrame:
     """Every (group, metric, target, method) correlation, one row each (``correlations.csv``).
 
     ``table`` is the summary; flagged free-energy estimates are left out here (and counted in ``left_out``).
@@ -266,11 +320,16 @@ def correlation_table(table: pd.DataFrame, metrics: list[str], targets: list[str
     rng = np.random.default_rng(settings.seed)
     rows = []
     for group, rows_of_group in groups_of(chosen).items():
-        rows += correlation_rows(rows_of_group, usable.loc[rows_of_group.index], group, metrics, targets, methods,
-                                 settings, rng)
+        rows += correlation_rows(
+            rows_of_group, usable.loc[rows_of_group.index], group, metrics, targets, methods, settings, rng
+        )
     result = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
-    return result.assign(checkpoints=checkpoints, resamples=settings.resamples, confidence=settings.confidence,
-                         interval=settings.interval)
+    return result.assign(
+        checkpoints=checkpoints,
+        resamples=settings.resamples,
+        confidence=settings.confidence,
+        interval=settings.interval,
+    )
 
 
 @dataclass(frozen=True)
@@ -285,9 +344,11 @@ class LevelSet:
 
     def __post_init__(self) -> None:
         if (self.max is None) == (self.relative is None):
-            raise ValueError(f"analysis.level_set.max={self.max} and analysis.level_set.relative={self.relative}: "
-                             "set exactly one (e.g. max: 0.05 for train loss ≤ 0.05 nats, or relative: 0.5 for "
-                             "train loss ≤ 1.5 × the smallest) and the other to null.")
+            raise ValueError(
+                f"analysis.level_set.max={self.max} and analysis.level_set.relative={self.relative}: "
+                "set exactly one (e.g. max: 0.05 for train loss ≤ 0.05 nats, or relative: 0.5 for "
+                "train loss ≤ 1.5 × the smallest) and the other to null."
+            )
         for key in ("max", "relative"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, (int, float)) and value >= 0):
@@ -306,12 +367,29 @@ class LevelSet:
         return f"{self.column} ≤ {1 + self.relative:g} × its smallest value"
 
 
-LEVEL_SET_COLUMNS = ["checkpoints", "band", "band_column", "band_edge", "band_min", "band_max", "in_band",
-                     "in_band_runs", "outside_band", "without_value"]
+LEVEL_SET_COLUMNS = [
+    "checkpoints",
+    "band",
+    "band_column",
+    "band_edge",
+    "band_min",
+    "band_max",
+    "in_band",
+    "in_band_runs",
+    "outside_band",
+    "without_value",
+]
 
 
-def level_set_table(table: pd.DataFrame, level: LevelSet, metrics: list[str], targets: list[str],
-                    methods: list[str], checkpoints: str, settings: BootstrapSettings) -> pd.DataFrame:
+def level_set_table(
+    table: pd.DataFrame,
+    level: LevelSet,
+    metrics: list[str],
+    targets: list[str],
+    methods: list[str],
+    checkpoints: str,
+    settings: BootstrapSettings,
+) -> pd.DataFrame:
     """Correlations inside one level set of the train loss, all sweeps pooled (``level_set.csv``).
 
     One row per (metric, target, method), with the band (``band_edge``; ``band_min``/``band_max``: the
@@ -324,21 +402,43 @@ def level_set_table(table: pd.DataFrame, level: LevelSet, metrics: list[str], ta
     values = pd.to_numeric(chosen[level.column], errors="coerce")
     edge = level.upper_edge(values)
     inside = chosen[values <= edge]
-    rows = correlation_rows(inside, usable_estimates(inside), POOLED, metrics, targets, methods, settings,
-                            np.random.default_rng(settings.seed))
+    rows = correlation_rows(
+        inside,
+        usable_estimates(inside),
+        POOLED,
+        metrics,
+        targets,
+        methods,
+        settings,
+        np.random.default_rng(settings.seed),
+    )
     band = pd.to_numeric(inside[level.column], errors="coerce")
-    facts = {"checkpoints": checkpoints, "band": level.describe(), "band_column": level.column, "band_edge": edge,
-             "band_min": band.min(), "band_max": band.max(), "in_band": len(inside),
-             "in_band_runs": inside["run_id"].nunique(), "outside_band": int((values > edge).sum()),
-             "without_value": int(values.isna().sum())}
+    facts = {
+        "checkpoints": checkpoints,
+        "band": level.describe(),
+        "band_column": level.column,
+        "band_edge": edge,
+        "band_min": band.min(),
+        "band_max": band.max(),
+        "in_band": len(inside),
+        "in_band_runs": inside["run_id"].nunique(),
+        "outside_band": int((values > edge).sum()),
+        "without_value": int(values.isna().sum()),
+    }
     correlations = pd.DataFrame(rows, columns=CORRELATION_COLUMNS).drop(columns="group")
     bootstrap = {"resamples": settings.resamples, "confidence": settings.confidence, "interval": settings.interval}
     return correlations.assign(**facts, **bootstrap)[LEVEL_SET_COLUMNS + list(correlations.columns) + list(bootstrap)]
 
 
-def lookup(correlations: pd.DataFrame, group: str, metric: str, target: str, method: str = "pearson") -> pd.Series | None:
-    match = correlations[(correlations.group == group) & (correlations.metric == metric)
-                         & (correlations.target == target) & (correlations.method == method)]
+def lookup(
+    correlations: pd.DataFrame, group: str, metric: str, target: str, method: str = "pearson"
+) -> pd.Series | None:
+    match = correlations[
+        (correlations.group == group)
+        & (correlations.metric == metric)
+        & (correlations.target == target)
+        & (correlations.method == method)
+    ]
     return match.iloc[0] if len(match) else None
 
 

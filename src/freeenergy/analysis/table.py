@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from freeenergy.records.identity import run_identity
 from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
-from freeenergy.records.kinds import PRETRAIN_RECORD, RUN_FILE
 from freeenergy.records.checkpoints import Checkpoint, iter_checkpoints
+from freeenergy.records.identity import run_identity
 from freeenergy.records.io import read_json
+from freeenergy.records.kinds import PRETRAIN_RECORD, RUN_FILE, recorded_number
 
 log = logging.getLogger(__name__)
 RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"
@@ -48,30 +49,75 @@ HEALTH_FIELDS = ("levelled_off", "split_rhat", "llc_rel_spread", "gradient_bias"
 def free_energy_column_names(prefix: str) -> list[str]:
     """The summary columns of one free-energy estimate (``prefix`` "" upstream, "downstream_")."""
     fe = f"{prefix}free_energy"
-    return [fe, f"{fe}_std", f"{prefix}llc", f"{prefix}llc_std", f"{fe}_n", f"{fe}_nbeta", f"{prefix}init_loss",
-            f"{prefix}fe_loss_term", f"{prefix}fe_complexity_term", f"{prefix}fe_complexity_share",
-            f"{fe}_diverged", *(f"{fe}_{name}" for name in HEALTH_FIELDS)]
+    return [
+        fe,
+        f"{fe}_std",
+        f"{prefix}llc",
+        f"{prefix}llc_std",
+        f"{fe}_n",
+        f"{fe}_nbeta",
+        f"{prefix}init_loss",
+        f"{prefix}fe_loss_term",
+        f"{prefix}fe_complexity_term",
+        f"{prefix}fe_complexity_share",
+        f"{fe}_diverged",
+        *(f"{fe}_{name}" for name in HEALTH_FIELDS),
+    ]
 
 
 def estimate_value_columns(prefix: str) -> list[str]:
     """The columns that carry an estimate's SGLD result: blanked for correlations when it is flagged."""
     fe = f"{prefix}free_energy"
-    return [fe, f"{fe}_std", f"{prefix}llc", f"{prefix}llc_std", f"{prefix}fe_complexity_term",
-            f"{prefix}fe_complexity_share"]
+    return [
+        fe,
+        f"{fe}_std",
+        f"{prefix}llc",
+        f"{prefix}llc_std",
+        f"{prefix}fe_complexity_term",
+        f"{prefix}fe_complexity_share",
+    ]
 
 
 # Every column of summary.csv, in order (docs/summary_columns.md describes each).
 SUMMARY_COLUMNS = [
-    "run_id", "experiment", "status", "dataset", "model", "lr", "batch_size", "momentum", "weight_decay", "epochs", "seed",
-    "epoch", "is_final", *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
-    "train_loss", "train_acc", "heldout_loss", "heldout_acc", "train_loss_running", "train_acc_running",
-    *free_energy_column_names(""), *free_energy_column_names("downstream_"),
-    "finetune_acc", "finetune_loss", "fewshot_1shot_acc", "fewshot_1shot_ci95", "fewshot_5shot_acc",
-    "fewshot_5shot_ci95", "hessian_trace", "hessian_trace_se", "nc_cdnv", "geometric_complexity",
+    "run_id",
+    "experiment",
+    "status",
+    "dataset",
+    "model",
+    "lr",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "epochs",
+    "seed",
+    "epoch",
+    "is_final",
+    *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
+    "train_loss",
+    "train_acc",
+    "heldout_loss",
+    "heldout_acc",
+    "train_loss_running",
+    "train_acc_running",
+    *free_energy_column_names(""),
+    *free_energy_column_names("downstream_"),
+    "finetune_acc",
+    "finetune_loss",
+    "fewshot_1shot_acc",
+    "fewshot_1shot_ci95",
+    "fewshot_5shot_acc",
+    "fewshot_5shot_ci95",
+    "hessian_trace",
+    "hessian_trace_se",
+    "nc_cdnv",
+    "geometric_complexity",
     "geometric_complexity_se",
 ]
-BOOLEAN_COLUMNS = ["is_final", *(f"{p}free_energy_{name}" for p in FREE_ENERGY_PREFIXES
-                                 for name in ("diverged", "levelled_off", "healthy"))]
+BOOLEAN_COLUMNS = [
+    "is_final",
+    *(f"{p}free_energy_{name}" for p in FREE_ENERGY_PREFIXES for name in ("diverged", "levelled_off", "healthy")),
+]
 STEP_FREE_ENERGY = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
 
 
@@ -81,10 +127,6 @@ class FewShotChoice:
 
     classifier: str = "logistic"
     n_way: int = 5
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def _flag(value: Any) -> Any:
@@ -110,10 +152,14 @@ def health_columns(record: Mapping[str, Any], diverged: bool, prefix: str) -> di
         healthy = False
     assessed = "flags" in health or "healthy" in health or diverged
     fe = f"{prefix}free_energy"
-    return {f"{fe}_levelled_off": _flag(health.get("levelled_off")), f"{fe}_split_rhat": _number(health.get("split_rhat")),
-            f"{fe}_llc_rel_spread": _number(health.get("llc_rel_spread")),
-            f"{fe}_gradient_bias": _number(health.get("gradient_bias")),
-            f"{fe}_flags": "; ".join(flags) if assessed else pd.NA, f"{fe}_healthy": healthy}
+    return {
+        f"{fe}_levelled_off": _flag(health.get("levelled_off")),
+        f"{fe}_split_rhat": recorded_number(health.get("split_rhat")),
+        f"{fe}_llc_rel_spread": recorded_number(health.get("llc_rel_spread")),
+        f"{fe}_gradient_bias": recorded_number(health.get("gradient_bias")),
+        f"{fe}_flags": "; ".join(flags) if assessed else pd.NA,
+        f"{fe}_healthy": healthy,
+    }
 
 
 def free_energy_columns(record: dict | None, prefix: str) -> dict[str, Any]:
@@ -121,44 +167,63 @@ def free_energy_columns(record: dict | None, prefix: str) -> dict[str, Any]:
     fe = f"{prefix}free_energy"
     if record is None:
         return {}
-    diverged = bool(record.get("diverged")) or not math.isfinite(_number(record.get("free_energy")))
-    value = lambda key: math.nan if diverged else _number(record.get(key))
-    n, init_loss = _number(record.get("n")), _number(record.get("init_loss"))
+    diverged = bool(record.get("diverged")) or not math.isfinite(recorded_number(record.get("free_energy")))
+    value = lambda key: math.nan if diverged else recorded_number(record.get(key))
+    n, init_loss = recorded_number(record.get("n")), recorded_number(record.get("init_loss"))
     loss_term, free_energy = n * init_loss, value("free_energy")
     complexity = free_energy - loss_term
     return {
-        fe: free_energy, f"{fe}_std": value("free_energy_std"), f"{prefix}llc": value("llc"),
-        f"{prefix}llc_std": value("llc_std"), f"{fe}_n": n, f"{fe}_nbeta": _number(record.get("nbeta")),
-        f"{prefix}init_loss": init_loss, f"{prefix}fe_loss_term": loss_term,
+        fe: free_energy,
+        f"{fe}_std": value("free_energy_std"),
+        f"{prefix}llc": value("llc"),
+        f"{prefix}llc_std": value("llc_std"),
+        f"{fe}_n": n,
+        f"{fe}_nbeta": recorded_number(record.get("nbeta")),
+        f"{prefix}init_loss": init_loss,
+        f"{prefix}fe_loss_term": loss_term,
         f"{prefix}fe_complexity_term": complexity,
         f"{prefix}fe_complexity_share": complexity / free_energy if free_energy != 0 else math.nan,
-        f"{fe}_diverged": diverged, **health_columns(record, diverged, prefix),
+        f"{fe}_diverged": diverged,
+        **health_columns(record, diverged, prefix),
     }
 
 
 def fewshot_columns(record: dict | None, choice: FewShotChoice) -> dict[str, float]:
     columns = {}
     for shots in (1, 5):
-        match = [r for r in (record or {}).get("results", [])
-                 if r.get("k_shot") == shots and r.get("n_way") == choice.n_way and r.get("classifier") == choice.classifier]
-        columns[f"fewshot_{shots}shot_acc"] = _number(match[0].get("mean_acc")) if match else math.nan
-        columns[f"fewshot_{shots}shot_ci95"] = _number(match[0].get("ci95")) if match else math.nan
+        match = [
+            r
+            for r in (record or {}).get("results", [])
+            if r.get("k_shot") == shots and r.get("n_way") == choice.n_way and r.get("classifier") == choice.classifier
+        ]
+        columns[f"fewshot_{shots}shot_acc"] = recorded_number(match[0].get("mean_acc")) if match else math.nan
+        columns[f"fewshot_{shots}shot_ci95"] = recorded_number(match[0].get("ci95")) if match else math.nan
     return columns
 
 
 def metrics_columns(record: dict | None) -> dict[str, float]:
     """``metrics.json``: the eval-mode train loss/accuracy and the geometry metrics."""
     record = record or {}
-    keys = ["train_loss", "train_acc", "hessian_trace", "hessian_trace_se", "nc_cdnv", "geometric_complexity",
-            "geometric_complexity_se"]
-    return {key: _number(record.get(key)) for key in keys}
+    keys = [
+        "train_loss",
+        "train_acc",
+        "hessian_trace",
+        "hessian_trace_se",
+        "nc_cdnv",
+        "geometric_complexity",
+        "geometric_complexity_se",
+    ]
+    return {key: recorded_number(record.get(key)) for key in keys}
 
 
 def pretrain_columns(record: Mapping[str, Any]) -> dict[str, float]:
     """``pretrain.json``: the eval-mode held-out loss/accuracy and the running train loss/accuracy."""
-    return {"heldout_loss": _number(record.get("val_loss")), "heldout_acc": _number(record.get("val_acc")),
-            "train_loss_running": _number(record.get("train_loss")),
-            "train_acc_running": _number(record.get("train_acc"))}
+    return {
+        "heldout_loss": recorded_number(record.get("heldout_loss")),
+        "heldout_acc": recorded_number(record.get("heldout_acc")),
+        "train_loss_running": recorded_number(record.get("train_loss")),
+        "train_acc_running": recorded_number(record.get("train_acc")),
+    }
 
 
 def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
@@ -166,18 +231,23 @@ def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
     config = run.get("config", {})
     optim, train = config.get("optim", {}), config.get("train", {})
     return {
-        "experiment": run.get("experiment"), "status": run.get("status"),
-        "dataset": config.get("data", {}).get("name"), "model": config.get("model", {}).get("name"),
-        "lr": _number(optim.get("lr")), "batch_size": train.get("batch_size"),
-        "momentum": _number(optim.get("momentum")), "weight_decay": _number(optim.get("weight_decay")),
+        "experiment": run.get("experiment"),
+        "status": run.get("status"),
+        "dataset": config.get("data", {}).get("name"),
+        "model": config.get("model", {}).get("name"),
+        "lr": recorded_number(optim.get("lr")),
+        "batch_size": train.get("batch_size"),
+        "momentum": recorded_number(optim.get("momentum")),
+        "weight_decay": recorded_number(optim.get("weight_decay")),
         "epochs": train.get("epochs"),
         "seed": run.get("seed", config.get("seed")),
         **{f"in_{axis}_sweep": axis in sweeps for axis in SWEEP_AXES},
     }
 
 
-def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[str],
-                   choice: FewShotChoice) -> dict[str, Any]:
+def checkpoint_row(
+    checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[str], choice: FewShotChoice
+) -> dict[str, Any]:
     """Every column of one checkpoint; a missing record leaves its columns empty."""
     pretrain = checkpoint.read_record("pretrain")
     finetune = _read(checkpoint, "finetune") or {}
@@ -185,7 +255,9 @@ def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[
     row.update(pretrain_columns(pretrain))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["upstream"]), ""))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["downstream"]), "downstream_"))
-    row.update(finetune_acc=_number(finetune.get("test_acc")), finetune_loss=_number(finetune.get("test_loss")))
+    row.update(
+        finetune_acc=recorded_number(finetune.get("test_acc")), finetune_loss=recorded_number(finetune.get("test_loss"))
+    )
     row.update(fewshot_columns(_read(checkpoint, "fewshot"), choice))
     row.update(metrics_columns(_read(checkpoint, "metrics")))
     return row
@@ -193,8 +265,10 @@ def checkpoint_row(checkpoint: Checkpoint, run: Mapping[str, Any], sweeps: list[
 
 def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The base setting of the sweeps: the experiment config's own lr, batch size and momentum."""
-    return {"optim": {"lr": cfg["optim"]["lr"], "momentum": cfg["optim"]["momentum"]},
-            "train": {"batch_size": cfg["train"]["batch_size"]}}
+    return {
+        "optim": {"lr": cfg["optim"]["lr"], "momentum": cfg["optim"]["momentum"]},
+        "train": {"batch_size": cfg["train"]["batch_size"]},
+    }
 
 
 def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun]) -> dict[str, list[str]]:
@@ -222,17 +296,25 @@ def study_members(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequenc
         elif not consistent:
             outsiders.append(f"{run_id} (its run.json does not match the folder: rerun scripts/pretrain.py)")
         else:
-            outsiders.append(f"{run_id} ({distinguishing_keys(config, settings) or 'not a configured setting'})"
-                             if settings else run_id)
+            outsiders.append(
+                f"{run_id} ({distinguishing_keys(config, settings) or 'not a configured setting'})"
+                if settings
+                else run_id
+            )
     if outsiders:
-        log.warning("%d run(s) in %s are not part of this experiment's sweeps and are left out of the table: %s. "
-                    "Keep exploratory runs in their own folder with experiment_name=<name>.",
-                    len(outsiders), runs_dir, "; ".join(outsiders))
+        log.warning(
+            "%d run(s) in %s are not part of this experiment's sweeps and are left out of the table: %s. "
+            "Keep exploratory runs in their own folder with experiment_name=<name>.",
+            len(outsiders),
+            runs_dir,
+            "; ".join(outsiders),
+        )
     return members
 
 
-def build_summary(runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun],
-                  choice: FewShotChoice = FewShotChoice()) -> pd.DataFrame:
+def build_summary(
+    runs_dir: str | Path, study: Mapping[str, list[str]] | Sequence[StudyRun], choice: FewShotChoice = FewShotChoice()
+) -> pd.DataFrame:
     """The summary table of an experiment's records (empty, with every column, when there are none).
 
     Only the runs of the study (``study_members``) are in it.

@@ -37,17 +37,3 @@ def split_per_class(images: ImageSet, heldout_fraction: float, seed: int) -> tup
         heldout_index.append(members[:n_heldout])
         train_index.append(members[n_heldout:])
     return images.subset(torch.cat(train_index).sort().values), images.subset(torch.cat(heldout_index).sort().values)
-
-
-def select_classes(images: torch.Tensor, labels: torch.Tensor, names: list[str], wanted: list[str]) -> ImageSet:
-    """The images of the classes ``wanted`` (by name), relabelled 0..len(wanted)-1 in that order."""
-    missing = sorted(set(wanted) - set(names))
-    if missing:
-        raise ValueError(f"classes {missing[:5]} of the split are not in the dataset ({len(missing)} missing).")
-    position = {name: i for i, name in enumerate(names)}
-    relabel = torch.full((len(names),), -1, dtype=torch.long)
-    for new_label, name in enumerate(wanted):
-        relabel[position[name]] = new_label
-    new_labels = relabel[labels.long()]
-    keep = new_labels >= 0
-    return ImageSet(images[keep], new_labels[keep], list(wanted))

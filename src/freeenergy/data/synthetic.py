@@ -37,7 +37,6 @@ HUES = {"red": 0.0, "yellow": 0.15, "green": 0.36, "blue": 0.62}
 NUM_CLASSES = 100
 SPLIT_SIZES = {"upstream": 64, "validation": 16, "downstream": 20}
 CANVAS = 32
-CHUNK = 2048
 GENERATOR_VERSION = 1  # bump when the drawing changes, so stale caches are not reused
 
 

@@ -6,6 +6,15 @@ from freeenergy.downstream.probe import FewShotScore, LogisticOptions, episode_a
 from freeenergy.downstream.step import run_downstream
 
 __all__ = [
-    "Episodes", "sample_episodes", "FinetuneResult", "finetune", "finetune_split", "FewShotScore",
-    "LogisticOptions", "episode_accuracies", "fit_logistic", "summarize", "run_downstream",
+    "Episodes",
+    "sample_episodes",
+    "FinetuneResult",
+    "finetune",
+    "finetune_split",
+    "FewShotScore",
+    "LogisticOptions",
+    "episode_accuracies",
+    "fit_logistic",
+    "summarize",
+    "run_downstream",
 ]

@@ -71,8 +71,12 @@ def validate_downstream_config(ds_cfg: DictConfig) -> None:
 
 def _check_padding(key: str, padding: Any, image_size: int) -> None:
     if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < image_size:
-        _refuse(key, padding, f"reflection padding must be an integer in [0, {image_size}) for "
-                f"{image_size}×{image_size} images; lower it (0 turns the random crop off)")
+        _refuse(
+            key,
+            padding,
+            f"reflection padding must be an integer in [0, {image_size}) for "
+            f"{image_size}×{image_size} images; lower it (0 turns the random crop off)",
+        )
 
 
 def validate_against_data(ds_cfg: DictConfig, downstream: ImageSet) -> None:
@@ -90,24 +94,35 @@ def validate_against_data(ds_cfg: DictConfig, downstream: ImageSet) -> None:
             _refuse("fewshot.n_way", fs.n_way, f"at most the {downstream.num_classes} downstream classes")
         largest = max(fs.shots)
         if largest + fs.n_query > smallest:
-            _refuse("fewshot.shots", list(fs.shots), f"K + n_query = {largest} + {fs.n_query} exceeds the "
-                    f"{smallest} images of the smallest downstream class; lower the shots or fewshot.n_query")
+            _refuse(
+                "fewshot.shots",
+                list(fs.shots),
+                f"K + n_query = {largest} + {fs.n_query} exceeds the "
+                f"{smallest} images of the smallest downstream class; lower the shots or fewshot.n_query",
+            )
     ft = ds_cfg.finetune
     if "finetune" in ds_cfg.kinds:
         test_per_class = max(1, round(ft.test_fraction * smallest))
         train_per_class = smallest - test_per_class
         if train_per_class < 1:
-            _refuse("finetune.test_fraction", ft.test_fraction,
-                    f"it leaves no training image of the smallest downstream class ({smallest} images)")
+            _refuse(
+                "finetune.test_fraction",
+                ft.test_fraction,
+                f"it leaves no training image of the smallest downstream class ({smallest} images)",
+            )
         if ft.images_per_class is not None:
             train_per_class = min(train_per_class, ft.images_per_class)
         train_images = train_per_class * downstream.num_classes
         if ft.batch_size > train_images:
-            _refuse("finetune.batch_size", ft.batch_size,
-                    f"at most the {train_images} fine-tuning training images (lower it)")
+            _refuse(
+                "finetune.batch_size",
+                ft.batch_size,
+                f"at most the {train_images} fine-tuning training images (lower it)",
+            )
 
 
 def logistic_options(ds_cfg: DictConfig) -> LogisticOptions:
     lr_cfg = ds_cfg.fewshot.logistic
-    return LogisticOptions(C=lr_cfg.C, max_iter=lr_cfg.max_iter, tolerance=lr_cfg.tolerance,
-                           history_size=lr_cfg.history_size)
+    return LogisticOptions(
+        C=lr_cfg.C, max_iter=lr_cfg.max_iter, tolerance=lr_cfg.tolerance, history_size=lr_cfg.history_size
+    )

@@ -36,7 +36,7 @@ class Episodes:
     def n_query(self) -> int:
         return self.query.shape[2]
 
-    def slice(self, start: int, stop: int) -> "Episodes":
+    def slice(self, start: int, stop: int) -> Episodes:
         return Episodes(self.support[start:stop], self.query[start:stop], self.classes[start:stop])
 
 
@@ -54,12 +54,14 @@ def check_episode_shape(labels: torch.Tensor, n_way: int, k_shot: int, n_query: 
     if n_way > len(counts):
         raise ValueError(f"n_way={n_way} exceeds the {len(counts)} classes available.")
     if k_shot + n_query > int(counts.min()):
-        raise ValueError(f"k_shot + n_query = {k_shot + n_query} exceeds the {int(counts.min())} images "
-                         f"of the smallest class.")
+        raise ValueError(
+            f"k_shot + n_query = {k_shot + n_query} exceeds the {int(counts.min())} images of the smallest class."
+        )
 
 
-def sample_episodes(labels: torch.Tensor, n_way: int, k_shot: int, n_query: int, num_episodes: int,
-                    seed: int) -> Episodes:
+def sample_episodes(
+    labels: torch.Tensor, n_way: int, k_shot: int, n_query: int, num_episodes: int, seed: int
+) -> Episodes:
     """``num_episodes`` episodes from images labelled 0..C-1; the same arguments give the same episodes."""
     check_episode_shape(labels, n_way, k_shot, n_query)
     if num_episodes < 1:
@@ -67,9 +69,15 @@ def sample_episodes(labels: torch.Tensor, n_way: int, k_shot: int, n_query: int,
     members = class_members(labels.cpu())
     generator = torch.Generator().manual_seed(seed)
     classes = torch.stack([torch.randperm(len(members), generator=generator)[:n_way] for _ in range(num_episodes)])
-    drawn = torch.stack([
-        torch.stack([members[c][torch.randperm(len(members[c]), generator=generator)[: k_shot + n_query]]
-                     for c in episode_classes.tolist()])
-        for episode_classes in classes
-    ])
+    drawn = torch.stack(
+        [
+            torch.stack(
+                [
+                    members[c][torch.randperm(len(members[c]), generator=generator)[: k_shot + n_query]]
+                    for c in episode_classes.tolist()
+                ]
+            )
+            for episode_classes in classes
+        ]
+    )
     return Episodes(support=drawn[..., :k_shot], query=drawn[..., k_shot:], classes=classes)

@@ -10,8 +10,8 @@ on the seed, so every checkpoint is fine-tuned and scored under identical condit
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +37,18 @@ class FinetuneResult:
     steps: int
 
 
-def finetune_split(downstream: ImageSet, test_fraction: float, images_per_class: int | None,
-                   seed: int) -> tuple[ImageSet, ImageSet]:
+def finetune_split(
+    downstream: ImageSet, test_fraction: float, images_per_class: int | None, seed: int
+) -> tuple[ImageSet, ImageSet]:
     """(train, test) images of every downstream class; at most ``images_per_class`` train images per class."""
     train, test = split_per_class(downstream, test_fraction, seed)
     if images_per_class is None:
         return train, test
     generator = torch.Generator().manual_seed(seed)
-    keep = [members[torch.randperm(len(members), generator=generator)[:images_per_class]]
-            for members in (torch.nonzero(train.labels == c).flatten() for c in range(train.num_classes))]
+    keep = [
+        members[torch.randperm(len(members), generator=generator)[:images_per_class]]
+        for members in (torch.nonzero(train.labels == c).flatten() for c in range(train.num_classes))
+    ]
     return train.subset(torch.cat(keep).sort().values), test
 
 
@@ -71,16 +74,22 @@ def build_finetune_optimizer(model: nn.Module, ft_cfg: DictConfig) -> torch.opti
     return torch.optim.AdamW(groups, weight_decay=ft_cfg.weight_decay)
 
 
-def build_finetune_scheduler(optimizer: torch.optim.Optimizer, schedule: str,
-                             steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_finetune_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
 
 
 def finetune(
-    model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-    preprocess: Callable[[torch.Tensor], torch.Tensor], ft_cfg: DictConfig, seed: int, eval_batch_size: int = 1024,
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    ft_cfg: DictConfig,
+    seed: int,
+    eval_batch_size: int = 1024,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``model`` with a fresh head on ``train`` (uint8 images, labels on the model's
@@ -99,8 +108,9 @@ def finetune(
         epoch_loss = torch.zeros((), device=train_labels.device)
         for step in range(steps_per_epoch):
             index = order[step * ft_cfg.batch_size : (step + 1) * ft_cfg.batch_size]
-            inputs = random_crop_flip(preprocess(train_images[index]), ft_cfg.augment.padding, ft_cfg.augment.flip,
-                                      generator).contiguous(memory_format=memory_format)
+            inputs = random_crop_flip(
+                preprocess(train_images[index]), ft_cfg.augment.padding, ft_cfg.augment.flip, generator
+            ).contiguous(memory_format=memory_format)
             loss = F.cross_entropy(model(inputs), train_labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -108,6 +118,11 @@ def finetune(
             scheduler.step()
             epoch_loss += loss.detach()
     final = evaluate(model, *test, preprocess, eval_batch_size)
-    return FinetuneResult(test_acc=final.accuracy, test_loss=final.loss, train_loss=epoch_loss.item() / steps_per_epoch,
-                          initial_test_acc=initial.accuracy, initial_test_loss=initial.loss,
-                          steps=steps_per_epoch * ft_cfg.epochs)
+    return FinetuneResult(
+        test_acc=final.accuracy,
+        test_loss=final.loss,
+        train_loss=epoch_loss.item() / steps_per_epoch,
+        initial_test_acc=initial.accuracy,
+        initial_test_loss=initial.loss,
+        steps=steps_per_epoch * ft_cfg.epochs,
+    )

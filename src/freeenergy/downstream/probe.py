@@ -9,8 +9,8 @@ The nearest-centroid probe (class means of the support features) is a cheap seco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +40,28 @@ class FewShotScore:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                     batch_size: int) -> torch.Tensor:
+def extract_features(
+    model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> torch.Tensor:
     """L2-normalised penultimate features (N, D) of stored images, model in eval mode (BN running stats)."""
     with eval_mode(model):
-        features = [penultimate_features(model, preprocess(images[start : start + batch_size])).float()
-                    for start in range(0, len(images), batch_size)]
+        features = [
+            penultimate_features(model, preprocess(images[start : start + batch_size])).float()
+            for start in range(0, len(images), batch_size)
+        ]
     return F.normalize(torch.cat(features), dim=1)
 
 
-def augmented_features(model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                       batch_size: int, views: int, padding: int, flip: bool, seed: int) -> torch.Tensor:
+def augmented_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    views: int,
+    padding: int,
+    flip: bool,
+    seed: int,
+) -> torch.Tensor:
     """Features (1 + views, N, D) of the images as stored and of ``views`` random crop/flip copies of each.
 
     The copies are drawn once per image with a fixed seed (not anew per episode), so they can be reused.
@@ -58,13 +69,17 @@ def augmented_features(model: nn.Module, images: torch.Tensor, preprocess: Calla
     generator = torch.Generator().manual_seed(seed)
     stacks = [extract_features(model, images, preprocess, batch_size)]
     for _ in range(views):
-        stacks.append(extract_features(
-            model, images, lambda batch: random_crop_flip(preprocess(batch), padding, flip, generator), batch_size))
+        stacks.append(
+            extract_features(
+                model, images, lambda batch: random_crop_flip(preprocess(batch), padding, flip, generator), batch_size
+            )
+        )
     return torch.stack(stacks)
 
 
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
-                 options: LogisticOptions = LogisticOptions()) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, options: LogisticOptions = LogisticOptions()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression of every episode at once: weights (E, C, D) and biases (E, C).
 
     ``features`` (E, S, D) and ``labels`` (E, S) hold each episode's support set.
@@ -72,9 +87,15 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
     episodes, _, dim = features.shape
     weight = features.new_zeros(episodes, n_classes, dim, requires_grad=True)
     bias = features.new_zeros(episodes, n_classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=options.max_iter, tolerance_grad=options.tolerance,
-                                  tolerance_change=0.0, history_size=options.history_size,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=options.max_iter,
+        tolerance_grad=options.tolerance,
+        tolerance_change=0.0,
+        history_size=options.history_size,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -94,16 +115,23 @@ def linear_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return torch.einsum("emd,ecd->emc", features, weight) + bias[:, None, :]
 
 
-def centroid_logits(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                    n_classes: int) -> torch.Tensor:
+def centroid_logits(
+    support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_classes: int
+) -> torch.Tensor:
     """Negative squared distances (E, M, C) from each query to each class mean of its episode's support."""
     one_hot = F.one_hot(support_labels, n_classes).to(support.dtype)  # (E, S, C)
     centroids = torch.einsum("esc,esd->ecd", one_hot, support) / one_hot.sum(1)[..., None]
     return -torch.cdist(query, centroids).pow(2)
 
 
-def classify_episodes(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_classes: int,
-                      classifier: str, options: LogisticOptions = LogisticOptions()) -> torch.Tensor:
+def classify_episodes(
+    support: torch.Tensor,
+    support_labels: torch.Tensor,
+    query: torch.Tensor,
+    n_classes: int,
+    classifier: str,
+    options: LogisticOptions = LogisticOptions(),
+) -> torch.Tensor:
     """Predicted labels (E, M) of the query features, from a probe fitted on each episode's support."""
     if classifier == "logistic":
         weight, bias = fit_logistic(support, support_labels, n_classes, options)
@@ -113,8 +141,13 @@ def classify_episodes(support: torch.Tensor, support_labels: torch.Tensor, query
     raise ValueError(f"classifier={classifier!r} is unknown; choose one of {list(CLASSIFIERS)}.")
 
 
-def episode_accuracies(features: torch.Tensor, episodes: Episodes, classifier: str,
-                       options: LogisticOptions = LogisticOptions(), episode_batch: int = 200) -> torch.Tensor:
+def episode_accuracies(
+    features: torch.Tensor,
+    episodes: Episodes,
+    classifier: str,
+    options: LogisticOptions = LogisticOptions(),
+    episode_batch: int = 200,
+) -> torch.Tensor:
     """Query accuracy (E,) of every episode.
 
     ``features`` is (N, D) for the images as stored, or (V, N, D) with augmented views of every image:

@@ -10,8 +10,8 @@ with its 95% interval. A record that is finished and current is skipped unless `
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,9 +24,9 @@ from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
 from freeenergy.models.checkpoint import load_or_report
+from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.records.identity import canonical
 from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
-from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.runtime import resolve_device, set_threads
 
 
@@ -47,13 +47,21 @@ class DownstreamTask:
 def prepare_task(ds_cfg: DictConfig, data: FewShotData, device: torch.device) -> DownstreamTask:
     """Move the downstream data to the device, split it for fine-tuning and draw the episodes (seeded)."""
     memory_format = torch.channels_last if ds_cfg.channels_last else torch.contiguous_format
-    train, test = finetune_split(data.downstream, ds_cfg.finetune.test_fraction, ds_cfg.finetune.images_per_class,
-                                 ds_cfg.seed)
+    train, test = finetune_split(
+        data.downstream, ds_cfg.finetune.test_fraction, ds_cfg.finetune.images_per_class, ds_cfg.seed
+    )
     fs = ds_cfg.fewshot
-    episodes = {k: sample_episodes(data.downstream.labels, fs.n_way, k, fs.n_query, fs.episodes, ds_cfg.seed)
-                for k in fs.shots} if "fewshot" in ds_cfg.kinds else {}
+    episodes = (
+        {
+            k: sample_episodes(data.downstream.labels, fs.n_way, k, fs.n_query, fs.episodes, ds_cfg.seed)
+            for k in fs.shots
+        }
+        if "fewshot" in ds_cfg.kinds
+        else {}
+    )
     return DownstreamTask(
-        cfg=ds_cfg, device=device,
+        cfg=ds_cfg,
+        device=device,
         preprocess=lambda images: data.normalize(images).contiguous(memory_format=memory_format),
         memory_format=memory_format,
         images=data.downstream.images.to(device),
@@ -64,38 +72,80 @@ def prepare_task(ds_cfg: DictConfig, data: FewShotData, device: torch.device) ->
 
 
 def _common_fields(checkpoint: Checkpoint, task: DownstreamTask, kind: str, seconds: float) -> dict:
-    return {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, "seed": task.cfg.seed, "wall_time_s": seconds,
-            "device": str(task.device), "config": OmegaConf.to_container(task.cfg[kind], resolve=True)}
+    return {
+        "run_id": checkpoint.run_id,
+        "epoch": checkpoint.epoch,
+        "seed": task.cfg.seed,
+        "wall_time_s": seconds,
+        "device": str(task.device),
+        "config": OmegaConf.to_container(task.cfg[kind], resolve=True),
+    }
 
 
 def finetune_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
     start = time.perf_counter()
     ft = task.cfg.finetune
-    result = finetune(model, task.finetune_train, task.finetune_test, task.preprocess, ft, task.cfg.seed,
-                      task.cfg.eval_batch_size, task.memory_format)
-    return asdict(result) | {
-        "epochs": ft.epochs, "lr": ft.lr, "backbone_lr": ft.backbone_lr, "batch_size": ft.batch_size,
-        "optimizer": ft.optimizer, "images_per_class": ft.images_per_class,
-        "train_images": len(task.finetune_train[1]), "test_images": len(task.finetune_test[1]),
-    } | _common_fields(checkpoint, task, "finetune", time.perf_counter() - start)
+    result = finetune(
+        model,
+        task.finetune_train,
+        task.finetune_test,
+        task.preprocess,
+        ft,
+        task.cfg.seed,
+        task.cfg.eval_batch_size,
+        task.memory_format,
+    )
+    return (
+        asdict(result)
+        | {
+            "epochs": ft.epochs,
+            "lr": ft.lr,
+            "backbone_lr": ft.backbone_lr,
+            "batch_size": ft.batch_size,
+            "optimizer": ft.optimizer,
+            "images_per_class": ft.images_per_class,
+            "train_images": len(task.finetune_train[1]),
+            "test_images": len(task.finetune_test[1]),
+        }
+        | _common_fields(checkpoint, task, "finetune", time.perf_counter() - start)
+    )
 
 
 def fewshot_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
     start = time.perf_counter()
     fs = task.cfg.fewshot
-    features = augmented_features(model, task.images, task.preprocess, task.cfg.eval_batch_size, fs.support_views,
-                                  fs.augment.padding, fs.augment.flip, task.cfg.seed)
+    features = augmented_features(
+        model,
+        task.images,
+        task.preprocess,
+        task.cfg.eval_batch_size,
+        fs.support_views,
+        fs.augment.padding,
+        fs.augment.flip,
+        task.cfg.seed,
+    )
     results = []
     for k_shot, episodes in task.episodes.items():
         for classifier in fs.classifiers:
-            accuracies = episode_accuracies(features, episodes, classifier, logistic_options(task.cfg),
-                                            fs.episode_batch)
+            accuracies = episode_accuracies(
+                features, episodes, classifier, logistic_options(task.cfg), fs.episode_batch
+            )
             score = summarize(accuracies)
-            results.append({"n_way": fs.n_way, "k_shot": k_shot, "n_query": fs.n_query, "classifier": classifier,
-                            "mean_acc": score.mean_acc, "ci95": score.ci95, "episodes": score.episodes,
-                            "ci95_method": "student-t, episodes - 1 degrees of freedom"})
+            results.append(
+                {
+                    "n_way": fs.n_way,
+                    "k_shot": k_shot,
+                    "n_query": fs.n_query,
+                    "classifier": classifier,
+                    "mean_acc": score.mean_acc,
+                    "ci95": score.ci95,
+                    "episodes": score.episodes,
+                    "ci95_method": "student-t, episodes - 1 degrees of freedom",
+                }
+            )
     return {"results": results, "feature_dim": features.shape[-1]} | _common_fields(
-        checkpoint, task, "fewshot", time.perf_counter() - start)
+        checkpoint, task, "fewshot", time.perf_counter() - start
+    )
 
 
 RECORD_MAKERS: dict[str, Callable[[nn.Module, Checkpoint, DownstreamTask], dict]] = {
@@ -108,12 +158,16 @@ def summary_line(name: str, records: dict[str, dict]) -> str:
     parts = []
     if "finetune" in records:
         r = records["finetune"]
-        parts.append(f"finetune {100 * r['test_acc']:.1f}% (fresh head {100 * r['initial_test_acc']:.1f}%, "
-                     f"{r['wall_time_s']:.1f}s)")
+        parts.append(
+            f"finetune {100 * r['test_acc']:.1f}% (fresh head {100 * r['initial_test_acc']:.1f}%, "
+            f"{r['wall_time_s']:.1f}s)"
+        )
     if "fewshot" in records:
         r = records["fewshot"]
-        scores = ", ".join(f"{s['n_way']}w{s['k_shot']}s {s['classifier']} "
-                           f"{100 * s['mean_acc']:.1f}±{100 * s['ci95']:.1f}%" for s in r["results"])
+        scores = ", ".join(
+            f"{s['n_way']}w{s['k_shot']}s {s['classifier']} {100 * s['mean_acc']:.1f}±{100 * s['ci95']:.1f}%"
+            for s in r["results"]
+        )
         parts.append(f"fewshot {scores} ({r['wall_time_s']:.1f}s)")
     return f"{name}: " + "; ".join(parts)
 
@@ -133,8 +187,11 @@ def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: Downstre
 
 def downstream_settings(cfg: DictConfig, kind: str) -> dict:
     """The canonical settings a ``kind`` record is made with: ``downstream.<kind>``, the seed and the data."""
-    return {kind: group_settings(cfg.downstream[kind], f"downstream.{kind}"), "seed": canonical(cfg.downstream.seed),
-            "data": data_identity(cfg)}
+    return {
+        kind: group_settings(cfg.downstream[kind], f"downstream.{kind}"),
+        "seed": canonical(cfg.downstream.seed),
+        "data": data_identity(cfg),
+    }
 
 
 def run_downstream(cfg: DictConfig) -> list[Outcome]:
@@ -156,6 +213,14 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         return lambda checkpoint, todo: evaluate_checkpoint(checkpoint, todo, task)
 
     return run_checkpoint_step(
-        f"downstream ({', '.join(kinds)})", checkpoints, {kind: downstream_settings(cfg, kind) for kind in kinds},
-        ds_cfg.overwrite, "downstream.overwrite", device, "evaluate", prepare, cfg.progress, cfg.paths.runs,
+        f"downstream ({', '.join(kinds)})",
+        checkpoints,
+        {kind: downstream_settings(cfg, kind) for kind in kinds},
+        ds_cfg.overwrite,
+        "downstream.overwrite",
+        device,
+        "evaluate",
+        prepare,
+        cfg.progress,
+        cfg.paths.runs,
     )

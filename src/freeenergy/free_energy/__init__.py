@@ -7,10 +7,16 @@ The numerical core (no config, no files): ``sampler`` (the SGLD update and chain
 """
 
 from freeenergy.free_energy.diagnostics import Health, HealthCriteria
-from freeenergy.free_energy.estimator import FreeEnergyEstimate, estimate_free_energy, sample_free_energy
+from freeenergy.free_energy.estimator import estimate_free_energy, sample_free_energy
 from freeenergy.free_energy.sampler import SGLDSettings, default_nbeta
+from freeenergy.free_energy.summary import FreeEnergyEstimate
 
 __all__ = [
-    "FreeEnergyEstimate", "Health", "HealthCriteria", "SGLDSettings", "default_nbeta", "estimate_free_energy",
+    "FreeEnergyEstimate",
+    "Health",
+    "HealthCriteria",
+    "SGLDSettings",
+    "default_nbeta",
+    "estimate_free_energy",
     "sample_free_energy",
 ]

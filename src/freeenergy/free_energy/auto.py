@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from freeenergy.free_energy.diagnostics import top_hessian_eigenvalue
+
 
 @dataclass(frozen=True)
 class AutoRule:
@@ -47,21 +49,28 @@ class AutoRule:
     min_localization: float = 1.0
 
     def __post_init__(self) -> None:
-        checks = {"stability_fraction": 0 < self.stability_fraction < 1, "relaxation_times": self.relaxation_times > 0,
-                  "max_relative_distance": self.max_relative_distance is None or self.max_relative_distance > 0,
-                  "min_localization": self.min_localization > 0}
+        checks = {
+            "stability_fraction": 0 < self.stability_fraction < 1,
+            "relaxation_times": self.relaxation_times > 0,
+            "max_relative_distance": self.max_relative_distance is None or self.max_relative_distance > 0,
+            "min_localization": self.min_localization > 0,
+        }
         for key, ok in checks.items():
             if not ok:
-                raise ValueError(f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in "
-                                 "(0, 1); relaxation_times, min_localization and max_relative_distance (or null) > 0.")
+                raise ValueError(
+                    f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in "
+                    "(0, 1); relaxation_times, min_localization and max_relative_distance (or null) > 0."
+                )
 
     @classmethod
-    def from_config(cls, auto_cfg: Mapping[str, Any] | None) -> "AutoRule":
+    def from_config(cls, auto_cfg: Mapping[str, Any] | None) -> AutoRule:
         """From the ``free_energy.auto`` block (missing keys keep their defaults; unknown keys are refused)."""
         values = dict(auto_cfg or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"free_energy.auto has unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}.")
+            raise ValueError(
+                f"free_energy.auto has unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}."
+            )
         return cls(**values)
 
 
@@ -86,21 +95,31 @@ class SGLDChoice:
 
     def describe(self) -> str:
         """One line for the log: the choice, λ_max, the bound and the relaxation time."""
-        reason = {"relaxation": f"the smallest whose relaxation fits {self.rule.relaxation_times:g} times in the burn-in",
-                  "locality": f"keeps the chains within {self.rule.max_relative_distance:g}·‖w*‖ of w*",
-                  "minimum": "the configured minimum", "given": "given"}[self.localization_reason]
-        return (f"ε = {self.step_size:.3g} ({self.step_size / self.max_stable_step:.2g} of the stability bound "
-                f"4/(nβ·λ_max + γ) = {self.max_stable_step:.3g}; λ_max = {self.sharpness:.4g}, nβ = {self.nbeta:.4g}), "
-                f"γ = {self.localization:.4g} ({reason}); relaxation time 1/(εγ) = {self.relaxation_steps:.3g} steps, "
-                f"burn-in {self.num_burnin} steps = {self.burnin_relaxation_times:.3g} relaxation times")
+        reason = {
+            "relaxation": f"the smallest whose relaxation fits {self.rule.relaxation_times:g} times in the burn-in",
+            "locality": f"keeps the chains within {self.rule.max_relative_distance:g}·‖w*‖ of w*",
+            "minimum": "the configured minimum",
+            "given": "given",
+        }[self.localization_reason]
+        return (
+            f"ε = {self.step_size:.3g} ({self.step_size / self.max_stable_step:.2g} of the stability bound "
+            f"4/(nβ·λ_max + γ) = {self.max_stable_step:.3g}; λ_max = {self.sharpness:.4g}, nβ = {self.nbeta:.4g}), "
+            f"γ = {self.localization:.4g} ({reason}); relaxation time 1/(εγ) = {self.relaxation_steps:.3g} steps, "
+            f"burn-in {self.num_burnin} steps = {self.burnin_relaxation_times:.3g} relaxation times"
+        )
 
     def to_record(self) -> dict:
         return asdict(self)
 
 
 def choose_sgld_settings(
-    sharpness: float, nbeta: float, num_burnin: int, rule: AutoRule = AutoRule(), localization: float | None = None,
-    num_parameters: int | None = None, weight_norm_sq: float | None = None,
+    sharpness: float,
+    nbeta: float,
+    num_burnin: int,
+    rule: AutoRule = AutoRule(),
+    localization: float | None = None,
+    num_parameters: int | None = None,
+    weight_norm_sq: float | None = None,
 ) -> SGLDChoice:
     """ε and γ from the stability bound, the relaxation time and locality (the rule in the module docstring).
 
@@ -119,10 +138,11 @@ def choose_sgld_settings(
                 f"free_energy.num_burnin={num_burnin} is too short for the automatic choice of γ: the burn-in must cover "
                 f"{rule.relaxation_times:g} relaxation times 1/(εγ) with ε = {rule.stability_fraction:g} of the stability "
                 f"bound, which needs num_burnin >= {shortest} (a few hundred in practice); raise free_energy.num_burnin "
-                "or give free_energy.localization.")
+                "or give free_energy.localization."
+            )
         floors = {"relaxation": curvature / ratio, "minimum": rule.min_localization}
         if rule.max_relative_distance is not None and num_parameters and weight_norm_sq:
-            floors["locality"] = num_parameters / (rule.max_relative_distance ** 2 * weight_norm_sq)
+            floors["locality"] = num_parameters / (rule.max_relative_distance**2 * weight_norm_sq)
         reason = max(floors, key=floors.get)
         gamma = floors[reason]
     else:
@@ -136,9 +156,12 @@ def choose_sgld_settings(
     relaxation = 1.0 / (step * gamma) if gamma > 0 else math.inf
     choice = SGLDChoice(step, gamma, float(sharpness), float(nbeta), int(num_burnin), bound, relaxation, reason, rule)
     if reason == "given" and choice.burnin_relaxation_times < rule.relaxation_times:
-        warnings.warn(f"{choice.describe()}: the burn-in covers fewer than {rule.relaxation_times:g} relaxation times "
-                      "of the slowest directions, so the draws may still drift; raise num_burnin or the localization.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{choice.describe()}: the burn-in covers fewer than {rule.relaxation_times:g} relaxation times "
+            "of the slowest directions, so the draws may still drift; raise num_burnin or the localization.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return choice
 
 
@@ -149,10 +172,19 @@ def sampled_weights(model: torch.nn.Module, frozen: Sequence[str] = ()) -> tuple
 
 
 def auto_sgld_settings(
-    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, nbeta: float, num_burnin: int, *,
-    loss_fn: Callable | None = None, input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    localization: float | None = None, rule: AutoRule = AutoRule(), sharpness_batch: int = 256,
-    sharpness_iterations: int = 10, seed: int = 0,
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    nbeta: float,
+    num_burnin: int,
+    *,
+    loss_fn: Callable | None = None,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    localization: float | None = None,
+    rule: AutoRule = AutoRule(),
+    sharpness_batch: int = 256,
+    sharpness_iterations: int = 10,
+    seed: int = 0,
 ) -> SGLDChoice:
     """Measure λ_max of ``model`` on a seeded subset of ``sharpness_batch`` inputs (``sharpness_iterations``
     power iterations; defaults as ``calibrate.sharpness_*``), then ``choose_sgld_settings``.
@@ -163,8 +195,7 @@ def auto_sgld_settings(
     transform = input_transform or (lambda x: x)
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(targets), generator=generator)[:sharpness_batch].to(targets.device)
-    sharpness = top_hessian_eigenvalue(model, transform(inputs[index]), targets[index], loss_fn,
-                                       iterations=sharpness_iterations, seed=seed)
+    sharpness = top_hessian_eigenvalue(
+        model, transform(inputs[index]), targets[index], loss_fn, iterations=sharpness_iterations, seed=seed
+    )
     return choose_sgld_settings(sharpness, nbeta, num_burnin, rule, localization, *sampled_weights(model))
-
-

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,18 +56,26 @@ class BatchedChains:
         self.flat_noise = torch.empty(num_chains, self.num_parameters, device=device, dtype=anchors[0].dtype)
         self.noise, offset = [], 0
         for a in anchors:
-            self.noise.append(self.flat_noise.as_strided((num_chains, *a.shape), (self.num_parameters, *a.stride()),
-                                                         self.flat_noise.storage_offset() + offset))
+            self.noise.append(
+                self.flat_noise.as_strided(
+                    (num_chains, *a.shape),
+                    (self.num_parameters, *a.stride()),
+                    self.flat_noise.storage_offset() + offset,
+                )
+            )
             offset += a.numel()
         self.device = device
 
-    def losses_and_grads(self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-                         autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def losses_and_grads(
+        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, autocast_dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Per-chain minibatch losses (C,) and gradients (each (C, *shape)); inputs (C, B, …), targets (C, B)."""
         shared, names, model, device_type = self.shared, self.names, self.model, self.device.type
 
         def chain_loss(params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 output = functional_call(model, ({**shared, **dict(zip(names, params))},), (x,))
             return loss_fn(output, y)
 
@@ -78,8 +86,14 @@ class BatchedChains:
             grads, losses = vmap(grad_and_value(chain_loss))(tuple(self.params), inputs, targets)
         return losses, grads
 
-    def step(self, grads: tuple[torch.Tensor, ...], generators: list[torch.Generator], step_size: float,
-             localization: float, nbeta: float) -> None:
+    def step(
+        self,
+        grads: tuple[torch.Tensor, ...],
+        generators: list[torch.Generator],
+        step_size: float,
+        localization: float,
+        nbeta: float,
+    ) -> None:
         """One SGLD step of every chain (``sampler.sgld_update_``), each chain's noise from its own generator."""
         for row, generator in zip(self.flat_noise, generators):
             row.normal_(generator=generator)
@@ -87,10 +101,21 @@ class BatchedChains:
 
 
 def run_batched_chains(
-    model: nn.Module, sampled: list[str], inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-    transform: Callable[[torch.Tensor], torch.Tensor], batches: torch.Tensor, noise_seeds: list[int],
-    step_size: float, localization: float, nbeta: float, *, autocast_dtype: torch.dtype | None = None,
-    check_every: int = 50, progress: bool = False,
+    model: nn.Module,
+    sampled: list[str],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFn,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    batches: torch.Tensor,
+    noise_seeds: list[int],
+    step_size: float,
+    localization: float,
+    nbeta: float,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    check_every: int = 50,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Run C SGLD chains from w* at once; returns their minibatch losses (C, num_steps) on the CPU.
 
@@ -109,13 +134,16 @@ def run_batched_chains(
     batches = batches.to(device)
     trace = torch.full((num_chains, num_steps), math.nan, device=device)
     stopped_at = [None] * num_chains  # the check step at which each chain stopped
-    steps = tqdm(range(num_steps), desc=f"{num_chains} chains (batched)", unit="step", leave=False, disable=not progress)
+    steps = tqdm(
+        range(num_steps), desc=f"{num_chains} chains (batched)", unit="step", leave=False, disable=not progress
+    )
     for step in steps:
         index = batches[:, step].reshape(-1)
         model_inputs = transform(inputs[index])
         model_inputs = model_inputs.view(num_chains, batch_size, *model_inputs.shape[1:])
-        losses, grads = chains.losses_and_grads(model_inputs, targets[index].view(num_chains, batch_size), loss_fn,
-                                                autocast_dtype)
+        losses, grads = chains.losses_and_grads(
+            model_inputs, targets[index].view(num_chains, batch_size), loss_fn, autocast_dtype
+        )
         trace[:, step] = losses.detach()
         chains.step(grads, generators, step_size, localization, nbeta)
         if (step + 1) % check_every == 0:

@@ -24,23 +24,25 @@ the rank command's checkpoints and writes the table and figure).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from freeenergy.free_energy.diagnostics import Drift, max_stable_step_size, trace_drift
-from freeenergy.free_energy.estimator import FreeEnergyEstimate
 from freeenergy.free_energy.sampler import SGLDSettings
+from freeenergy.free_energy.summary import FreeEnergyEstimate
+
 
 def relaxation_times_in_burnin(settings: SGLDSettings) -> float:
     """How many relaxation times 1/(ε·γ) of the γ-held (flat) directions the burn-in covers: num_burnin·ε·γ."""
     return settings.num_burnin * settings.step_size * settings.localization
 
 
-def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: float = math.inf,
-                   relaxation_times: float = 3.0) -> str:
+def setting_status(
+    estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: float = math.inf, relaxation_times: float = 3.0
+) -> str:
     """``diverged`` | ``unstable`` | ``near unstable`` | ``not relaxed`` | ``not levelled`` | ``ok, negative LLC`` | ``ok``.
 
     ``not relaxed``: γ > 0 and the burn-in covers fewer than ``relaxation_times`` relaxation times 1/(ε·γ) of the
@@ -53,7 +55,9 @@ def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: 
     if estimate.settings.step_size > max_stable_step / 2:
         return "near unstable"
     # (1 − 1e-9): the automatic rule's γ puts the burn-in exactly on k relaxation times, up to rounding
-    if estimate.settings.localization > 0 and relaxation_times_in_burnin(estimate.settings) < relaxation_times * (1 - 1e-9):
+    if estimate.settings.localization > 0 and relaxation_times_in_burnin(estimate.settings) < relaxation_times * (
+        1 - 1e-9
+    ):
         return "not relaxed"
     if not drift.levelled_off:
         return "not levelled"
@@ -62,8 +66,13 @@ def setting_status(estimate: FreeEnergyEstimate, drift: Drift, max_stable_step: 
 
 def calibrate(
     estimate: Callable[[float, float], FreeEnergyEstimate],
-    step_sizes: Sequence[float], localizations: Sequence[float], drift_test_level: float = 0.01, progress: bool = True,
-    sharpness: float | None = None, max_step_size_effect: float = 0.1, relaxation_times: float = 3.0,
+    step_sizes: Sequence[float],
+    localizations: Sequence[float],
+    drift_test_level: float = 0.01,
+    progress: bool = True,
+    sharpness: float | None = None,
+    max_step_size_effect: float = 0.1,
+    relaxation_times: float = 3.0,
 ) -> tuple[pd.DataFrame, dict[tuple[float, float], FreeEnergyEstimate]]:
     """Run ``estimate(step_size, localization)`` over the grid; a table of LLC and status per setting.
 
@@ -80,15 +89,25 @@ def calibrate(
         drift = trace_drift(result.draws, drift_test_level)
         bound = max_stable_step_size(sharpness, result.nbeta, gamma) if sharpness is not None else math.inf
         estimates[(eps, gamma)] = result
-        rows.append({
-            "step_size": eps, "localization": gamma, "llc": result.llc, "llc_std": result.llc_std,
-            "llc_se": result.llc_std / math.sqrt(result.settings.num_chains),
-            "free_energy": result.free_energy, "free_energy_std": result.free_energy_std,
-            "init_loss": result.init_loss, "diverged": result.diverged, "max_stable_step": bound,
-            "levelled_off": drift.levelled_off, "drift_t": drift.statistic,
-            "relaxation_times": relaxation_times_in_burnin(result.settings),
-            "status": setting_status(result, drift, bound, relaxation_times), "wall_time_s": result.wall_time_s,
-        })
+        rows.append(
+            {
+                "step_size": eps,
+                "localization": gamma,
+                "llc": result.llc,
+                "llc_std": result.llc_std,
+                "llc_se": result.llc_std / math.sqrt(result.settings.num_chains),
+                "free_energy": result.free_energy,
+                "free_energy_std": result.free_energy_std,
+                "init_loss": result.init_loss,
+                "diverged": result.diverged,
+                "max_stable_step": bound,
+                "levelled_off": drift.levelled_off,
+                "drift_t": drift.statistic,
+                "relaxation_times": relaxation_times_in_burnin(result.settings),
+                "status": setting_status(result, drift, bound, relaxation_times),
+                "wall_time_s": result.wall_time_s,
+            }
+        )
     table = mark_step_size_bias(pd.DataFrame(rows), max_step_size_effect)
     table["suggested"] = False
     suggestion = suggest_setting(table)
@@ -113,8 +132,10 @@ def mark_step_size_bias(table: pd.DataFrame, max_step_size_effect: float = 0.1, 
     inflates the sampled loss. Raises ValueError for a negative tolerance.
     """
     if not max_step_size_effect >= 0:
-        raise ValueError(f"calibrate.max_step_size_effect={max_step_size_effect!r} is not allowed: a share of |λ̂| ≥ 0 "
-                         "(0.1: λ̂ may move by 10% between neighbouring step sizes).")
+        raise ValueError(
+            f"calibrate.max_step_size_effect={max_step_size_effect!r} is not allowed: a share of |λ̂| ≥ 0 "
+            "(0.1: λ̂ may move by 10% between neighbouring step sizes)."
+        )
     table = table.copy()
     table["llc_change_vs_smaller_step"] = np.nan
     se = table["llc_se"] if "llc_se" in table else pd.Series(0.0, index=table.index)
@@ -129,7 +150,9 @@ def mark_step_size_bias(table: pd.DataFrame, max_step_size_effect: float = 0.1, 
             change = value - reference
             table.at[current, "llc_change_vs_smaller_step"] = change / abs(reference)
             noise = z * math.hypot(se[previous], se[current]) if math.isfinite(se[previous] + se[current]) else 0.0
-            if table.at[current, "status"].startswith("ok") and abs(change) - noise > max_step_size_effect * abs(reference):
+            if table.at[current, "status"].startswith("ok") and abs(change) - noise > max_step_size_effect * abs(
+                reference
+            ):
                 table.at[current, "status"] = "step-size biased"
     return table
 
@@ -143,6 +166,7 @@ def suggest_setting(table: pd.DataFrame) -> int | None:
         stable = stable.assign(checked=stable["llc_change_vs_smaller_step"].notna())
     else:
         stable = stable.assign(checked=True)
-    order = stable.sort_values(["checked", "positive", "step_size", "localization"], ascending=[False, False, False, True])
+    order = stable.sort_values(
+        ["checked", "positive", "step_size", "localization"], ascending=[False, False, False, True]
+    )
     return order.index[0]
-

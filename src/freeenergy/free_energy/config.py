@@ -73,7 +73,13 @@ def sgld_settings(fe_cfg: DictConfig, n: int) -> SGLDSettings:
     """The ``SGLDSettings`` of ``free_energy.*`` for a dataset of ``n`` samples (nβ: the config's, or n / log n)."""
     nbeta = default_nbeta(n) if fe_cfg.nbeta is None else float(fe_cfg.nbeta)
     return SGLDSettings(
-        num_chains=fe_cfg.num_chains, num_draws=fe_cfg.num_draws, num_burnin=fe_cfg.num_burnin,
-        step_size=float(fe_cfg.step_size), localization=float(fe_cfg.localization), nbeta=nbeta,
-        batch_size=fe_cfg.batch_size, seed=fe_cfg.seed, precision=fe_cfg.precision,
+        num_chains=fe_cfg.num_chains,
+        num_draws=fe_cfg.num_draws,
+        num_burnin=fe_cfg.num_burnin,
+        step_size=float(fe_cfg.step_size),
+        localization=float(fe_cfg.localization),
+        nbeta=nbeta,
+        batch_size=fe_cfg.batch_size,
+        seed=fe_cfg.seed,
+        precision=fe_cfg.precision,
     )

@@ -26,8 +26,8 @@ amplitude once ε > 4 / (nβ·λ_max + γ); below it, the discretization bias in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import scipy.stats
@@ -63,8 +63,12 @@ def trace_drift(draws: np.ndarray, level: float = 0.01) -> Drift:
 
 
 def top_hessian_eigenvalue(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable | None = None,
-    iterations: int = 10, seed: int = 0,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable | None = None,
+    iterations: int = 10,
+    seed: int = 0,
 ) -> float:
     """Sharpness: the top eigenvalue of the Hessian of the loss on (inputs, targets), by power iteration.
 
@@ -123,7 +127,7 @@ def runaway_chains(loss_trace: np.ndarray, init_loss: float, nbeta: float, num_p
     diverged = []
     ceiling = num_parameters / 2
     for chain, trace in enumerate(loss_trace):
-        tail = trace[-max(2, len(trace) // 4):]
+        tail = trace[-max(2, len(trace) // 4) :]
         if not np.isfinite(trace).all():
             diverged.append(chain)
             continue
@@ -138,7 +142,7 @@ def runaway_chains(loss_trace: np.ndarray, init_loss: float, nbeta: float, num_p
 def gradient_bias(grad_norm_sq: float, nbeta: float, localization: float) -> float:
     """The LLC bias a non-minimum can cause, −nβ²·‖∇Lₙ(w*)‖²/γ (module docstring); −inf for γ = 0 and g ≠ 0."""
     if localization > 0:
-        return -nbeta**2 * grad_norm_sq / localization
+        return -(nbeta**2) * grad_norm_sq / localization
     return 0.0 if grad_norm_sq == 0 else -math.inf
 
 
@@ -178,16 +182,25 @@ class Health:
 
 
 def assess_health(
-    draws: np.ndarray, llc: float, llc_std: float, nbeta: float, localization: float, grad_norm_sq: float,
-    diverged: bool, criteria: HealthCriteria,
+    draws: np.ndarray,
+    llc: float,
+    llc_std: float,
+    nbeta: float,
+    localization: float,
+    grad_norm_sq: float,
+    diverged: bool,
+    criteria: HealthCriteria,
 ) -> Health:
     """Run every check of the module docstring on the post-burn-in draws (num_chains, num_draws)."""
     num_chains, num_draws = draws.shape
     testable = num_chains >= 2 and num_draws >= 8 and np.isfinite(draws).all()
     drift = trace_drift(draws, criteria.drift_test_level) if testable else Drift(math.nan, False)
     quarter = num_draws // 4
-    drift_llc = (float(nbeta * (draws[:, -quarter:].mean() - draws[:, -2 * quarter:-quarter].mean()))
-                 if quarter and np.isfinite(draws).all() else math.nan)
+    drift_llc = (
+        float(nbeta * (draws[:, -quarter:].mean() - draws[:, -2 * quarter : -quarter].mean()))
+        if quarter and np.isfinite(draws).all()
+        else math.nan
+    )
     scale = abs(llc) if math.isfinite(llc) and llc != 0 else math.nan
     levelled = drift.levelled_off if testable else None
     rhat = split_rhat(draws)
@@ -202,6 +215,13 @@ def assess_health(
     }
     if diverged:  # the other checks are meaningless on a diverged chain
         checks = {name: name == "diverged" for name in checks}
-    return Health(levelled_off=levelled, drift_t=drift.statistic, drift_llc=drift_llc, split_rhat=rhat,
-                  llc_rel_spread=rel_spread, grad_norm_sq=grad_norm_sq, gradient_bias=bias,
-                  flags=[name for name in FLAGS if checks[name]])
+    return Health(
+        levelled_off=levelled,
+        drift_t=drift.statistic,
+        drift_llc=drift_llc,
+        split_rhat=rhat,
+        llc_rel_spread=rel_spread,
+        grad_norm_sq=grad_norm_sq,
+        gradient_bias=bias,
+        flags=[name for name in FLAGS if checks[name]],
+    )

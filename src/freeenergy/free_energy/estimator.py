@@ -20,13 +20,9 @@ Spreads are the sample standard deviation (ddof=1) of the per-chain values.
 from __future__ import annotations
 
 import copy
-import math
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +31,7 @@ from tqdm import tqdm
 
 from freeenergy.free_energy.auto import AutoRule, SGLDChoice, auto_sgld_settings
 from freeenergy.free_energy.batched import run_batched_chains
-from freeenergy.free_energy.diagnostics import Health, HealthCriteria, assess_health, runaway_chains
+from freeenergy.free_energy.diagnostics import HealthCriteria
 from freeenergy.free_energy.sampler import (
     DIVERGENCE_CHECK_EVERY,
     PRECISIONS,
@@ -49,63 +45,8 @@ from freeenergy.free_energy.sampler import (
     float32_loss,
     minibatch_order,
 )
+from freeenergy.free_energy.summary import FreeEnergyEstimate, summarize
 from freeenergy.models.evaluate import eval_mode
-
-
-@dataclass
-class FreeEnergyEstimate:
-    """Free energy (WBIC) and LLC at w*, their spread across chains, and the raw loss traces.
-
-    When any chain diverged, ``free_energy``, ``llc`` and their spreads are NaN (never an average that
-    silently drops or includes a failed chain); per-chain values stay available for the healthy chains.
-    ``health`` holds the diagnostics (levelled off, chain agreement, non-minimum bias) and the failed checks.
-    """
-
-    free_energy: float
-    free_energy_std: float
-    llc: float
-    llc_std: float
-    init_loss: float
-    n: int
-    nbeta: float
-    loss_trace: np.ndarray  # (num_chains, num_burnin + num_draws), sampled minibatch losses
-    diverged: bool
-    diverged_chains: list[int]
-    llc_per_chain: list[float]
-    free_energy_per_chain: list[float]
-    num_parameters: int  # parameters sampled (frozen ones excluded)
-    settings: SGLDSettings
-    wall_time_s: float  # the whole estimate: L_n(w*) and all chains
-    sampling_time_s: float  # the chains only
-    device: str
-    health: Health  # diagnostics and failed checks (free_energy.diagnostics)
-    extra: dict = field(default_factory=dict)  # options recorded with the hyperparameters
-
-    @property
-    def draws(self) -> np.ndarray:
-        """The loss trace after burn-in, (num_chains, num_draws)."""
-        return self.loss_trace[:, self.settings.num_burnin :]
-
-    def to_record(self, **fields) -> dict:
-        """The flat JSON record of this estimate (the analysis reads these keys); ``fields`` are added."""
-        hyperparameters = asdict(self.settings)
-        hyperparameters.pop("seed")
-        hyperparameters.update(self.extra)
-        return {
-            "free_energy": self.free_energy, "free_energy_std": self.free_energy_std,
-            "llc": self.llc, "llc_std": self.llc_std, "init_loss": self.init_loss,
-            "n": self.n, "nbeta": self.nbeta, "diverged": self.diverged,
-            "diverged_chains": self.diverged_chains, "llc_per_chain": self.llc_per_chain,
-            "free_energy_per_chain": self.free_energy_per_chain, "num_parameters": self.num_parameters,
-            "loss_trace": [[_compact(v) for v in chain] for chain in self.loss_trace.tolist()],
-            "hyperparameters": hyperparameters, "seed": self.settings.seed,
-            "wall_time_s": self.wall_time_s, "device": self.device, **self.health.to_record(), **fields,
-        }
-
-
-def _compact(value: float) -> float:
-    """A float32 draw as the shortest decimal that round-trips at float32 precision (smaller JSON)."""
-    return float(f"{value:.7g}") if math.isfinite(value) else value
 
 
 def estimate_free_energy(
@@ -148,8 +89,18 @@ def estimate_free_energy(
     auto = None
     if isinstance(step_size, str):
         auto = _auto_settings(
-            model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization,
-            auto_rule, seed
+            model,
+            inputs,
+            targets,
+            loss_fn,
+            input_transform,
+            device,
+            nbeta,
+            num_burnin,
+            step_size,
+            localization,
+            auto_rule,
+            seed,
         )
         step_size, localization = auto.step_size, auto.localization
     elif step_size is None or localization is None:
@@ -162,9 +113,18 @@ def estimate_free_energy(
         num_chains, num_draws, num_burnin, float(step_size), float(localization), nbeta, batch_size, seed, precision
     )
     estimate = sample_free_energy(
-        model, inputs, targets, settings, loss_fn=loss_fn, input_transform=input_transform,
-        frozen_parameters=frozen_parameters, eval_batch_size=eval_batch_size, progress=progress, health=health,
-        vectorize_chains=vectorize_chains, device=device,
+        model,
+        inputs,
+        targets,
+        settings,
+        loss_fn=loss_fn,
+        input_transform=input_transform,
+        frozen_parameters=frozen_parameters,
+        eval_batch_size=eval_batch_size,
+        progress=progress,
+        health=health,
+        vectorize_chains=vectorize_chains,
+        device=device,
     )
     if auto is not None:
         estimate.extra["auto"] = auto.to_record()
@@ -238,8 +198,13 @@ def sample_free_energy(
 
 
 def _run_chains_batched(
-    sampler: ChainSampler, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, transform: Transform,
-    settings: SGLDSettings, progress: bool,
+    sampler: ChainSampler,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFn,
+    transform: Transform,
+    settings: SGLDSettings,
+    progress: bool,
 ) -> torch.Tensor:
     """All chains at once (``batched.run_batched_chains``), same seeds as ``ChainSampler.run_chain``."""
     seeds = [chain_seeds(settings.seed, chain) for chain in range(settings.num_chains)]
@@ -247,14 +212,35 @@ def _run_chains_batched(
         [minibatch_order(len(targets), settings.batch_size, settings.num_steps, order) for order, _ in seeds]
     )
     return run_batched_chains(
-        sampler.model, sampler.names, inputs, targets, loss_fn, transform, batches, [noise for _, noise in seeds],
-        settings.step_size, settings.localization, settings.nbeta, autocast_dtype=PRECISIONS[settings.precision],
-        check_every=DIVERGENCE_CHECK_EVERY, progress=progress,
+        sampler.model,
+        sampler.names,
+        inputs,
+        targets,
+        loss_fn,
+        transform,
+        batches,
+        [noise for _, noise in seeds],
+        settings.step_size,
+        settings.localization,
+        settings.nbeta,
+        autocast_dtype=PRECISIONS[settings.precision],
+        check_every=DIVERGENCE_CHECK_EVERY,
+        progress=progress,
     )
 
 
 def _auto_settings(
-    model, inputs, targets, loss_fn, input_transform, device, nbeta, num_burnin, step_size, localization, auto_rule,
+    model,
+    inputs,
+    targets,
+    loss_fn,
+    input_transform,
+    device,
+    nbeta,
+    num_burnin,
+    step_size,
+    localization,
+    auto_rule,
     seed,
 ) -> SGLDChoice:
     """The ``step_size="auto"`` dispatch: measure λ_max, choose ε (and γ if not given), print the choice."""
@@ -264,74 +250,29 @@ def _auto_settings(
     if _model_device(model) != device:
         model = copy.deepcopy(model).to(device)
     choice = auto_sgld_settings(
-        model, inputs.to(device), targets.to(device), nbeta, num_burnin, loss_fn=loss_fn,
-        input_transform=input_transform, localization=localization, rule=auto_rule or AutoRule(), seed=seed,
+        model,
+        inputs.to(device),
+        targets.to(device),
+        nbeta,
+        num_burnin,
+        loss_fn=loss_fn,
+        input_transform=input_transform,
+        localization=localization,
+        rule=auto_rule or AutoRule(),
+        seed=seed,
     )
     tqdm.write(choice.describe())
     return choice
 
 
-def summarize(
-    loss_trace: np.ndarray, init_loss: float, n: int, settings: SGLDSettings, num_parameters: int, device: str = "cpu",
-    grad_norm_sq: float = 0.0, criteria: HealthCriteria | None = None,
-) -> FreeEnergyEstimate:
-    """LLC and free energy from the loss traces (num_chains, num_steps), with their health and a warning per failed check.
-
-    ``grad_norm_sq`` is ‖∇Lₙ(w*)‖² over the sampled parameters (for the non-minimum check).
-    """
-    criteria = criteria or HealthCriteria()
-    draws = loss_trace[:, settings.num_burnin :]
-    chain_means = draws.mean(axis=1)
-    llc_per_chain = settings.nbeta * (chain_means - init_loss)
-    free_energy_per_chain = n * chain_means
-    diverged_chains = runaway_chains(loss_trace, init_loss, settings.nbeta, num_parameters, criteria.runaway_z)
-    llc, llc_std = _mean_and_spread(llc_per_chain)
-    free_energy, free_energy_std = _mean_and_spread(free_energy_per_chain)
-    if diverged_chains:
-        llc = llc_std = free_energy = free_energy_std = math.nan
-    health = assess_health(draws, llc, llc_std, settings.nbeta, settings.localization, grad_norm_sq,
-                           bool(diverged_chains), criteria)
-    for flag in health.flags:
-        warnings.warn(_flag_message(flag, health, settings, diverged_chains), RuntimeWarning, stacklevel=3)
-    finite = lambda values: [float(v) if math.isfinite(v) else math.nan for v in values]
-    return FreeEnergyEstimate(
-        free_energy=free_energy, free_energy_std=free_energy_std, llc=llc, llc_std=llc_std,
-        init_loss=float(init_loss), n=n, nbeta=settings.nbeta, loss_trace=loss_trace,
-        diverged=bool(diverged_chains), diverged_chains=diverged_chains, llc_per_chain=finite(llc_per_chain),
-        free_energy_per_chain=finite(free_energy_per_chain), num_parameters=num_parameters, settings=settings,
-        wall_time_s=math.nan, sampling_time_s=math.nan, device=device, health=health,
-    )
-
-
-def _flag_message(flag: str, health: Health, settings: SGLDSettings, diverged_chains: list[int]) -> str:
-    """What a failed check means and what to change (docs/free_energy.md, "Health")."""
-    where = f"(step_size={settings.step_size:g}, localization={settings.localization:g}, nbeta={settings.nbeta:.4g})"
-    return {
-        "diverged": f"SGLD diverged in chain(s) {diverged_chains} of {settings.num_chains} {where}: the sampled loss "
-                    "became non-finite or ran away, so the free energy and LLC are reported as NaN. Lower step_size "
-                    "below 4 / (nbeta·λ_max + localization) (scripts/calibrate_sgld.py finds the stable range).",
-        "not levelled off": f"SGLD traces have not levelled off {where}: the last quarter of the draws differs from "
-                            f"the quarter before by {health.drift_llc:.3g} in LLC units (t = {health.drift_t:.3g}). "
-                            "Raise num_burnin (and num_draws), or localization.",
-        "chains disagree": f"SGLD chains disagree {where}: split-R̂ {health.split_rhat:.3g}, per-chain LLC spread "
-                           f"{health.llc_rel_spread:.1%} of λ̂. Raise num_draws/num_burnin or num_chains.",
-        "not a minimum": f"the checkpoint is not a local minimum at this temperature {where}: ‖∇Lₙ(w*)‖² = "
-                         f"{health.grad_norm_sq:.3g} can bias λ̂ by about {health.gradient_bias:.3g} "
-                         "(−nβ²‖∇Lₙ‖²/γ). Train it longer, or raise localization.",
-        "negative LLC": f"the LLC is not positive {where}: the chains settled below Lₙ(w*), as they do around an "
-                        "under-trained checkpoint, so λ̂ is not a learning coefficient here.",
-    }[flag]
-
-
-def _mean_and_spread(values: np.ndarray) -> tuple[float, float]:
-    """Mean, and sample standard deviation across chains (NaN for a single chain)."""
-    mean = float(np.mean(values))
-    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
 def full_data_loss_and_gradient(
-    model: nn.Module, params: Sequence[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-    transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFn,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
 ) -> tuple[float, float]:
     """L_n(w) and ‖∇L_n(w)‖² over ``params``, in one pass over the data in batches, model in eval mode."""
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
@@ -357,9 +298,13 @@ def _as_tensors(dataset: Dataset | Sequence[torch.Tensor]) -> tuple[torch.Tensor
         inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs])
         targets = torch.stack([torch.as_tensor(y) for _, y in pairs])
     else:
-        raise TypeError(f"dataset must be a tuple (X, Y) of tensors or a torch Dataset of (x, y); got {type(dataset).__name__}.")
+        raise TypeError(
+            f"dataset must be a tuple (X, Y) of tensors or a torch Dataset of (x, y); got {type(dataset).__name__}."
+        )
     if len(inputs) != len(targets) or len(targets) < 2:
-        raise ValueError(f"dataset has {len(inputs)} inputs and {len(targets)} targets; need equal numbers, at least 2.")
+        raise ValueError(
+            f"dataset has {len(inputs)} inputs and {len(targets)} targets; need equal numbers, at least 2."
+        )
     return inputs, targets
 
 

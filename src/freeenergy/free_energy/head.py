@@ -9,8 +9,8 @@ backbone's penultimate features.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,22 +29,34 @@ class HeadFit:
 def head_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters of a timm model's classifier head (``get_classifier()``)."""
     if not hasattr(model, "get_classifier"):
-        raise ValueError(f"{type(model).__name__} has no get_classifier(); free_energy.sample_head=false needs a timm model.")
+        raise ValueError(
+            f"{type(model).__name__} has no get_classifier(); free_energy.sample_head=false needs a timm model."
+        )
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     return [name for name, p in model.named_parameters() if id(p) in head_ids]
 
 
 @torch.no_grad()
-def _features(model: nn.Module, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
-              batch_size: int) -> torch.Tensor:
+def _features(
+    model: nn.Module, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> torch.Tensor:
     model.eval()
-    return torch.cat([penultimate_features(model, transform(images[i : i + batch_size])).float()
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            penultimate_features(model, transform(images[i : i + batch_size])).float()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def fit_head(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
-    max_iter: int, weight_decay: float, batch_size: int = 1024,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    max_iter: int,
+    weight_decay: float,
+    batch_size: int = 1024,
 ) -> HeadFit:
     """A copy of ``model`` with a new ``num_classes``-way linear head fitted on its frozen features."""
     model = copy.deepcopy(model).eval()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch

@@ -11,22 +11,29 @@ too (``diverged: true``, numbers null).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, load_data
-from freeenergy.free_energy.config import RECORD_NAMES, health_criteria, selection, sgld_settings
-from freeenergy.free_energy.config import validate_free_energy_config
-from freeenergy.free_energy.estimator import FreeEnergyEstimate, sample_free_energy
+from freeenergy.free_energy.config import (
+    RECORD_NAMES,
+    health_criteria,
+    selection,
+    sgld_settings,
+    validate_free_energy_config,
+)
+from freeenergy.free_energy.estimator import sample_free_energy
 from freeenergy.free_energy.head import HeadFit, fit_head, head_parameter_names
+from freeenergy.free_energy.summary import FreeEnergyEstimate
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
 from freeenergy.runtime import resolve_device, set_threads
-from tqdm import tqdm
 
 
 def split_images(data: FewShotData, split: str) -> ImageSet:
@@ -67,7 +74,12 @@ def fit_head_on(model: torch.nn.Module, split: SplitData, fe_cfg: DictConfig) ->
     """``head.fit_head`` with ``free_energy.downstream_head``'s settings."""
     head_cfg = fe_cfg.downstream_head
     return fit_head(
-        model, split.images, split.labels, split.transform, head_cfg.max_iter, head_cfg.weight_decay,
+        model,
+        split.images,
+        split.labels,
+        split.transform,
+        head_cfg.max_iter,
+        head_cfg.weight_decay,
         fe_cfg.eval_batch_size,
     )
 
@@ -78,9 +90,16 @@ def estimate_prepared_model(
     """``sample_free_energy`` with the ``free_energy.*`` settings, on a model from ``prepare_model``."""
     frozen = () if fe_cfg.sample_head else head_parameter_names(model)
     estimate = sample_free_energy(
-        model, split.images, split.labels, sgld_settings(fe_cfg, len(split.labels)), input_transform=split.transform,
-        frozen_parameters=frozen, health=health_criteria(fe_cfg), eval_batch_size=fe_cfg.eval_batch_size,
-        vectorize_chains=fe_cfg.vectorize_chains, **options
+        model,
+        split.images,
+        split.labels,
+        sgld_settings(fe_cfg, len(split.labels)),
+        input_transform=split.transform,
+        frozen_parameters=frozen,
+        health=health_criteria(fe_cfg),
+        eval_batch_size=fe_cfg.eval_batch_size,
+        vectorize_chains=fe_cfg.vectorize_chains,
+        **options,
     )
     estimate.extra.update(sample_head=fe_cfg.sample_head)
     if fe_cfg.split == "downstream":
@@ -88,7 +107,9 @@ def estimate_prepared_model(
     return estimate
 
 
-def estimate_checkpoint_model(model: torch.nn.Module, split: SplitData, fe_cfg: DictConfig, **options) -> tuple[FreeEnergyEstimate, dict]:
+def estimate_checkpoint_model(
+    model: torch.nn.Module, split: SplitData, fe_cfg: DictConfig, **options
+) -> tuple[FreeEnergyEstimate, dict]:
     """The estimate for one loaded checkpoint model, and record fields describing how it was made."""
     prepared, fields = prepare_model(model, split, fe_cfg)
     return estimate_prepared_model(prepared, split, fe_cfg, **options), fields
@@ -100,22 +121,29 @@ def checkpoint_record(checkpoint: Checkpoint, fe_cfg: DictConfig, estimate: Free
 
 def summary_line(name: str, estimate: FreeEnergyEstimate) -> str:
     if estimate.diverged:
-        return (f"{name}: DIVERGED in chain(s) {estimate.diverged_chains} (L_n(w*) = {estimate.init_loss:.4f}; "
-                f"{estimate.wall_time_s:.1f}s)")
+        return (
+            f"{name}: DIVERGED in chain(s) {estimate.diverged_chains} (L_n(w*) = {estimate.init_loss:.4f}; "
+            f"{estimate.wall_time_s:.1f}s)"
+        )
     health = "ok" if estimate.health.healthy else "FLAGGED: " + ", ".join(estimate.health.flags)
-    return (f"{name}: F = {estimate.free_energy:.1f} ± {estimate.free_energy_std:.1f}, "
-            f"λ̂ = {estimate.llc:.1f} ± {estimate.llc_std:.1f}, L_n(w*) = {estimate.init_loss:.4f}, "
-            f"R̂ {estimate.health.split_rhat:.3f} [{health}] ({estimate.wall_time_s:.1f}s)")
+    return (
+        f"{name}: F = {estimate.free_energy:.1f} ± {estimate.free_energy_std:.1f}, "
+        f"λ̂ = {estimate.llc:.1f} ± {estimate.llc_std:.1f}, L_n(w*) = {estimate.init_loss:.4f}, "
+        f"R̂ {estimate.health.split_rhat:.3f} [{health}] ({estimate.wall_time_s:.1f}s)"
+    )
 
 
 def load_split(cfg: DictConfig, device: torch.device) -> SplitData:
     data = load_data(cfg.data)
     images = split_images(data, cfg.free_energy.split)
     if cfg.free_energy.batch_size > len(images):
-        raise ValueError(f"free_energy.batch_size={cfg.free_energy.batch_size!r} is not allowed: larger than the "
-                         f"{cfg.free_energy.split} data ({len(images)} images); lower it.")
-    return SplitData(images.images.to(device), images.labels.to(device),
-                     make_input_transform(data, cfg.free_energy.channels_last))
+        raise ValueError(
+            f"free_energy.batch_size={cfg.free_energy.batch_size!r} is not allowed: larger than the "
+            f"{cfg.free_energy.split} data ({len(images)} images); lower it."
+        )
+    return SplitData(
+        images.images.to(device), images.labels.to(device), make_input_transform(data, cfg.free_energy.channels_last)
+    )
 
 
 def free_energy_settings(cfg: DictConfig) -> dict:
@@ -123,8 +151,7 @@ def free_energy_settings(cfg: DictConfig) -> dict:
     change it: ``identity.EXECUTION_KEYS``, and ``downstream_head`` for the upstream split, which fits no head)
     and the data it samples on."""
     unused = ("downstream_head",) if cfg.free_energy.split == "upstream" else ()
-    return {"free_energy": group_settings(cfg.free_energy, "free_energy", unused),
-            "data": data_identity(cfg)}
+    return {"free_energy": group_settings(cfg.free_energy, "free_energy", unused), "data": data_identity(cfg)}
 
 
 def run_free_energy(cfg: DictConfig) -> list[Outcome]:
@@ -145,8 +172,16 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
         return lambda checkpoint, _: estimate_checkpoint(checkpoint, split, fe_cfg, device)
 
     return run_checkpoint_step(
-        f"free energy ({fe_cfg.split})", checkpoints, {record_name: free_energy_settings(cfg)}, fe_cfg.overwrite,
-        "free_energy.overwrite", device, "estimate", prepare, cfg.progress, cfg.paths.runs,
+        f"free energy ({fe_cfg.split})",
+        checkpoints,
+        {record_name: free_energy_settings(cfg)},
+        fe_cfg.overwrite,
+        "free_energy.overwrite",
+        device,
+        "estimate",
+        prepare,
+        cfg.progress,
+        cfg.paths.runs,
     )
 
 
@@ -159,4 +194,6 @@ def estimate_checkpoint(checkpoint: Checkpoint, split: SplitData, fe_cfg: DictCo
     record = checkpoint_record(checkpoint, fe_cfg, estimate, fields)
     checkpoint.write_record(RECORD_NAMES[fe_cfg.split], record)
     tqdm.write(summary_line(checkpoint.name, estimate))
-    return Outcome(checkpoint.name, "diverged" if estimate.diverged else "estimated", {RECORD_NAMES[fe_cfg.split]: record})
+    return Outcome(
+        checkpoint.name, "diverged" if estimate.diverged else "estimated", {RECORD_NAMES[fe_cfg.split]: record}
+    )

@@ -6,6 +6,12 @@ from freeenergy.metrics.neural_collapse import cdnv, model_cdnv
 from freeenergy.metrics.step import run_metrics
 
 __all__ = [
-    "GeometricComplexity", "geometric_complexity", "TraceEstimate", "hessian_trace", "hutchinson_trace",
-    "cdnv", "model_cdnv", "run_metrics",
+    "GeometricComplexity",
+    "geometric_complexity",
+    "TraceEstimate",
+    "hessian_trace",
+    "hutchinson_trace",
+    "cdnv",
+    "model_cdnv",
+    "run_metrics",
 ]

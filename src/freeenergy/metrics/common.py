@@ -24,12 +24,12 @@ def balanced_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.
     return order[torch.argsort(rank_within_class, stable=True)[:size]].sort().values
 
 
-def rademacher(shape: torch.Size | tuple[int, ...], generator: torch.Generator, dtype: torch.dtype,
-               device: torch.device) -> torch.Tensor:
+def rademacher(
+    shape: torch.Size | tuple[int, ...], generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """A tensor of independent ±1 entries."""
     return torch.randint(0, 2, shape, generator=generator, dtype=dtype, device=device).mul_(2).sub_(1)
 
 
 def batch_starts(n: int, batch_size: int) -> range:
     return range(0, n, batch_size)
-

@@ -11,8 +11,8 @@ number of projections reaches the number of outputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -30,8 +30,9 @@ class GeometricComplexity:
     images: int
 
 
-def _output_directions(shape: torch.Size, projections: int | None, generator: torch.Generator,
-                       like: torch.Tensor) -> Iterator[torch.Tensor]:
+def _output_directions(
+    shape: torch.Size, projections: int | None, generator: torch.Generator, like: torch.Tensor
+) -> Iterator[torch.Tensor]:
     if projections is None:
         for output in range(shape[1]):
             basis = torch.zeros(shape, dtype=like.dtype, device=like.device)
@@ -42,8 +43,14 @@ def _output_directions(shape: torch.Size, projections: int | None, generator: to
             yield rademacher(shape, generator, like.dtype, like.device)
 
 
-def geometric_complexity(model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                         projections: int | None, batch_size: int, seed: int) -> GeometricComplexity:
+def geometric_complexity(
+    model: nn.Module,
+    images: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    projections: int | None,
+    batch_size: int,
+    seed: int,
+) -> GeometricComplexity:
     """Mean squared Frobenius norm of the input–output Jacobian over ``images``, in eval mode.
 
     In eval mode the images of a batch do not interact, so one backward pass of ⟨logits, V⟩ gives every
@@ -57,13 +64,16 @@ def geometric_complexity(model: nn.Module, images: torch.Tensor, preprocess: Cal
         for start in batch_starts(len(images), batch_size):
             inputs = preprocess(images[start : start + batch_size]).detach().requires_grad_(True)
             logits = model(inputs)
-            squared_norms = torch.stack([
-                torch.autograd.grad(logits, inputs, direction, retain_graph=True)[0].double().pow(2).sum()
-                for direction in _output_directions(logits.shape, projections, generator, logits)
-            ])
+            squared_norms = torch.stack(
+                [
+                    torch.autograd.grad(logits, inputs, direction, retain_graph=True)[0].double().pow(2).sum()
+                    for direction in _output_directions(logits.shape, projections, generator, logits)
+                ]
+            )
             totals = squared_norms if totals is None else totals + squared_norms
     per_direction = totals / len(images)  # exact: per output; projected: one estimate per projection
     if projections is None:
         return GeometricComplexity(per_direction.sum().item(), 0.0, None, len(images))
-    return GeometricComplexity(per_direction.mean().item(), per_direction.std().item() / math.sqrt(projections),
-                               projections, len(images))
+    return GeometricComplexity(
+        per_direction.mean().item(), per_direction.std().item() / math.sqrt(projections), projections, len(images)
+    )

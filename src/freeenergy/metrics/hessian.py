@@ -10,8 +10,8 @@ its own seed in every batch, so the probes see the loss of the whole subset, not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,9 @@ def _probe(parameters: Sequence[torch.Tensor], probe_seed: int) -> list[torch.Te
     return [rademacher(p.shape, generator, p.dtype, p.device) for p in parameters]
 
 
-def hutchinson_trace(loss_terms: Iterable[torch.Tensor], parameters: Sequence[torch.Tensor], num_probes: int,
-                     seed: int) -> TraceEstimate:
+def hutchinson_trace(
+    loss_terms: Iterable[torch.Tensor], parameters: Sequence[torch.Tensor], num_probes: int, seed: int
+) -> TraceEstimate:
     """tr(∇²L) for L = the sum of ``loss_terms`` (scalars built from ``parameters``, taken one at a time).
 
     The same ``num_probes`` Rademacher probes (fixed by ``seed``) are applied to every term.
@@ -59,17 +60,32 @@ def hutchinson_trace(loss_terms: Iterable[torch.Tensor], parameters: Sequence[to
             continue  # this term is at most linear in the parameters: no curvature
         for index, probe_seed in enumerate(probe_seeds):
             probe = _probe(parameters, probe_seed)
-            hvp = torch.autograd.grad([gradients[i] for i in curved], parameters, [probe[i] for i in curved],
-                                      retain_graph=True, allow_unused=True)
+            hvp = torch.autograd.grad(
+                [gradients[i] for i in curved],
+                parameters,
+                [probe[i] for i in curved],
+                retain_graph=True,
+                allow_unused=True,
+            )
             forms[index] += sum((v * h).sum() for v, h in zip(probe, hvp) if h is not None)
     values = forms.tolist()
-    return TraceEstimate(trace=sum(values) / num_probes, se=forms.std().item() / math.sqrt(num_probes),
-                         probes=num_probes, quadratic_forms=values)
+    return TraceEstimate(
+        trace=sum(values) / num_probes,
+        se=forms.std().item() / math.sqrt(num_probes),
+        probes=num_probes,
+        quadratic_forms=values,
+    )
 
 
-def hessian_trace(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  preprocess: Callable[[torch.Tensor], torch.Tensor], num_probes: int, batch_size: int,
-                  seed: int) -> TraceEstimate:
+def hessian_trace(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    num_probes: int,
+    batch_size: int,
+    seed: int,
+) -> TraceEstimate:
     """Hessian trace of the mean cross-entropy over ``images`` w.r.t. every trainable parameter, in eval mode.
 
     Eval mode makes the loss a fixed function of the weights (batch norm uses its running statistics); the

@@ -8,7 +8,7 @@ features are the raw penultimate features (not L2-normalised).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,15 +35,25 @@ def cdnv(features: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def extract_penultimate(model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                        batch_size: int) -> torch.Tensor:
+def extract_penultimate(
+    model: nn.Module, images: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> torch.Tensor:
     """Penultimate features of all images, in eval mode (the model's modes are restored afterwards)."""
     with eval_mode(model):
-        return torch.cat([penultimate_features(model, preprocess(images[start : start + batch_size]))
-                          for start in batch_starts(len(images), batch_size)])
+        return torch.cat(
+            [
+                penultimate_features(model, preprocess(images[start : start + batch_size]))
+                for start in batch_starts(len(images), batch_size)
+            ]
+        )
 
 
-def model_cdnv(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               preprocess: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> float:
+def model_cdnv(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> float:
     """CDNV of the model's raw penultimate features on ``images`` (eval mode)."""
     return cdnv(extract_penultimate(model, images, preprocess, batch_size), labels)

@@ -11,8 +11,9 @@ beside the checkpoint; a checkpoint whose record is finished and current is skip
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,8 +27,8 @@ from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.models.evaluate import evaluate
-from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
+from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
 from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_NAME = "metrics"
@@ -68,8 +69,11 @@ def validate_against_data(m_cfg: DictConfig, upstream: ImageSet) -> None:
             _refuse(key, size, f"more than the {len(upstream)} upstream train images; lower it, or use null for all")
     images = m_cfg.neural_collapse.images
     if images is not None and images < 2 * upstream.num_classes:
-        _refuse("neural_collapse.images", images,
-                f"fewer than 2 per upstream class ({upstream.num_classes} classes); use >= {2 * upstream.num_classes}")
+        _refuse(
+            "neural_collapse.images",
+            images,
+            f"fewer than 2 per upstream class ({upstream.num_classes} classes); use >= {2 * upstream.num_classes}",
+        )
 
 
 @dataclass
@@ -99,13 +103,23 @@ def prepare_task(m_cfg: DictConfig, data: FewShotData, device: torch.device) -> 
     """Choose the seeded subsets of the upstream data and move them to the device."""
     memory_format = torch.channels_last if m_cfg.channels_last else torch.contiguous_format
     train, heldout = data.upstream_train, data.upstream_heldout
-    sizes = {"train_loss": m_cfg.loss.train_images, "hessian_trace": m_cfg.hessian.images,
-             "nc_cdnv": m_cfg.neural_collapse.images, "geometric_complexity": m_cfg.geometric_complexity.images}
-    subsets = {name: _on_device(train, balanced_subset(train.labels, size, m_cfg.seed), device)
-               for name, size in sizes.items()}
+    sizes = {
+        "train_loss": m_cfg.loss.train_images,
+        "hessian_trace": m_cfg.hessian.images,
+        "nc_cdnv": m_cfg.neural_collapse.images,
+        "geometric_complexity": m_cfg.geometric_complexity.images,
+    }
+    subsets = {
+        name: _on_device(train, balanced_subset(train.labels, size, m_cfg.seed), device) for name, size in sizes.items()
+    }
     subsets["heldout_loss"] = _on_device(heldout, torch.arange(len(heldout)), device)
-    return MetricsTask(cfg=m_cfg, device=device, memory_format=memory_format, subsets=subsets,
-                       preprocess=lambda images: data.normalize(images).contiguous(memory_format=memory_format))
+    return MetricsTask(
+        cfg=m_cfg,
+        device=device,
+        memory_format=memory_format,
+        subsets=subsets,
+        preprocess=lambda images: data.normalize(images).contiguous(memory_format=memory_format),
+    )
 
 
 def _loss_fields(model: nn.Module, data: LabelledImages, task: MetricsTask, prefix: str) -> dict:
@@ -126,8 +140,11 @@ def _cdnv_fields(model: nn.Module, data: LabelledImages, task: MetricsTask) -> d
 def _gc_fields(model: nn.Module, data: LabelledImages, task: MetricsTask) -> dict:
     gc = task.cfg.geometric_complexity
     estimate = geometric_complexity(model, data.images, task.preprocess, gc.projections, gc.batch_size, task.cfg.seed)
-    return {"geometric_complexity": estimate.value, "geometric_complexity_se": estimate.se,
-            "geometric_complexity_projections": estimate.projections}
+    return {
+        "geometric_complexity": estimate.value,
+        "geometric_complexity_se": estimate.se,
+        "geometric_complexity_projections": estimate.projections,
+    }
 
 
 METRICS: dict[str, Callable[[nn.Module, LabelledImages, MetricsTask], dict]] = {
@@ -151,16 +168,23 @@ def measure(model: nn.Module, task: MetricsTask) -> dict:
 
 
 def checkpoint_record(checkpoint: Checkpoint, task: MetricsTask, fields: dict) -> dict:
-    return fields | {"run_id": checkpoint.run_id, "epoch": checkpoint.epoch, "seed": task.cfg.seed,
-                     "device": str(task.device), "wall_time_s": sum(fields["timings_s"].values()),
-                     "config": OmegaConf.to_container(task.cfg, resolve=True)}
+    return fields | {
+        "run_id": checkpoint.run_id,
+        "epoch": checkpoint.epoch,
+        "seed": task.cfg.seed,
+        "device": str(task.device),
+        "wall_time_s": sum(fields["timings_s"].values()),
+        "config": OmegaConf.to_container(task.cfg, resolve=True),
+    }
 
 
 def summary_line(name: str, r: dict) -> str:
-    return (f"{name}: train {r['train_loss']:.3f} / {100 * r['train_acc']:.1f}%, held-out {r['heldout_loss']:.3f} / "
-            f"{100 * r['heldout_acc']:.1f}%, tr H = {r['hessian_trace']:.4g} ± {r['hessian_trace_se']:.2g}, "
-            f"CDNV = {r['nc_cdnv']:.3g}, GC = {r['geometric_complexity']:.4g} ± {r['geometric_complexity_se']:.2g} "
-            f"({r['wall_time_s']:.1f}s)")
+    return (
+        f"{name}: train {r['train_loss']:.3f} / {100 * r['train_acc']:.1f}%, held-out {r['heldout_loss']:.3f} / "
+        f"{100 * r['heldout_acc']:.1f}%, tr H = {r['hessian_trace']:.4g} ± {r['hessian_trace_se']:.2g}, "
+        f"CDNV = {r['nc_cdnv']:.3g}, GC = {r['geometric_complexity']:.4g} ± {r['geometric_complexity_se']:.2g} "
+        f"({r['wall_time_s']:.1f}s)"
+    )
 
 
 def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
@@ -196,6 +220,14 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
         return lambda checkpoint, _: measure_checkpoint(checkpoint, task)
 
     return run_checkpoint_step(
-        "metrics", checkpoints, {RECORD_NAME: metrics_settings(cfg)}, m_cfg.overwrite, "metrics.overwrite", device,
-        "measure", prepare, cfg.progress, cfg.paths.runs,
+        "metrics",
+        checkpoints,
+        {RECORD_NAME: metrics_settings(cfg)},
+        m_cfg.overwrite,
+        "metrics.overwrite",
+        device,
+        "measure",
+        prepare,
+        cfg.progress,
+        cfg.paths.runs,
     )

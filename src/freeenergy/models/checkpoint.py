@@ -10,6 +10,7 @@ from freeenergy.models.factory import create_model
 from freeenergy.models.state_dict import CheckpointError, load_weights, read_state_dict
 from freeenergy.records.checkpoints import Checkpoint
 
+
 def load_checkpoint_model(checkpoint: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
     """The checkpoint's model (architecture from its run record, weights from ``model.pt``), in eval mode.
 

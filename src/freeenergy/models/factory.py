@@ -47,8 +47,13 @@ def resnet_narrow(
     # timm's plain stem always feeds 64 channels to the first stage; its "deep" stem (three 3×3
     # convolutions) feeds 2·stem_width, which lets the whole network be narrow.
     model = ResNet(
-        block=BasicBlock, layers=(depth,) * 4, channels=channels, num_classes=num_classes, in_chans=in_chans,
-        stem_type="deep", stem_width=width // 2,
+        block=BasicBlock,
+        layers=(depth,) * 4,
+        channels=channels,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_type="deep",
+        stem_width=width // 2,
     )
     model.conv1[0].stride = (1, 1)
     model.maxpool = nn.Identity()

@@ -12,8 +12,8 @@ Accepted files (every one read by ``torch.load(weights_only=True)`` or safetenso
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -53,6 +53,7 @@ def _read_file(path: Path) -> object:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch and safetensors raise many types for a bad file; all mean the same here
@@ -60,12 +61,16 @@ def _read_file(path: Path) -> object:
         raise CheckpointError(
             f"{path}: cannot be read ({type(error).__name__}: {reason}). The file is truncated or corrupt, not a "
             "PyTorch/safetensors checkpoint, or holds Python objects that weights_only loading refuses; re-save "
-            "its state_dict with torch.save(model.state_dict(), path).") from error
+            "its state_dict with torch.save(model.state_dict(), path)."
+        ) from error
 
 
 def _is_state_dict(value: object) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def _unwrap(content: object, path: Path, depth: int = 0) -> StateDict:
@@ -81,7 +86,8 @@ def _unwrap(content: object, path: Path, depth: int = 0) -> StateDict:
     found = sorted(map(str, content))[:8] if isinstance(content, Mapping) else type(content).__name__
     raise CheckpointError(
         f"{path}: holds no state dict (found {found}). Expected a state dict, or a dict holding one under one of "
-        f"{list(WRAPPER_KEYS)}.")
+        f"{list(WRAPPER_KEYS)}."
+    )
 
 
 def strip_prefixes(state: StateDict) -> StateDict:
@@ -91,21 +97,25 @@ def strip_prefixes(state: StateDict) -> StateDict:
         changed = False
         for prefix in PREFIXES:
             if all(key.startswith(prefix) for key in state):
-                state = {key[len(prefix):]: value for key, value in state.items()}
+                state = {key[len(prefix) :]: value for key, value in state.items()}
                 changed = True
     return state
 
 
 def check_finite(state: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """Raise ``NonFiniteWeightsError`` naming ``source`` and the tensors that hold NaN or inf."""
-    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in state.items()
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [
+        (name, int((~torch.isfinite(t)).sum()))
+        for name, t in state.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
     if bad:
         listed = ", ".join(f"{name} ({count} of {state[name].numel()})" for name, count in bad[:SHOWN_KEYS])
         more = f" and {len(bad) - SHOWN_KEYS} more tensors" if len(bad) > SHOWN_KEYS else ""
         raise NonFiniteWeightsError(
             f"{source}: non-finite weights (NaN or inf) in {listed}{more}. The training run that saved them "
-            "diverged; retrain it (e.g. with a lower learning rate), or leave this checkpoint out.")
+            "diverged; retrain it (e.g. with a lower learning rate), or leave this checkpoint out."
+        )
 
 
 def _first(keys: list[str]) -> str:
@@ -120,17 +130,29 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"missing keys: {_first(missing)}" if missing else "",
-                 f"unexpected keys: {_first(unexpected)}" if unexpected else "",
-                 f"shape mismatches (checkpoint vs model): {_first(mismatched)}" if mismatched else ""]
+        parts = [
+            f"missing keys: {_first(missing)}" if missing else "",
+            f"unexpected keys: {_first(unexpected)}" if unexpected else "",
+            f"shape mismatches (checkpoint vs model): {_first(mismatched)}" if mismatched else "",
+        ]
         raise CheckpointError(
             f"{source}: does not fit {type(model).__name__} ({'; '.join(p for p in parts if p)}). Check the "
-            "architecture and its number of classes.")
+            "architecture and its number of classes."
+        )
     model.load_state_dict(state)
 
 
-__all__ = ["CheckpointError", "NonFiniteWeightsError", "read_state_dict", "strip_prefixes", "check_finite",
-           "load_weights"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteWeightsError",
+    "read_state_dict",
+    "strip_prefixes",
+    "check_finite",
+    "load_weights",
+]

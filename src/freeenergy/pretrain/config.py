@@ -7,8 +7,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from freeenergy.data import DATASETS, check_data_root
-from freeenergy.records.identity import effective_checkpoint_epochs, identity_config, run_identity
 from freeenergy.models import MODELS
+from freeenergy.records.identity import effective_checkpoint_epochs, identity_config, run_identity
 
 SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = ("fp32", "bf16")
@@ -41,26 +41,38 @@ def validate_pretrain_config(cfg: DictConfig) -> None:
         _refuse("train.precision", cfg.train.precision, f"choose one of {list(PRECISIONS)}")
     epochs_list = cfg.train.checkpoint_epochs
     if not isinstance(epochs_list, (list, ListConfig)) or any(
-            not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs_list):
-        _refuse("train.checkpoint_epochs", epochs_list, "a list of positive integer epochs (those beyond "
-                "train.epochs are dropped; the final epoch is always checkpointed)")
+        not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs_list
+    ):
+        _refuse(
+            "train.checkpoint_epochs",
+            epochs_list,
+            "a list of positive integer epochs (those beyond "
+            "train.epochs are dropped; the final epoch is always checkpointed)",
+        )
 
 
 def check_padding(key: str, padding: Any, image_size: int) -> None:
     """Reflection padding must be a non-negative integer smaller than the image side."""
     if not isinstance(padding, int) or isinstance(padding, bool) or not 0 <= padding < image_size:
-        _refuse(key, padding, f"reflection padding must be an integer in [0, {image_size}) for "
-                f"{image_size}×{image_size} images; lower it (0 turns the random crop off)")
+        _refuse(
+            key,
+            padding,
+            f"reflection padding must be an integer in [0, {image_size}) for "
+            f"{image_size}×{image_size} images; lower it (0 turns the random crop off)",
+        )
 
 
 def validate_against_data(cfg: DictConfig, train_images: int, image_size: int) -> None:
     """Refuse sizes the training data cannot supply (before the run folder is written)."""
     check_padding("train.augment.padding", cfg.train.augment.padding, image_size)
     if cfg.train.batch_size > train_images:
-        _refuse("train.batch_size", cfg.train.batch_size,
-                f"larger than the {train_images} upstream training images of data={cfg.data.name} "
-                f"(data.images_per_class={cfg.data.get('images_per_class')}); lower train.batch_size to at most "
-                f"{train_images}, or use more images")
+        _refuse(
+            "train.batch_size",
+            cfg.train.batch_size,
+            f"larger than the {train_images} upstream training images of data={cfg.data.name} "
+            f"(data.images_per_class={cfg.data.get('images_per_class')}); lower train.batch_size to at most "
+            f"{train_images}, or use more images",
+        )
 
 
 def checkpoint_epochs_note(cfg: DictConfig) -> str | None:
@@ -76,6 +88,12 @@ def checkpoint_epochs_note(cfg: DictConfig) -> str | None:
     return f"train.checkpoint_epochs={configured} → {effective}: " + ", ".join(parts) + "."
 
 
-__all__ = ["validate_pretrain_config", "validate_against_data", "check_padding", "checkpoint_epochs_note",
-           "identity_config",
-           "run_identity", "effective_checkpoint_epochs"]
+__all__ = [
+    "validate_pretrain_config",
+    "validate_against_data",
+    "check_padding",
+    "checkpoint_epochs_note",
+    "identity_config",
+    "run_identity",
+    "effective_checkpoint_epochs",
+]

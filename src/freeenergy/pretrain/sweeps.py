@@ -9,25 +9,17 @@ lr, batch size and momentum.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.records.identity import differences, identity_config, run_id_from_identity
 
 # Sweep axis name (as in an experiment's ``sweep:`` block and in figures) → dotted config key.
-SWEEP_AXES: dict[str, str] = {
-    "lr": "optim.lr",
-    "batch_size": "train.batch_size",
-    "momentum": "optim.momentum",
-}
+SWEEP_AXES: dict[str, str] = {"lr": "optim.lr", "batch_size": "train.batch_size", "momentum": "optim.momentum"}
 SEED_KEY = "seed"
-
-
-def axis_value(config: Mapping[str, Any], axis: str) -> Any:
-    """The value a resolved run config has on one sweep axis."""
-    return OmegaConf.select(OmegaConf.create(dict(config)), SWEEP_AXES[axis])
 
 
 @dataclass(frozen=True)
@@ -60,8 +52,10 @@ def study_settings(cfg: DictConfig) -> list[StudyRun]:
             run_id = run_id_from_identity(identity)
             identities[run_id] = identity
             axes_of[run_id] = list(dict.fromkeys(axes_of.get(run_id, []) + axes))
-    return [StudyRun(run_id, identities[run_id], tuple(a for a in SWEEP_AXES if a in axes))
-            for run_id, axes in axes_of.items()]
+    return [
+        StudyRun(run_id, identities[run_id], tuple(a for a in SWEEP_AXES if a in axes))
+        for run_id, axes in axes_of.items()
+    ]
 
 
 def study_runs(cfg: DictConfig) -> dict[str, list[str]]:
@@ -94,7 +88,8 @@ def check_swept_overrides(overrides: Iterable[str], sweep: Mapping[str, Any]) ->
                 f"{override} would replace the experiment's {axis} sweep {configured} by this one value, dropping "
                 f"the sweep. To sweep other values, set sweep.{axis} instead, e.g. 'sweep.{axis}=[{value}]' (one "
                 f"value) or 'sweep.{axis}=[…]'; to leave that sweep out, 'sweep.{axis}=[]'. To train a single setting, "
-                f"run scripts/pretrain.py {override} … directly (use experiment_name=… to keep it out of the study).")
+                f"run scripts/pretrain.py {override} … directly (use experiment_name=… to keep it out of the study)."
+            )
 
 
 def sweep_override_lines(sweep: Mapping[str, Any]) -> list[str]:

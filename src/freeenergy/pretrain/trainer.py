@@ -13,9 +13,9 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,20 @@ from freeenergy.data import FewShotData, load_data
 from freeenergy.data.augment import random_crop_flip
 from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
-from freeenergy.records.identity import differences, identity_config, run_id_from_identity
 from freeenergy.pretrain.config import checkpoint_epochs_note, validate_against_data, validate_pretrain_config
-from freeenergy.records.provenance import model_problem
-from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE, content_problems
+from freeenergy.pretrain.verify import adopt_run_folder, rebuild_run_record, verify_run
 from freeenergy.records.checkpoints import Checkpoint, epoch_dirname
-from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, load_torch, model_fields, read_json, save_torch, write_json
+from freeenergy.records.identity import identity_config, run_id_from_identity
+from freeenergy.records.io import (
+    RecordError,
+    clean_stale_tmp,
+    load_torch,
+    model_fields,
+    read_json,
+    save_torch,
+    write_json,
+)
+from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE
 from freeenergy.runtime import resolve_device, runtime_differences, runtime_info, set_threads, warn_runtime_mismatch
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,11 @@ class EpochStats:
 
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
-        model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-        weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov and optim_cfg.momentum > 0,
+        model.parameters(),
+        lr=optim_cfg.lr,
+        momentum=optim_cfg.momentum,
+        weight_decay=optim_cfg.weight_decay,
+        nesterov=optim_cfg.nesterov and optim_cfg.momentum > 0,
     )
 
 
@@ -113,21 +124,24 @@ class Pretraining:
         self._write_run_record("running", num_classes)
 
     def _write_run_record(self, status: str, num_classes: int, error: str | None = None) -> None:
-        write_json(self.run_dir / RUN_FILE, {
-            "run_id": self.run_id,
-            "experiment": self.cfg.experiment_name,
-            "status": status,
-            "num_classes": num_classes,
-            "config": self.identity,
-            "seed": self.cfg.seed,
-            "device": str(self.device),
-            "runtime": self.runtime,
-            "host": platform.node(),
-            "wall_time_s": self.elapsed,
-            "history": self.history,
-            "resumed_after_epochs": self.resumed_after,
-            **({"error": error} if error else {}),
-        })
+        write_json(
+            self.run_dir / RUN_FILE,
+            {
+                "run_id": self.run_id,
+                "experiment": self.cfg.experiment_name,
+                "status": status,
+                "num_classes": num_classes,
+                "config": self.identity,
+                "seed": self.cfg.seed,
+                "device": str(self.device),
+                "runtime": self.runtime,
+                "host": platform.node(),
+                "wall_time_s": self.elapsed,
+                "history": self.history,
+                "resumed_after_epochs": self.resumed_after,
+                **({"error": error} if error else {}),
+            },
+        )
         self.run_record_written = True
 
     def mark_failed(self, error: BaseException) -> None:
@@ -155,18 +169,23 @@ class Pretraining:
         self.history = previous.get("history", [])[: self.start_epoch - 1]
         self.resumed_after = previous.get("resumed_after_epochs", []) + [self.start_epoch - 1]
         print(f"{self.run_id}: resuming after epoch {self.start_epoch - 1}")
-        warn_runtime_mismatch(f"{self.run_id}: resuming", [(str(self.run_dir / RUN_FILE), runtime_differences(
-            previous.get("runtime"), self.runtime))])
+        warn_runtime_mismatch(
+            f"{self.run_id}: resuming",
+            [(str(self.run_dir / RUN_FILE), runtime_differences(previous.get("runtime"), self.runtime))],
+        )
 
     def _save_resume_state(self, epoch: int) -> None:
-        save_torch(self.run_dir / RESUME_FILE, {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "order_rng": self.order_rng.get_state(),
-            "epoch": torch.tensor(epoch),
-            "elapsed": torch.tensor(self.elapsed),
-        })
+        save_torch(
+            self.run_dir / RESUME_FILE,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "order_rng": self.order_rng.get_state(),
+                "epoch": torch.tensor(epoch),
+                "elapsed": torch.tensor(self.elapsed),
+            },
+        )
 
     def _batch(self, index: torch.Tensor) -> torch.Tensor:
         images = self.data.normalize(self.images[index])
@@ -183,8 +202,7 @@ class Pretraining:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         lr = self.optimizer.param_groups[0]["lr"]
-        steps = tqdm(range(num_batches), desc=f"epoch {epoch}", unit="step", leave=False,
-                     disable=not self.cfg.progress)
+        steps = tqdm(range(num_batches), desc=f"epoch {epoch}", unit="step", leave=False, disable=not self.cfg.progress)
         for step in steps:
             index = order[step * batch_size : (step + 1) * batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -198,21 +216,29 @@ class Pretraining:
             correct += (logits.detach().argmax(1) == target).sum()
         self.scheduler.step()
         seen = num_batches * batch_size
-        return EpochStats(epoch, loss_sum.item() / num_batches, correct.item() / seen, lr,
-                          time.perf_counter() - start)
+        return EpochStats(epoch, loss_sum.item() / num_batches, correct.item() / seen, lr, time.perf_counter() - start)
 
     def save_checkpoint(self, stats: EpochStats) -> dict:
-        heldout = evaluate(self.model, self.heldout_images, self.heldout_labels, self.data.normalize,
-                           self.cfg.train.eval_batch_size)
+        heldout = evaluate(
+            self.model, self.heldout_images, self.heldout_labels, self.data.normalize, self.cfg.train.eval_batch_size
+        )
         directory = self.run_dir / epoch_dirname(stats.epoch)
         save_torch(directory / MODEL_FILE, self.model.state_dict())
         record = {
-            "run_id": self.run_id, "epoch": stats.epoch,
-            "train_loss": stats.train_loss, "train_acc": stats.train_acc,
-            "val_loss": heldout.loss, "val_acc": heldout.accuracy,
-            "lr": stats.lr, "seed": self.cfg.seed, "wall_time_s": self.elapsed, "device": str(self.device),
-            "num_classes": self.data.upstream_train.num_classes, "settings": self.identity,
-            "runtime": self.runtime, **model_fields(directory / MODEL_FILE),
+            "run_id": self.run_id,
+            "epoch": stats.epoch,
+            "train_loss": stats.train_loss,
+            "train_acc": stats.train_acc,
+            "heldout_loss": heldout.loss,
+            "heldout_acc": heldout.accuracy,
+            "lr": stats.lr,
+            "seed": self.cfg.seed,
+            "wall_time_s": self.elapsed,
+            "device": str(self.device),
+            "num_classes": self.data.upstream_train.num_classes,
+            "settings": self.identity,
+            "runtime": self.runtime,
+            **model_fields(directory / MODEL_FILE),
         }
         write_json(directory / f"{PRETRAIN_RECORD}.json", record)
         return record
@@ -221,20 +247,28 @@ class Pretraining:
         """Train to the last epoch (or resume to it); returns the final status."""
         checkpoint_epochs = set(self.checkpoint_epochs)
         num_classes = self.data.upstream_train.num_classes
-        epochs = tqdm(range(self.start_epoch, self.cfg.train.epochs + 1), desc=self.run_id, unit="epoch",
-                      disable=not self.cfg.progress)
+        epochs = tqdm(
+            range(self.start_epoch, self.cfg.train.epochs + 1),
+            desc=self.run_id,
+            unit="epoch",
+            disable=not self.cfg.progress,
+        )
         for epoch in epochs:
             stats = self.train_epoch(epoch)
             self.elapsed += stats.seconds
             if not math.isfinite(stats.train_loss):
-                log.warning("%s: training loss is %s at epoch %d; the run diverged and stops here "
-                            "(lower optim.lr).", self.run_id, stats.train_loss, epoch)
+                log.warning(
+                    "%s: training loss is %s at epoch %d; the run diverged and stops here (lower optim.lr).",
+                    self.run_id,
+                    stats.train_loss,
+                    epoch,
+                )
                 self._write_run_record("diverged", num_classes)
                 return "diverged"
             summary = asdict(stats)
             if epoch in checkpoint_epochs:
                 record = self.save_checkpoint(stats)
-                summary.update(val_loss=record["val_loss"], val_acc=record["val_acc"])
+                summary.update(heldout_loss=record["heldout_loss"], heldout_acc=record["heldout_acc"])
             self.history.append(summary)
             self._save_resume_state(epoch)
             self._write_run_record("running", num_classes)
@@ -247,10 +281,12 @@ class Pretraining:
 
 
 def _epoch_line(run_id: str, summary: dict) -> str:
-    line = (f"{run_id} epoch {summary['epoch']:3d}  lr {summary['lr']:.4g}  "
-            f"train loss {summary['train_loss']:.3f} acc {summary['train_acc']:.3f}")
-    if "val_acc" in summary:
-        line += f"  held-out loss {summary['val_loss']:.3f} acc {summary['val_acc']:.3f}"
+    line = (
+        f"{run_id} epoch {summary['epoch']:3d}  lr {summary['lr']:.4g}  "
+        f"train loss {summary['train_loss']:.3f} acc {summary['train_acc']:.3f}"
+    )
+    if "heldout_acc" in summary:
+        line += f"  held-out loss {summary['heldout_loss']:.3f} acc {summary['heldout_acc']:.3f}"
     return line + f"  ({summary['seconds']:.1f}s)"
 
 
@@ -276,12 +312,16 @@ def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None 
         return run.run_dir
     if verdict.action == "rebuild" and not fresh:
         rebuild_run_record(run, verdict)
-        print(f"{run.run_id}: {verdict.reason}; its checkpoints verify, so run.json was rebuilt from them "
-              "(no retraining).")
+        print(
+            f"{run.run_id}: {verdict.reason}; its checkpoints verify, so run.json was rebuilt from them "
+            "(no retraining)."
+        )
         return run.run_dir
     if verdict.action == "retrain" and not fresh:
-        print(f"{run.run_id}: {verdict.reason}; retraining the run from the start (same settings and seed: "
-              "the same weights on the same machine and thread count).")
+        print(
+            f"{run.run_id}: {verdict.reason}; retraining the run from the start (same settings and seed: "
+            "the same weights on the same machine and thread count)."
+        )
         fresh = True
     try:
         run.setup(fresh=fresh)
@@ -291,137 +331,3 @@ def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None 
         raise
     print(f"{run.run_id}: {status} ({run.elapsed:.0f}s of training)")
     return run.run_dir
-
-
-@dataclass
-class Verdict:
-    """What to do with a run folder: ``train`` (new or unfinished: resume), ``skip`` (finished and verified),
-    ``retrain`` (finished but a checkpoint is damaged), ``rebuild`` (run.json damaged, checkpoints verified)."""
-
-    action: str
-    reason: str = ""
-    records: dict[int, dict] | None = None  # rebuild: epoch → verified pretrain record
-
-
-def verify_checkpoint(run: Pretraining, epoch: int) -> tuple[dict | None, str | None]:
-    """(pretrain record, problem) of one checkpoint: the record must be finished and of this run's settings,
-    ``model.pt`` the file it describes. A record from before records carried settings and hashes is accepted
-    when the weights load and are finite, and is upgraded in place (hash and settings added)."""
-    checkpoint = run.checkpoint(epoch)
-    if not checkpoint.model_path.is_file():
-        return None, f"{checkpoint.model_path} is missing"
-    check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None)
-    path = checkpoint.record_path(PRETRAIN_RECORD)
-    if check.status == "other_settings" and check.record is not None and "settings" not in check.record:
-        problem = "; ".join(content_problems(PRETRAIN_RECORD, check.record)) or model_problem(checkpoint.model_path)
-        if problem:
-            return None, f"{path}: {problem}" if not problem.startswith(str(checkpoint.directory)) else problem
-        upgraded = {**check.record, "settings": run.identity, **model_fields(checkpoint.model_path)}
-        write_json(path, upgraded)
-        return upgraded, None
-    if not check.current:
-        return None, f"{path}: {check.reason or check.status}"
-    record = check.record
-    if record.get("model_file") != file_stat(checkpoint.model_path):  # touched or copied: compare the bytes
-        if file_sha256(checkpoint.model_path) != record.get("model_sha256"):
-            reason = model_problem(checkpoint.model_path) or (f"{checkpoint.model_path}: not the file pretraining "
-                                                              "saved (its sha256 differs from pretrain.json's)")
-            return None, reason
-        record = {**record, **model_fields(checkpoint.model_path)}  # the same bytes: refresh size and mtime
-        write_json(path, record)
-    return record, None
-
-
-def verify_run(run: Pretraining) -> Verdict:
-    """Inspect a run folder before anything is written (see ``Verdict``)."""
-    run_file = run.run_dir / RUN_FILE
-    if not run.run_dir.exists():
-        return Verdict("train")
-    try:
-        record = read_json(run_file)
-        problem = run_record_problem(record, run)
-    except RecordError as error:
-        record, problem = None, str(error).split(";")[0]
-    if problem is None and record.get("status") not in ("done", "diverged"):
-        return Verdict("train")  # unfinished: resume (or start) it
-    epochs = run.checkpoint_epochs if record is None or record.get("status") == "done" else \
-        [h["epoch"] for h in record.get("history", []) if h.get("epoch") in run.checkpoint_epochs]
-    records, damaged = {}, []
-    for epoch in epochs:
-        verified, reason = verify_checkpoint(run, epoch)
-        if reason:
-            damaged.append(reason)
-        else:
-            records[epoch] = verified
-    if problem is not None:
-        if not damaged and all("num_classes" in r for r in records.values()):
-            return Verdict("rebuild", problem, records)
-        return Verdict("retrain", problem)
-    if damaged:
-        return Verdict("retrain", "; ".join(damaged[:3]))
-    return Verdict("skip")
-
-
-def run_record_problem(record: dict, run: Pretraining) -> str | None:
-    """Why a parsed ``run.json`` does not describe this run folder (edited or foreign), or None."""
-    config = record.get("config")
-    if not isinstance(config, dict):
-        return f"{run.run_dir / RUN_FILE}: holds no config"
-    try:
-        stored = identity_config(config)
-    except (KeyError, TypeError) as error:
-        return f"{run.run_dir / RUN_FILE}: its config is incomplete ({type(error).__name__}: {error})"
-    if stored != run.identity or record.get("run_id") != run.run_id:
-        changed = differences(run.identity, stored)[:3] or [f"run_id {record.get('run_id')!r}"]
-        return f"{run.run_dir / RUN_FILE}: does not match its folder's settings ({'; '.join(changed)})"
-    return None
-
-
-def rebuild_run_record(run: Pretraining, verdict: Verdict) -> None:
-    """Write ``run.json`` of a finished run from its verified checkpoint records (history: checkpoint epochs)."""
-    records = verdict.records or {}
-    last = records[max(records)]
-    history = [{key: records[e].get(key) for key in ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc")}
-               for e in sorted(records)]
-    write_json(run.run_dir / RUN_FILE, {
-        "run_id": run.run_id, "experiment": run.cfg.experiment_name, "status": "done",
-        "num_classes": last["num_classes"], "config": run.identity, "seed": run.cfg.seed,
-        "device": last.get("device"), "runtime": last.get("runtime"), "host": platform.node(),
-        "wall_time_s": last.get("wall_time_s"), "history": history, "resumed_after_epochs": [],
-        "rebuilt": f"from the checkpoint records ({verdict.reason})",
-    })
-
-
-def adopt_run_folder(run_dir: Path, identity: dict) -> Path | None:
-    """Rename a folder holding this setting under another id (made when ids were computed from the raw,
-    not the canonical, config, e.g. ``optim.momentum=0.0``) to ``run_dir``, and say so; returns the old path.
-
-    Only when ``run_dir`` does not exist. Every record in the folder gets the new ``run_id``.
-    """
-    if run_dir.exists() or not run_dir.parent.is_dir():
-        return None
-    for run_file in sorted(run_dir.parent.glob(f"*/{RUN_FILE}")):
-        old_dir = run_file.parent
-        try:
-            config = read_json(run_file).get("config")
-            if not isinstance(config, dict) or identity_config(config) != identity:
-                continue
-        except (RecordError, KeyError, TypeError):
-            continue
-        try:
-            old_dir.rename(run_dir)
-        except OSError:  # another job adopted it first, or the folder is in use
-            return None
-        old_id = old_dir.name
-        for path in [run_dir / RUN_FILE, *sorted(run_dir.glob("epoch_*/*.json"))]:
-            try:
-                record = read_json(path)
-            except RecordError:
-                continue  # damaged records are found and redone by the steps that own them
-            if record.get("run_id") == old_id:
-                write_json(path, {**record, "run_id": run_dir.name} |
-                           ({"migrated_from": old_id} if path.name == RUN_FILE else {}))
-        print(f"{run_dir.name}: adopted the existing folder {old_id} (the same setting under an id computed "
-              "before ids used the canonical config) and renamed it.")
-        return old_dir
-    return None

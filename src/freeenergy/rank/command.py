@@ -25,7 +25,13 @@ from freeenergy.free_energy.config import health_criteria, validate_free_energy_
 from freeenergy.rank.models import LoadFailure
 from freeenergy.rank.report import plot_ranking, ranking_table, write_markdown
 from freeenergy.rank.sgld import (
-    choose_settings, estimate_candidates, estimate_identity, measure_sharpness, sgld_config, sharpest, status,
+    choose_settings,
+    estimate_candidates,
+    estimate_identity,
+    measure_sharpness,
+    sgld_config,
+    sharpest,
+    status,
 )
 from freeenergy.rank.state import Prepared, prepare, prepared_model
 from freeenergy.rank.step_check import StepCheck, check_step_size
@@ -58,8 +64,10 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     estimated, reused = estimate_candidates(state, fe, estimate_identity(state, fe))
     step_check = check_step_size(state, fe, hardest) if cfg.rank.step_check else None
     criteria = health_criteria(fe)
-    estimates = {c.name: {**state.records[c.name]["estimate"], "status": status(state.records[c.name]["estimate"], criteria)}
-                 for c in state.candidates}
+    estimates = {
+        c.name: {**state.records[c.name]["estimate"], "status": status(state.records[c.name]["estimate"], criteria)}
+        for c in state.candidates
+    }
     z = cfg.rank.distinguish_z
     table = ranking_table(estimates, state.failures, z)
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
@@ -68,22 +76,35 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     write_text(csv_path, table.to_csv(index=False))
     header = describe_run(state, fe, choice, hardest) + ([f"- {step_check.describe()}."] if step_check else [])
     markdown_path = write_markdown(results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z)
-    figure_path = plot_ranking(estimates, table, figures / "ranking.png",
-                               f"{cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
-                               f"(n = {state.data.n}), ε = {choice.step_size:.2g}, γ = {choice.localization:.3g}")
-    return RankResult(table, choice, hardest, state.failures, estimated, reused, csv_path, markdown_path, figure_path,
-                      step_check)
+    figure_path = plot_ranking(
+        estimates,
+        table,
+        figures / "ranking.png",
+        f"{cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
+        f"(n = {state.data.n}), ε = {choice.step_size:.2g}, γ = {choice.localization:.3g}",
+    )
+    return RankResult(
+        table, choice, hardest, state.failures, estimated, reused, csv_path, markdown_path, figure_path, step_check
+    )
 
 
 def calibration_grid(cal: DictConfig, choice: SGLDChoice) -> tuple[list[float], list[float]]:
     """ε × γ of the calibration sweep: given lists, or ``auto`` (multiples of the automatic choice)."""
-    gammas = ([factor * choice.localization for factor in cal.auto_localization_factors]
-              if cal.localizations == "auto" else list(cal.localizations))
-    steps = ([fraction * choice.max_stable_step for fraction in cal.auto_fractions]
-             if cal.step_sizes == "auto" else list(cal.step_sizes))
+    gammas = (
+        [factor * choice.localization for factor in cal.auto_localization_factors]
+        if cal.localizations == "auto"
+        else list(cal.localizations)
+    )
+    steps = (
+        [fraction * choice.max_stable_step for fraction in cal.auto_fractions]
+        if cal.step_sizes == "auto"
+        else list(cal.step_sizes)
+    )
     if not steps or not gammas or min(steps) <= 0 or min(gammas) < 0:
-        raise ValueError(f"calibrate.step_sizes={steps} and calibrate.localizations={gammas} are not allowed: non-empty, "
-                         "step sizes > 0, localizations >= 0 (or auto).")
+        raise ValueError(
+            f"calibrate.step_sizes={steps} and calibrate.localizations={gammas} are not allowed: non-empty, "
+            "step sizes > 0, localizations >= 0 (or auto)."
+        )
     return [float(f"{eps:.3g}") for eps in steps], [float(f"{gamma:.3g}") for gamma in gammas]
 
 
@@ -97,8 +118,10 @@ def run_rank_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) ->
         wanted = Path(str(cfg.calibrate.checkpoint)).resolve()
         matches = [c.name for c in state.candidates if c.path == wanted]
         if not matches:
-            raise ValueError(f"calibrate.checkpoint={cfg.calibrate.checkpoint!r} is not one of the loaded rank.checkpoints "
-                             f"{[c.name for c in state.candidates]}; add it to rank.checkpoints.")
+            raise ValueError(
+                f"calibrate.checkpoint={cfg.calibrate.checkpoint!r} is not one of the loaded rank.checkpoints "
+                f"{[c.name for c in state.candidates]}; add it to rank.checkpoints."
+            )
         target = matches[0]
     candidate = next(c for c in state.candidates if c.name == target)
     value = sharpness[target]["value"]
@@ -108,11 +131,19 @@ def run_rank_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) ->
     model, _ = prepared_model(state, candidate)
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
     fe = OmegaConf.merge(cfg.free_energy, {"nbeta": state.nbeta})
-    result = run_grid(model, state.data.split, fe, cfg.calibrate, steps, gammas, value, candidate, results, figures,
-                      cfg.progress)
-    ranking = pd.DataFrame([{"checkpoint": name, "sharpness": part["value"],
-                             "max_stable_step": 4 / (state.nbeta * max(part["value"], 0) + choice.localization)}
-                            for name, part in sharpness.items()]).sort_values("sharpness", ascending=False, ignore_index=True)
+    result = run_grid(
+        model, state.data.split, fe, cfg.calibrate, steps, gammas, value, candidate, results, figures, cfg.progress
+    )
+    ranking = pd.DataFrame(
+        [
+            {
+                "checkpoint": name,
+                "sharpness": part["value"],
+                "max_stable_step": 4 / (state.nbeta * max(part["value"], 0) + choice.localization),
+            }
+            for name, part in sharpness.items()
+        ]
+    ).sort_values("sharpness", ascending=False, ignore_index=True)
     write_text(results / "sgld_sharpness.csv", ranking.to_csv(index=False))
     result.sharpness_table = ranking
     return result

@@ -22,12 +22,22 @@ def validate_rank_config(cfg: DictConfig) -> None:
             _refuse(f"rank.{key}", rank[key], "a non-empty string")
     if "/" in rank.name or rank.name.startswith("."):
         _refuse("rank.name", rank.name, "a plain folder name (no '/', not starting with '.')")
-    if isinstance(rank.checkpoints, str) or not rank.checkpoints or not all(isinstance(c, str) and c for c in rank.checkpoints):
-        _refuse("rank.checkpoints", rank.checkpoints, "a non-empty list of files or globs in brackets, e.g. "
-                "'rank.checkpoints=[ckpts/*.pt]'")
+    if (
+        isinstance(rank.checkpoints, str)
+        or not rank.checkpoints
+        or not all(isinstance(c, str) and c for c in rank.checkpoints)
+    ):
+        _refuse(
+            "rank.checkpoints",
+            rank.checkpoints,
+            "a non-empty list of files or globs in brackets, e.g. 'rank.checkpoints=[ckpts/*.pt]'",
+        )
     if rank.model_kwargs is not None and not isinstance(rank.model_kwargs, (dict, DictConfig)):
-        _refuse("rank.model_kwargs", rank.model_kwargs, "null or a mapping of constructor arguments, e.g. "
-                "'rank.model_kwargs={img_size: 32}'")
+        _refuse(
+            "rank.model_kwargs",
+            rank.model_kwargs,
+            "null or a mapping of constructor arguments, e.g. 'rank.model_kwargs={img_size: 32}'",
+        )
     for key in ("image_size", "probe_steps"):
         if not isinstance(rank[key], int) or rank[key] < 1:
             _refuse(f"rank.{key}", rank[key], "a positive integer")
@@ -40,11 +50,17 @@ def validate_rank_config(cfg: DictConfig) -> None:
     fe = cfg.free_energy
     auto_step, auto_gamma = fe.step_size == "auto", fe.localization == "auto"
     if auto_gamma and not auto_step:
-        _refuse("free_energy.localization", fe.localization, "a number when free_energy.step_size is a number "
-                "(give both, or step_size=auto)")
-    validate_free_energy_config(OmegaConf.merge(fe, {"step_size": 1.0 if auto_step else fe.step_size,
-                                                     "localization": 1.0 if auto_gamma else fe.localization}))
+        _refuse(
+            "free_energy.localization",
+            fe.localization,
+            "a number when free_energy.step_size is a number (give both, or step_size=auto)",
+        )
+    validate_free_energy_config(
+        OmegaConf.merge(
+            fe,
+            {"step_size": 1.0 if auto_step else fe.step_size, "localization": 1.0 if auto_gamma else fe.localization},
+        )
+    )
     if fe.num_chains < 2:
         _refuse("free_energy.num_chains", fe.num_chains, "2 or more: the spreads and health checks compare chains")
     AutoRule.from_config(fe.get("auto"))
-

@@ -54,8 +54,10 @@ def per_class_subset(images: ImageSet, per_class: int | None, seed: int) -> Imag
     if per_class is None:
         return images
     generator = torch.Generator().manual_seed(seed)
-    keep = [idx[torch.randperm(len(idx), generator=generator)[:per_class]]
-            for idx in (torch.nonzero(images.labels == c).flatten() for c in range(images.num_classes))]
+    keep = [
+        idx[torch.randperm(len(idx), generator=generator)[:per_class]]
+        for idx in (torch.nonzero(images.labels == c).flatten() for c in range(images.num_classes))
+    ]
     return images.subset(torch.cat(keep).sort().values)
 
 
@@ -65,16 +67,20 @@ def _normalization(setting: Any, images: ImageSet, dataset_stats: Stats | None, 
     if setting == "model":
         stats = normalization_of(spec)
         if stats is None:
-            raise ValueError(f"rank.normalization=model: {spec.name!r} has no pretrained mean/std; use "
-                             "rank.normalization=data or {mean: [r, g, b], std: [r, g, b]}.")
+            raise ValueError(
+                f"rank.normalization=model: {spec.name!r} has no pretrained mean/std; use "
+                "rank.normalization=data or {mean: [r, g, b], std: [r, g, b]}."
+            )
         return stats
     if isinstance(setting, (dict, DictConfig)) and set(setting) == {"mean", "std"}:
         mean, std = (tuple(float(v) for v in setting[key]) for key in ("mean", "std"))
         if len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std):
             return mean, std
-    raise ValueError(f"rank.normalization={setting!r} is not allowed: 'data' (these images' channel statistics), "
-                     "'model' (the architecture's pretrained ones) or {mean: [r, g, b], std: [r, g, b]} with std > 0: "
-                     "use what the checkpoints were trained with.")
+    raise ValueError(
+        f"rank.normalization={setting!r} is not allowed: 'data' (these images' channel statistics), "
+        "'model' (the architecture's pretrained ones) or {mean: [r, g, b], std: [r, g, b]} with std > 0: "
+        "use what the checkpoints were trained with."
+    )
 
 
 def _source_images(cfg: DictConfig) -> tuple[ImageSet, Stats | None]:
@@ -82,8 +88,10 @@ def _source_images(cfg: DictConfig) -> tuple[ImageSet, Stats | None]:
     rank_cfg = cfg.rank
     if str(rank_cfg.data) in DATASETS and not Path(str(rank_cfg.data)).is_dir():
         if cfg.data.name != rank_cfg.data:
-            raise ValueError(f"rank.data={rank_cfg.data!r} names a dataset of this project but data={cfg.data.name!r} "
-                             f"is configured; add data={rank_cfg.data} (and its data.* settings) to the command.")
+            raise ValueError(
+                f"rank.data={rank_cfg.data!r} names a dataset of this project but data={cfg.data.name!r} "
+                f"is configured; add data={rank_cfg.data} (and its data.* settings) to the command."
+            )
         data = load_data(OmegaConf.to_container(cfg.data, resolve=True))
         return data.upstream_train, (data.mean, data.std)
     return load_image_folder(rank_cfg.data, rank_cfg.image_size, rank_cfg.cache_dir, cfg.progress), None

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
@@ -59,9 +60,10 @@ def model_spec(name: str, kwargs: Mapping[str, Any] | None = None, conf_dir: str
     if timm.is_model(name):
         return ModelSpec(name, extra)
     close = timm.list_models(f"*{name[:6]}*")[:5] if name else []
-    raise ValueError(f"rank.model={name!r} is neither a timm architecture nor one of this project's models "
-                     f"{sorted(MODELS)}; list timm's with timm.list_models('*pattern*')"
-                     + (f" (e.g. {close})." if close else "."))
+    raise ValueError(
+        f"rank.model={name!r} is neither a timm architecture nor one of this project's models "
+        f"{sorted(MODELS)}; list timm's with timm.list_models('*pattern*')" + (f" (e.g. {close})." if close else ".")
+    )
 
 
 def classifier_keys(spec: ModelSpec) -> list[str]:
@@ -69,8 +71,10 @@ def classifier_keys(spec: ModelSpec) -> list[str]:
     with torch.device("meta"):
         model = spec.build(num_classes=2)
     if not hasattr(model, "get_classifier"):
-        raise ValueError(f"rank.model={spec.name!r} has no get_classifier(): the class count cannot be read from its "
-                         "checkpoints; use a timm architecture.")
+        raise ValueError(
+            f"rank.model={spec.name!r} has no get_classifier(): the class count cannot be read from its "
+            "checkpoints; use a timm architecture."
+        )
     head = {id(p) for p in model.get_classifier().parameters()}
     names = [name for name, p in model.named_parameters() if id(p) in head]
     return sorted(names, key=lambda name: not name.endswith("weight"))
@@ -105,8 +109,10 @@ def expand_checkpoints(entries: Sequence[str] | str) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise ValueError(f"rank.checkpoints entry {str(entry)!r} matches no file; give checkpoint files or globs, "
-                             "e.g. 'rank.checkpoints=[ckpts/*.pt,best.safetensors]'.")
+            raise ValueError(
+                f"rank.checkpoints entry {str(entry)!r} matches no file; give checkpoint files or globs, "
+                "e.g. 'rank.checkpoints=[ckpts/*.pt,best.safetensors]'."
+            )
         files.extend(Path(m) for m in matches if Path(m) not in files)
     return files
 
@@ -149,10 +155,14 @@ def check_one_class_count(candidates: Sequence[Candidate]) -> int:
     for candidate in candidates:
         counts.setdefault(candidate.num_classes, []).append(candidate.name)
     if len(counts) > 1:
-        listed = "; ".join(f"{count} classes: {', '.join(names[:SHOWN_FILES])}" + (" …" if len(names) > SHOWN_FILES else "")
-                           for count, names in sorted(counts.items()))
-        raise ValueError(f"the checkpoints have different class counts ({listed}). Free energies are comparable only "
-                         "for one model on one dataset: rank checkpoints of one training setup at a time.")
+        listed = "; ".join(
+            f"{count} classes: {', '.join(names[:SHOWN_FILES])}" + (" …" if len(names) > SHOWN_FILES else "")
+            for count, names in sorted(counts.items())
+        )
+        raise ValueError(
+            f"the checkpoints have different class counts ({listed}). Free energies are comparable only "
+            "for one model on one dataset: rank checkpoints of one training setup at a time."
+        )
     return next(iter(counts))
 
 

@@ -14,43 +14,62 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from freeenergy.records.io import save_figure, write_text
 from freeenergy.rank.models import LoadFailure
+from freeenergy.records.io import save_figure, write_text
+from freeenergy.records.kinds import recorded_number
 
-COLUMNS = ["rank", "checkpoint", "free_energy", "free_energy_std", "llc", "llc_std", "loss_term", "complexity_term",
-           "status", "distinguishable_from_next"]
-
-
-def _number(value) -> float:
-    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
+COLUMNS = [
+    "rank",
+    "checkpoint",
+    "free_energy",
+    "free_energy_std",
+    "llc",
+    "llc_std",
+    "loss_term",
+    "complexity_term",
+    "status",
+    "distinguishable_from_next",
+]
 
 
 def ranking_table(estimates: dict[str, dict], failures: Sequence[LoadFailure], z: float) -> pd.DataFrame:
     """One row per checkpoint, sorted by free energy (lowest first); ``estimates`` maps name → estimate record."""
     rows = []
     for name, record in estimates.items():
-        free_energy, loss_term = _number(record["free_energy"]), record["n"] * _number(record["init_loss"])
-        rows.append({
-            "checkpoint": name, "free_energy": free_energy, "free_energy_std": _number(record["free_energy_std"]),
-            "llc": _number(record["llc"]), "llc_std": _number(record["llc_std"]), "loss_term": loss_term,
-            "complexity_term": free_energy - loss_term, "status": record["status"],
-            "num_chains": record["hyperparameters"]["num_chains"],
-        })
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("rank", "distinguishable_from_next")]
-                         + ["num_chains"])
+        free_energy, loss_term = (
+            recorded_number(record["free_energy"]),
+            record["n"] * recorded_number(record["init_loss"]),
+        )
+        rows.append(
+            {
+                "checkpoint": name,
+                "free_energy": free_energy,
+                "free_energy_std": recorded_number(record["free_energy_std"]),
+                "llc": recorded_number(record["llc"]),
+                "llc_std": recorded_number(record["llc_std"]),
+                "loss_term": loss_term,
+                "complexity_term": free_energy - loss_term,
+                "status": record["status"],
+                "num_chains": record["hyperparameters"]["num_chains"],
+            }
+        )
+    table = pd.DataFrame(
+        rows, columns=[c for c in COLUMNS if c not in ("rank", "distinguishable_from_next")] + ["num_chains"]
+    )
     table = table.sort_values(["free_energy", "checkpoint"], na_position="last", ignore_index=True)
     finite = table["free_energy"].notna()
     table.insert(0, "rank", pd.array([i + 1 if ok else None for i, ok in enumerate(finite)], dtype="Int64"))
     table["distinguishable_from_next"] = pd.array(distinguishable(table, z), dtype="boolean")
     table = table.drop(columns="num_chains")
-    failed = pd.DataFrame({"checkpoint": [f.name for f in failures],
-                           "status": [f"not loaded: {f.message}" for f in failures]})
+    failed = pd.DataFrame(
+        {"checkpoint": [f.name for f in failures], "status": [f"not loaded: {f.message}" for f in failures]}
+    )
     return pd.concat([table, failed], ignore_index=True) if len(failed) else table
 
 
@@ -63,8 +82,9 @@ def distinguishable(table: pd.DataFrame, z: float) -> list[bool | None]:
             continue
         se = [table.free_energy_std[j] / math.sqrt(table.num_chains[j]) for j in (i, i + 1)]
         spread = math.sqrt(sum(s * s for s in se)) if all(math.isfinite(s) for s in se) else math.nan
-        values.append(bool(abs(table.free_energy[i + 1] - table.free_energy[i]) > z * spread) if math.isfinite(spread)
-                      else None)
+        values.append(
+            bool(abs(table.free_energy[i + 1] - table.free_energy[i]) > z * spread) if math.isfinite(spread) else None
+        )
     return values
 
 
@@ -86,15 +106,23 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.DataFrame, z: float) -> Path:
     """``ranking.md``: what was measured, the table, how to read it."""
-    text = "\n".join([
-        f"# {title}", "", *header, "", markdown_table(table), "",
-        "Lower free energy is the better bet for fine-tuning (Munn & Wei 2025): F = n·L̄ is the localized WBIC, "
-        "n·L_n(w*) (loss_term) plus λ̂·log n (complexity_term). Comparable only between these checkpoints, on these "
-        "data, with these SGLD settings.",
-        f"distinguishable_from_next: |ΔF| > {z:g}·√(se₁² + se₂²) with se = free_energy_std / √chains. "
-        "status: ok, or the failed health checks (diverged, not levelled off, chains disagree, not a minimum, "
-        "negative LLC); a flagged F is an estimate to distrust, not a ranking to act on.", "",
-    ])
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            *header,
+            "",
+            markdown_table(table),
+            "",
+            "Lower free energy is the better bet for fine-tuning (Munn & Wei 2025): F = n·L̄ is the localized WBIC, "
+            "n·L_n(w*) (loss_term) plus λ̂·log n (complexity_term). Comparable only between these checkpoints, on these "
+            "data, with these SGLD settings.",
+            f"distinguishable_from_next: |ΔF| > {z:g}·√(se₁² + se₂²) with se = free_energy_std / √chains. "
+            "status: ok, or the failed health checks (diverged, not levelled off, chains disagree, not a minimum, "
+            "negative LLC); a flagged F is an estimate to distrust, not a ranking to act on.",
+            "",
+        ]
+    )
     write_text(path, text)
     return path
 
@@ -120,10 +148,18 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
     height = max(2.8, 0.35 * len(names) + 1.2)
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, height), gridspec_kw={"width_ratios": [1, 1, 1.3]})
     positions = np.arange(len(names))[::-1]
-    left.errorbar(ranked["free_energy"], positions, xerr=ranked["free_energy_std"], fmt="o", color="black",
-                  ecolor="grey", capsize=3)
-    left.set_yticks(positions, [f"{r}. {label}" if r is not pd.NA else f"–  {label}"
-                                for r, label in zip(ranked["rank"], labels)])
+    left.errorbar(
+        ranked["free_energy"],
+        positions,
+        xerr=ranked["free_energy_std"],
+        fmt="o",
+        color="black",
+        ecolor="grey",
+        capsize=3,
+    )
+    left.set_yticks(
+        positions, [f"{r}. {label}" if r is not pd.NA else f"–  {label}" for r, label in zip(ranked["rank"], labels)]
+    )
     left.set_xlabel("free energy F = n·L̄ (± sd across chains)")
     left.set_title("F, lowest first")
     width = 0.4
@@ -138,7 +174,7 @@ def plot_ranking(estimates: dict[str, dict], table: pd.DataFrame, path: Path, ti
     for name in names:
         record = estimates[name]
         trace = np.asarray(record["loss_trace"], dtype=float)
-        excess = np.nanmean(trace, axis=0) - _number(record["init_loss"])
+        excess = np.nanmean(trace, axis=0) - recorded_number(record["init_loss"])
         window = max(1, len(excess) // 25)
         smooth = pd.Series(excess).rolling(window, min_periods=1).mean()
         right.plot(np.arange(len(excess)), smooth, color=palette[name], linewidth=1.2, label=labels[names.index(name)])

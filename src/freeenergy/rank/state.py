@@ -21,7 +21,13 @@ from freeenergy.free_energy.step import prepare_model
 from freeenergy.rank.config import validate_rank_config
 from freeenergy.rank.data import RankData, load_rank_data
 from freeenergy.rank.models import (
-    Candidate, LoadFailure, ModelSpec, check_one_class_count, expand_checkpoints, load_candidate, model_spec,
+    Candidate,
+    LoadFailure,
+    ModelSpec,
+    check_one_class_count,
+    expand_checkpoints,
+    load_candidate,
+    model_spec,
     read_candidates,
 )
 from freeenergy.records.io import read_json, write_json
@@ -44,10 +50,8 @@ def read_record(path: Path, candidate: Candidate) -> dict:
     return record if record.get("sha256") == candidate.sha256 and record.get("format") == RECORD_FORMAT else {}
 
 
-
 def finished(part: dict | None, identity: str) -> bool:
     return bool(part) and part.get("identity") == identity
-
 
 
 @dataclass
@@ -86,16 +90,20 @@ def prepare(cfg: DictConfig, conf_dir: str | Path | None = None) -> Prepared:
     for failure in failures:
         tqdm.write(f"NOT RANKED: {failure.message}")
     if not candidates:
-        raise ValueError(f"none of the {len(files)} checkpoint file(s) loads into rank.model={cfg.rank.model!r} (see the "
-                         "lines above); check the architecture, rank.model_kwargs and the files.")
+        raise ValueError(
+            f"none of the {len(files)} checkpoint file(s) loads into rank.model={cfg.rank.model!r} (see the "
+            "lines above); check the architecture, rank.model_kwargs and the files."
+        )
     num_classes = check_one_class_count(candidates)
     device = resolve_device(cfg.device)
     data = load_rank_data(cfg, spec, device)
     data_classes = len(data.class_names)
     if not cfg.rank.fit_head and num_classes != data_classes:
-        raise ValueError(f"the checkpoints' classifier has {num_classes} classes but rank.data={cfg.rank.data!r} has "
-                         f"{data_classes}: measure on the data they were trained on, or set rank.fit_head=true to fit a "
-                         "fresh linear head on frozen features.")
+        raise ValueError(
+            f"the checkpoints' classifier has {num_classes} classes but rank.data={cfg.rank.data!r} has "
+            f"{data_classes}: measure on the data they were trained on, or set rank.fit_head=true to fit a "
+            "fresh linear head on frozen features."
+        )
     records_dir = Path(cfg.rank.results) / "records"
     paths = {c.name: record_path(records_dir, c) for c in candidates}
     records = {c.name: read_record(paths[c.name], c) for c in candidates}

@@ -11,14 +11,16 @@ Layout of one experiment (``runs/<experiment>/``)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from freeenergy.records.io import RecordError, read_json, write_json
 from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, RecordCheck, content_problems
 
 # ---------------------------------------------------------------- checkpoints
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -67,8 +69,11 @@ class Checkpoint:
         write_json(self.record_path(step), record)
 
     def run_record(self) -> dict:
-        return read_json(self.run_dir / RUN_FILE, fix="rerun scripts/pretrain.py with this run's settings: it "
-                                                      "verifies the run's checkpoints and rewrites or retrains it")
+        return read_json(
+            self.run_dir / RUN_FILE,
+            fix="rerun scripts/pretrain.py with this run's settings: it "
+            "verifies the run's checkpoints and rewrites or retrains it",
+        )
 
     @property
     def name(self) -> str:
@@ -88,19 +93,27 @@ class Checkpoint:
         if owner != (self.run_id, self.epoch):
             return RecordCheck("damaged", f"belongs to another checkpoint ({owner[0]}, epoch {owner[1]})", record)
         if settings is not None and "settings" not in record:
-            return RecordCheck("other_settings", "made before records carried their settings (cannot be verified)",
-                               record)
+            return RecordCheck(
+                "other_settings", "made before records carried their settings (cannot be verified)", record
+            )
         problems = content_problems(step, record, record.get("settings"))  # consistent with its own settings
         if problems:
             return RecordCheck("damaged", "; ".join(problems[:3]), record)
         if settings is not None and record["settings"] != dict(settings):
             from freeenergy.records.identity import differences
+
             changed = differences(record["settings"], dict(settings))
-            return RecordCheck("other_settings", "made with other settings: " + "; ".join(changed[:4])
-                               + (f"; … ({len(changed)} in all)" if len(changed) > 4 else ""), record)
+            return RecordCheck(
+                "other_settings",
+                "made with other settings: "
+                + "; ".join(changed[:4])
+                + (f"; … ({len(changed)} in all)" if len(changed) > 4 else ""),
+                record,
+            )
         if model_sha256 is not None and record.get("model_sha256") != model_sha256:
-            return RecordCheck("stale", "made from other weights (model.pt changed since: retrained or replaced)",
-                               record)
+            return RecordCheck(
+                "stale", "made from other weights (model.pt changed since: retrained or replaced)", record
+            )
         return RecordCheck("current", record=record)
 
 
@@ -122,8 +135,9 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
 CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs
 
 
-def checkpoints_of_shard(experiment_dir: str | Path, index: int = 0, count: int = 1,
-                         which: str | Sequence[int] = "all") -> list[Checkpoint]:
+def checkpoints_of_shard(
+    experiment_dir: str | Path, index: int = 0, count: int = 1, which: str | Sequence[int] = "all"
+) -> list[Checkpoint]:
     """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
 
     ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); or a list of
@@ -150,8 +164,11 @@ def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
     if isinstance(which, str):
         if which in CHECKPOINT_CHOICES:
             return
-    elif isinstance(which, Sequence) and which and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
-                                                        for e in which):
+    elif (
+        isinstance(which, Sequence)
+        and which
+        and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in which)
+    ):
         return
     raise ValueError(f"{key}={which!r} is not allowed: choose 'all', 'final' or a list of epochs, e.g. [40, 48].")
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Lists whose order carries no meaning, by their dotted key (matched as a suffix of the value's path).
-ORDER_FREE_KEYS = frozenset({
-    "train.checkpoint_epochs", "train.step_epochs", "downstream.kinds", "fewshot.shots", "fewshot.classifiers",
-})
+ORDER_FREE_KEYS = frozenset(
+    {"train.checkpoint_epochs", "train.step_epochs", "downstream.kinds", "fewshot.shots", "fewshot.classifiers"}
+)
 # Keys that change how a step executes, not what it computes: left out of every identity, by config group
 # (dotted within the group). ``free_energy.auto`` is the rank command's automatic choice of ε and γ (the study
 # takes them as numbers); ``free_energy.checkpoints`` selects which checkpoints a step visits.
@@ -36,7 +37,13 @@ EXECUTION_KEYS = {
     "data": ("root", "download", "format", "cache_dir"),
     "train": ("eval_batch_size", "channels_last", "compile", "overwrite"),
     "free_energy": ("overwrite", "eval_batch_size", "channels_last", "vectorize_chains", "checkpoints", "auto"),
-    "metrics": ("overwrite", "eval_batch_size", "channels_last", "hessian.batch_size", "geometric_complexity.batch_size"),
+    "metrics": (
+        "overwrite",
+        "eval_batch_size",
+        "channels_last",
+        "hessian.batch_size",
+        "geometric_complexity.batch_size",
+    ),
 }
 # Keys that do not change pretraining (only later steps): left out of the run identity, kept in step settings.
 NOT_PRETRAINING_KEYS = {"data": ("downstream_images_per_class",)}
@@ -77,8 +84,10 @@ def canonical(value: Any, path: str = "", order_free: Iterable[str] = ORDER_FREE
     if isinstance(value, (int, float)):
         return _number(value)
     if isinstance(value, Mapping):
-        return {str(k): canonical(v, f"{path}.{k}" if path else str(k), order_free)
-                for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+        return {
+            str(k): canonical(v, f"{path}.{k}" if path else str(k), order_free)
+            for k, v in sorted(value.items(), key=lambda item: str(item[0]))
+        }
     if isinstance(value, (list, tuple)):
         items = [canonical(v, path, order_free) for v in value]
         if _is_order_free(path, order_free):
@@ -120,6 +129,7 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- pretraining runs
 
+
 def effective_checkpoint_epochs(epochs: int, checkpoint_epochs: Iterable[int]) -> list[int]:
     """The epochs a run checkpoints: the configured ones up to ``epochs``, and always the final epoch."""
     return sorted({int(e) for e in checkpoint_epochs if int(e) <= epochs} | {int(epochs)})
@@ -143,8 +153,10 @@ def identity_config(cfg: DictConfig | Mapping[str, Any]) -> dict:
 def run_id_from_identity(identity: Mapping[str, Any]) -> str:
     """A readable, unique run id: the swept values, then the first 8 hex digits of the identity's digest."""
     optim, train = identity["optim"], identity["train"]
-    return (f"lr{optim['lr']:g}-bs{train['batch_size']}-m{optim['momentum']:g}-s{identity['seed']}-"
-            f"{settings_digest(identity)[:8]}")
+    return (
+        f"lr{optim['lr']:g}-bs{train['batch_size']}-m{optim['momentum']:g}-s{identity['seed']}-"
+        f"{settings_digest(identity)[:8]}"
+    )
 
 
 def run_identity(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -19,8 +19,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 NON_FINITE = "non_finite"  # the key listing the fields a writer stored as null because they were NaN/inf
 STALE_TMP_SECONDS = 600  # a temporary file untouched this long belongs to a killed job (saves take seconds)
@@ -86,8 +87,10 @@ def save_figure(figure: Any, path: str | Path, dpi: int, **savefig_options: Any)
     fmt = path.suffix.lstrip(".")
     if fmt not in FIGURE_METADATA:
         raise ValueError(f"{path}: figures are written as {sorted(FIGURE_METADATA)}, not {fmt!r}.")
-    _atomic_write(path, lambda handle: figure.savefig(handle, format=fmt, dpi=dpi, metadata=FIGURE_METADATA[fmt],
-                                                      **savefig_options))
+    _atomic_write(
+        path,
+        lambda handle: figure.savefig(handle, format=fmt, dpi=dpi, metadata=FIGURE_METADATA[fmt], **savefig_options),
+    )
     return path
 
 
@@ -108,6 +111,7 @@ def clean_stale_tmp(folder: str | Path, pattern: str = ".*.tmp", max_age_s: floa
 
 
 # ---------------------------------------------------------------- JSON
+
 
 def plain_value(value: Any) -> Any:
     """numpy and torch scalars/arrays as Python numbers/lists; other values unchanged."""
@@ -178,12 +182,14 @@ def read_json(path: str | Path, fix: str | None = None) -> dict:
 def save_torch(path: str | Path, obj: Any) -> None:
     """Save tensors (a state dict or nested containers of tensors) atomically."""
     import torch  # here, not at the top: the analysis reads records without loading torch
+
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def load_torch(path: str | Path, map_location: Any = "cpu", fix: str | None = None) -> Any:
     """``torch.load(weights_only=True)``; a missing, empty or corrupt file raises ``RecordError`` naming it."""
     import torch
+
     path = Path(path)
     fix = fix or "delete it; the step that wrote it rebuilds it"
     if path.is_file() and path.stat().st_size == 0:
@@ -198,6 +204,7 @@ def load_torch(path: str | Path, map_location: Any = "cpu", fix: str | None = No
 
 
 # ---------------------------------------------------------------- model files
+
 
 @functools.lru_cache(maxsize=4096)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
@@ -222,5 +229,3 @@ def file_sha256(path: str | Path) -> str:
 def model_fields(path: str | Path) -> dict[str, Any]:
     """What ``pretrain.json`` stores about the ``model.pt`` it describes: its sha256, size and mtime."""
     return {"model_sha256": file_sha256(path), "model_file": file_stat(path)}
-
-

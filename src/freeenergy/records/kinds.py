@@ -14,8 +14,9 @@ provenance:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from freeenergy.records.io import NON_FINITE
 
@@ -25,6 +26,7 @@ MODEL_FILE = "model.pt"
 PRETRAIN_RECORD = "pretrain"
 
 # ---------------------------------------------------------------- what makes a record finished
+
 
 @dataclass(frozen=True)
 class RecordKind:
@@ -42,23 +44,40 @@ class RecordKind:
 
 
 _FREE_ENERGY = RecordKind(
-    finite=("free_energy", "llc", "init_loss", "n", "nbeta"), flag="diverged",
+    finite=("free_energy", "llc", "init_loss", "n", "nbeta"),
+    flag="diverged",
     echoes=(("hyperparameters", "free_energy"), ("seed", "free_energy.seed"), ("split", "free_energy.split")),
 )
 RECORD_KINDS: dict[str, RecordKind] = {
-    PRETRAIN_RECORD: RecordKind(finite=("epoch", "train_loss", "train_acc", "val_loss", "val_acc"),
-                                echoes=(("seed", "seed"),)),
+    PRETRAIN_RECORD: RecordKind(
+        finite=("epoch", "train_loss", "train_acc", "heldout_loss", "heldout_acc"), echoes=(("seed", "seed"),)
+    ),
     "free_energy": _FREE_ENERGY,
     "free_energy_downstream": _FREE_ENERGY,
     "finetune": RecordKind(
         finite=("test_acc", "test_loss", "initial_test_acc", "initial_test_loss"),
-        echoes=(("config", "finetune"), ("seed", "seed"), ("lr", "finetune.lr"), ("backbone_lr", "finetune.backbone_lr"),
-                ("batch_size", "finetune.batch_size"), ("epochs", "finetune.epochs"))),
+        echoes=(
+            ("config", "finetune"),
+            ("seed", "seed"),
+            ("lr", "finetune.lr"),
+            ("backbone_lr", "finetune.backbone_lr"),
+            ("batch_size", "finetune.batch_size"),
+            ("epochs", "finetune.epochs"),
+        ),
+    ),
     "fewshot": RecordKind(finite=("results[].mean_acc",), echoes=(("config", "fewshot"), ("seed", "seed"))),
     "metrics": RecordKind(
-        finite=("train_loss", "train_acc", "heldout_loss", "heldout_acc", "hessian_trace", "nc_cdnv",
-                "geometric_complexity"),
-        echoes=(("config", "metrics"), ("seed", "metrics.seed"))),
+        finite=(
+            "train_loss",
+            "train_acc",
+            "heldout_loss",
+            "heldout_acc",
+            "hessian_trace",
+            "nc_cdnv",
+            "geometric_complexity",
+        ),
+        echoes=(("config", "metrics"), ("seed", "metrics.seed")),
+    ),
 }
 
 
@@ -73,8 +92,11 @@ def _values_at(record: Any, dotted: str) -> list[tuple[str, Any]]:
     if is_list:
         if not isinstance(value, list) or not value:
             return [(dotted, ...)]
-        return [(f"{key}[{i}].{p}" if rest else f"{key}[{i}]", v)
-                for i, item in enumerate(value) for p, v in (_values_at(item, rest) if rest else [("", item)])]
+        return [
+            (f"{key}[{i}].{p}" if rest else f"{key}[{i}]", v)
+            for i, item in enumerate(value)
+            for p, v in (_values_at(item, rest) if rest else [("", item)])
+        ]
     return [(f"{key}.{p}", v) for p, v in _values_at(value, rest)] if rest else [(key, value)]
 
 
@@ -95,8 +117,11 @@ def _disagreements(recorded: Any, requested: Any, path: str, settings_path: str)
     if requested is None or requested is ... or recorded is ...:
         return []
     if isinstance(recorded, Mapping) and isinstance(requested, Mapping):
-        return [d for key in sorted(set(recorded) & set(requested))
-                for d in _disagreements(recorded[key], requested[key], f"{path}.{key}", f"{settings_path}.{key}")]
+        return [
+            d
+            for key in sorted(set(recorded) & set(requested))
+            for d in _disagreements(recorded[key], requested[key], f"{path}.{key}", f"{settings_path}.{key}")
+        ]
     if canonical(recorded, settings_path) == canonical(requested, settings_path):
         return []
     return [f"{path}: {recorded!r} (its settings: {requested!r})"]
@@ -122,8 +147,9 @@ def content_problems(kind: str, record: Mapping[str, Any], settings: Mapping[str
                 problems.append(f"{path}={value!r} is not a finite number")
     if settings is not None:
         for field_name, settings_key in spec.echoes:
-            problems += _disagreements(record.get(field_name, ...), _select(settings, settings_key), field_name,
-                                       settings_key)
+            problems += _disagreements(
+                record.get(field_name, ...), _select(settings, settings_key), field_name, settings_key
+            )
     return problems
 
 
@@ -160,8 +186,9 @@ class RecordCheck:
         return self.status == "current"
 
 
-
-
 def recorded_number(value: Any) -> float:
-    """A number read from a record: null (a non-finite value when it was written) or absent as NaN."""
-    return math.nan if value is None else float(value)
+    """A number read from a record as a float: null (a non-finite value when it was written), a missing field
+    (pass ``None``), a bool or a non-number as NaN. The one reader of recorded numbers (analysis, rank)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value) if math.isfinite(value) else math.nan

@@ -21,21 +21,24 @@ stores with them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.records.identity import EXECUTION_KEYS, canonical
-from freeenergy.records.kinds import PRETRAIN_RECORD
 from freeenergy.records.checkpoints import Checkpoint, Provenance
+from freeenergy.records.identity import EXECUTION_KEYS, canonical
 from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, read_json
+from freeenergy.records.kinds import PRETRAIN_RECORD
 
 log = logging.getLogger(__name__)
-PRETRAIN_FIX = ("rerun scripts/pretrain.py with the experiment's settings: it verifies every finished run and "
-                "retrains one whose checkpoint changed")
+PRETRAIN_FIX = (
+    "rerun scripts/pretrain.py with the experiment's settings: it verifies every finished run and "
+    "retrains one whose checkpoint changed"
+)
 
 
 def data_identity(cfg: DictConfig) -> dict:
@@ -81,8 +84,10 @@ def verify_model(checkpoint: Checkpoint) -> tuple[str | None, str | None]:
         return recorded, None  # unchanged since pretraining wrote it: no need to rehash
     sha = file_sha256(path)
     if recorded and sha != recorded:
-        reason = model_problem(path) or (f"{path}: replaced since pretraining (its sha256 differs from the one "
-                                         f"{checkpoint.record_path(PRETRAIN_RECORD).name} stored)")
+        reason = model_problem(path) or (
+            f"{path}: replaced since pretraining (its sha256 differs from the one "
+            f"{checkpoint.record_path(PRETRAIN_RECORD).name} stored)"
+        )
         return sha, f"{reason} Fix: {PRETRAIN_FIX}."
     return sha, None
 
@@ -96,8 +101,14 @@ class StepPlan:
     failed: dict[Checkpoint, str] = field(default_factory=dict)  # → why
 
 
-def plan_step(checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str, Any]], overwrite: bool,
-              overwrite_key: str, label: str, device: Any) -> StepPlan:
+def plan_step(
+    checkpoints: list[Checkpoint],
+    settings: Mapping[str, Mapping[str, Any]],
+    overwrite: bool,
+    overwrite_key: str,
+    label: str,
+    device: Any,
+) -> StepPlan:
     """Check every checkpoint's model file and records against the request (see the module docstring).
 
     ``settings``: record name → canonical settings. Raises ``ValueError`` (before any compute) when records
@@ -120,8 +131,9 @@ def plan_step(checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str,
         for name, wanted in settings.items():
             check = checkpoint.check_record(name, wanted, sha)
             if check.current and not overwrite:
-                reused_runtimes.append((str(checkpoint.record_path(name)),
-                                        runtime_differences(check.record.get("runtime"), runtime)))
+                reused_runtimes.append(
+                    (str(checkpoint.record_path(name)), runtime_differences(check.record.get("runtime"), runtime))
+                )
                 continue
             if check.status in ("damaged", "stale"):
                 tqdm.write(f"{checkpoint.record_path(name)}: {check.reason}; recomputing it.")
@@ -139,7 +151,8 @@ def plan_step(checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str,
             f"{label}: {len(refused)} record(s) were made with other settings than this request, or before records "
             f"carried their settings: {'; '.join(refused[:3])}{' …' if len(refused) > 3 else ''}. Nothing was "
             f"computed. To recompute them with these settings add {overwrite_key}=true; to keep both, write the new "
-            "results to another folder (experiment_name=…).")
+            "results to another folder (experiment_name=…)."
+        )
     warn_runtime_mismatch(label, reused_runtimes)
     return plan
 
@@ -148,8 +161,10 @@ def exit_if_failed(step: str, outcomes: Iterable[Any]) -> None:
     """End the process with status 1 when any checkpoint of a step failed (after the others were done)."""
     failed = [o.checkpoint for o in outcomes if o.status == "failed"]
     if failed:
-        raise SystemExit(f"{step}: {len(failed)} checkpoint(s) failed ({', '.join(failed[:5])}"
-                         f"{', …' if len(failed) > 5 else ''}); the messages above say why and how to fix it.")
+        raise SystemExit(
+            f"{step}: {len(failed)} checkpoint(s) failed ({', '.join(failed[:5])}"
+            f"{', …' if len(failed) > 5 else ''}); the messages above say why and how to fix it."
+        )
 
 
 @dataclass
@@ -169,9 +184,16 @@ def warn_failed(step: str, failed: list[str]) -> None:
 
 
 def run_checkpoint_step(
-    label: str, checkpoints: list[Checkpoint], settings: Mapping[str, Mapping[str, Any]], overwrite: bool,
-    overwrite_key: str, device: Any, verb: str, prepare: Callable[[], Callable[[Checkpoint, list[str]], Outcome]],
-    progress: bool = True, where: str | Path = "",
+    label: str,
+    checkpoints: list[Checkpoint],
+    settings: Mapping[str, Mapping[str, Any]],
+    overwrite: bool,
+    overwrite_key: str,
+    device: Any,
+    verb: str,
+    prepare: Callable[[], Callable[[Checkpoint, list[str]], Outcome]],
+    progress: bool = True,
+    where: str | Path = "",
 ) -> list[Outcome]:
     """The frame every checkpoint step shares: plan (``plan_step``), report, compute what is left, report failures.
 
@@ -183,8 +205,10 @@ def run_checkpoint_step(
     outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped}
     outcomes |= {c: Outcome(c.name, "failed") for c in plan.failed}
     pending = list(plan.todo)
-    print(f"{label}: {len(checkpoints)} checkpoints in {where}, {len(plan.skipped)} finished already, "
-          f"{len(pending)} to {verb}" + (f", {len(plan.failed)} failed" if plan.failed else ""))
+    print(
+        f"{label}: {len(checkpoints)} checkpoints in {where}, {len(plan.skipped)} finished already, "
+        f"{len(pending)} to {verb}" + (f", {len(plan.failed)} failed" if plan.failed else "")
+    )
     if pending:
         compute = prepare()
         for checkpoint in tqdm(pending, desc=label, unit="checkpoint", disable=not progress):
