@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point
+from freeenergy.cli import prepare_entry_point, user_errors
 
 prepare_entry_point(__file__, __doc__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -60,7 +60,7 @@ def main() -> None:
     # rank.* keys select the rank command's config (checkpoint files), otherwise the study's
     uses_rank = any(arg.lstrip("+~").startswith("rank.") for arg in sys.argv[1:])
     config_name = "rank/default" if uses_rank else "config"
-    hydra.main(config_path="../conf", config_name=config_name, version_base="1.3")(report)()
+    hydra.main(config_path="../conf", config_name=config_name, version_base="1.3")(user_errors(report))()
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ and writes nothing. Run with the project's environment (source .venv/bin/activat
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point
+from freeenergy.cli import prepare_entry_point, user_errors
 
 prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     from freeenergy.analysis import run_analysis  # here: --help and a launcher's parent stay light
 

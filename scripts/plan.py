@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from freeenergy.cli import prepare_entry_point
+from freeenergy.cli import prepare_entry_point, user_errors
 from freeenergy.plan import (
     describe,
     joblib_available,
@@ -45,6 +45,7 @@ sys.argv[1:1] = [
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
     launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores(), joblib_available())

@@ -10,12 +10,13 @@ an interrupted one resumes from resume.pt. Run with the project's environment (s
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point
+from freeenergy.cli import prepare_entry_point, user_errors
 
 prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     from freeenergy.pretrain.trainer import run_pretraining  # here: a launcher's parent process needs no torch
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point
+from freeenergy.cli import prepare_entry_point, user_errors
 from freeenergy.rank import run_rank
 from freeenergy.rank.report import markdown_table
 
@@ -22,6 +22,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @hydra.main(config_path="../conf", config_name="rank/default", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     result = run_rank(cfg, CONF_DIR)
     print(markdown_table(result.table))

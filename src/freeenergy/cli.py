@@ -5,12 +5,19 @@ Torch-free, so that a launcher's submitting process (Hydra's joblib or submitit 
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
-ROOT_VARIABLE = "FREEENERGY_ROOT"  # conf/config.yaml: paths.root = ${oc.env:FREEENERGY_ROOT,.}
+ROOT_VARIABLE = "FREEENERGY_ROOT"
+DEBUG_VARIABLE = "HYDRA_FULL_ERROR"  # =1: a user error shows its whole traceback (Hydra's own switch)
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # the shell's status for Ctrl-C  # conf/config.yaml: paths.root = ${oc.env:FREEENERGY_ROOT,.}
 _NO_DESCRIPTION = "(no description)"
 
 
@@ -35,3 +42,33 @@ def prepare_entry_point(script: str | Path, description: str | None) -> Path:
     # Hydra fills the help template with string.Template, for which '$' starts a placeholder.
     OmegaConf.register_new_resolver("script_doc", lambda: text.replace("$", "$$"), replace=True)
     return root
+
+
+def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a script's Hydra task function so that a user error prints one line and exits with status 2.
+
+    A user error is what the project raises for a bad value, file or folder: ``ValueError`` (config values,
+    records, checkpoints, whose messages name the key or file, the value and the fix), ``FileNotFoundError``
+    and ``PermissionError``. The traceback is shown only with ``HYDRA_FULL_ERROR=1``. Ctrl-C prints one line and
+    exits with status 130; anything else (a bug) keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except (ValueError, FileNotFoundError, PermissionError) as error:
+            if os.environ.get(DEBUG_VARIABLE) == "1":
+                raise
+            print(f"error: {one_line(error)}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            sys.exit(USER_ERROR_STATUS)
+        except KeyboardInterrupt:
+            print("interrupted: finished records are kept; run the same command again to continue", file=sys.stderr)
+            sys.exit(INTERRUPTED_STATUS)
+
+    return wrapper
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (whitespace runs collapsed)."""
+    return " ".join(str(error).split()) or type(error).__name__
