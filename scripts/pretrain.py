@@ -18,9 +18,10 @@ prepare_entry_point(__file__, __doc__)
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    from freeenergy.pretrain.sweeps import with_joint_setting
     from freeenergy.pretrain.trainer import run_pretraining  # here: a launcher's parent process needs no torch
 
-    run_pretraining(cfg)
+    run_pretraining(with_joint_setting(cfg))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,8 @@ from conftest import compose_config, tiny_overrides
 from omegaconf import OmegaConf
 
 from freeenergy.analysis import SUMMARY_COLUMNS
-from freeenergy.analysis.stats import (
-    METHODS,
-    BootstrapSettings,
-    LevelSet,
-    correlate,
-    correlation_table,
-    level_set_table,
-)
+from freeenergy.analysis.level_set import LevelSet, level_set_table
+from freeenergy.analysis.stats import METHODS, BootstrapSettings, correlate, correlation_table
 from freeenergy.analysis.table import base_setting, build_summary, flagged, usable_estimates
 from freeenergy.free_energy.diagnostics import Health
 from freeenergy.pretrain.sweeps import study_runs

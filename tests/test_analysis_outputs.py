@@ -23,18 +23,11 @@ from matplotlib.patches import Rectangle
 from test_analysis import EPOCHS, N_UP, SEEDS, Fake, fake  # noqa: F401  (fake is a fixture)
 
 from freeenergy.analysis import run_analysis
-from freeenergy.analysis.figures import (
-    FLAGGED_GID,
-    column_labels,
-    draw_sweep,
-    draw_terms,
-    draw_traces,
-    expected_files,
-    plotting_frame,
-    save,
-)
+from freeenergy.analysis.figures import draw_sweep, expected_files
 from freeenergy.analysis.output import remove_leftover_temp_files, write_csv
+from freeenergy.analysis.plotting import FLAGGED_GID, column_labels, plotting_frame, save
 from freeenergy.analysis.report import RESULT_FILES
+from freeenergy.analysis.sgld_figures import draw_terms, draw_traces
 from freeenergy.analysis.stats import BootstrapSettings, correlation_table
 from freeenergy.analysis.table import build_summary
 from freeenergy.pretrain.sweeps import study_runs

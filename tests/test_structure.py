@@ -76,8 +76,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_there_is_no_import_circle_in_the_package():
     # a package's __init__ importing its own submodules is not a circle of meaning: leave those edges out
     graph = {
-        name: {m for m in targets if not (PACKAGE.joinpath(*name.split(".")[1:], "__init__.py").exists()
-                                          and m.startswith(name + "."))}
+        name: {
+            m
+            for m in targets
+            if not (PACKAGE.joinpath(*name.split(".")[1:], "__init__.py").exists() and m.startswith(name + "."))
+        }
         for name, targets in import_graph().items()
     }
     assert cycles(graph) == []
@@ -98,7 +101,9 @@ def test_the_estimator_core_reads_no_config_and_no_files():
 
 
 def test_no_file_of_the_package_is_longer_than_one_job():
-    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"split these by job (at most {MAX_LINES} lines): {long}"
 
 
@@ -114,7 +119,12 @@ def test_the_readme_layout_lists_the_package_as_it_is():
             continue
         entries.add(part[0] + "/" if len(part) > 1 else part[0])
     if not entries:  # not a git checkout (e.g. an sdist): read the folder instead
-        entries = {p.name + "/" if p.is_dir() else p.name for p in PACKAGE.iterdir()
-                   if not p.name.startswith(("_", ".")) and p.suffix in ("", ".py")}
-    assert listed == entries, f"README Layout lists {sorted(listed - entries)} that are not in src/freeenergy, and " \
-                              f"misses {sorted(entries - listed)}"
+        entries = {
+            p.name + "/" if p.is_dir() else p.name
+            for p in PACKAGE.iterdir()
+            if not p.name.startswith(("_", ".")) and p.suffix in ("", ".py")
+        }
+    assert listed == entries, (
+        f"README Layout lists {sorted(listed - entries)} that are not in src/freeenergy, and "
+        f"misses {sorted(entries - listed)}"
+    )

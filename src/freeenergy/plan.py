@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from freeenergy.pretrain.sweeps import SWEEP_AXES
+from freeenergy.pretrain.sweeps import JOINT, SWEEP_AXES, joint_settings
+from freeenergy.pretrain.sweeps import study_settings as study_runs
 
 UPSTREAM_CLASSES = 64  # CIFAR-FS, mini-ImageNet and the synthetic default all split 64 / 16 / 20
 NATIVE_IMAGES_PER_CLASS = {"cifar_fs": 600, "mini_imagenet": 600}  # the datasets' own sizes
@@ -65,11 +66,8 @@ class LaunchPlan:
 
 
 def study_settings(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The distinct settings the one-at-a-time sweeps train: each listed value of an axis, the others at base.
-
-    As ``scripts/sweep_overrides.py`` launches them: the base setting trains (once) when an axis lists its
-    value, as every experiment's sweeps do.
-    """
+    """The distinct settings the study trains: each listed value of a one-at-a-time axis (the others at base;
+    the base once), then the jointly drawn ones (``sweep.joint``)."""
     base = {axis: OmegaConf.select(cfg, key) for axis, key in SWEEP_AXES.items()}
     settings: list[dict[str, Any]] = []
     for axis in SWEEP_AXES:
@@ -77,7 +75,7 @@ def study_settings(cfg: DictConfig) -> list[dict[str, Any]]:
             setting = {**base, axis: value}
             if setting not in settings:  # numbers compare by value: 0 == 0.0
                 settings.append(setting)
-    return settings
+    return settings + [s for s in joint_settings(cfg.sweep.get(JOINT)) if s not in settings]
 
 
 def saved_epochs(train: Mapping[str, Any]) -> tuple[int, ...]:
@@ -112,7 +110,8 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
     """Count the runs, checkpoints, SGD and SGLD steps, fine-tunings and episodes an experiment configures."""
     seeds = len(cfg.sweep.seeds)
     settings = study_settings(cfg)
-    runs = len(settings) * seeds
+    study = study_runs(cfg)
+    runs = len(study)
     epochs = saved_epochs(cfg.train)
     checkpoints = runs * len(epochs)
     images = upstream_train_images(cfg.data)
@@ -128,7 +127,7 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         checkpoint_epochs=epochs,
         checkpoints=checkpoints,
         upstream_train_images=images,
-        sgd_steps=seeds * cfg.train.epochs * sum(images // setting["batch_size"] for setting in settings),
+        sgd_steps=cfg.train.epochs * sum(images // run.identity["train"]["batch_size"] for run in study),
         free_energy_estimates=sum(
             runs * _selected_epochs(fe.checkpoints[split], epochs) for split in ("upstream", "downstream")
         ),

@@ -8,30 +8,60 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from freeenergy.analysis.answers_report import (
+    collinearity_section,
+    paired_section,
+    power_section,
+    reliability_section,
+    selection_section,
+    settings_section,
+    verdict_lines,
+    within_section,
+)
 from freeenergy.analysis.figures import AXIS_NAMES, FigureSettings, draw_all, expected_files
+from freeenergy.analysis.headline import headline_numbers
+from freeenergy.analysis.level_set import LevelSet, level_set_table
 from freeenergy.analysis.output import remove_leftover_temp_files, write_csv
+from freeenergy.analysis.questions import Answers, answer
+from freeenergy.analysis.selection_figures import selector_costs
 from freeenergy.analysis.stats import (
     POOLED,
     BootstrapSettings,
-    LevelSet,
     check_methods,
     correlation_table,
     format_correlation,
-    level_set_table,
     lookup,
 )
 from freeenergy.analysis.table import FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged, select_checkpoints
-from freeenergy.pretrain.sweeps import SWEEP_AXES, study_settings
-from freeenergy.records.io import write_text
+from freeenergy.pretrain.sweeps import JOINT, SWEEP_AXES, study_settings
+from freeenergy.records.io import write_json, write_text
 
 SUMMARY_FILE = "summary.csv"
 CORRELATIONS_FILE = "correlations.csv"
 CORRELATIONS_MD = "correlations.md"
 LEVEL_SET_FILE = "level_set.csv"
 HEADLINE_FILE = "headline.txt"  # the headline lines alone, for reproduce.sh to print last
-RESULT_FILES = (SUMMARY_FILE, CORRELATIONS_FILE, CORRELATIONS_MD, LEVEL_SET_FILE, HEADLINE_FILE)
+ANSWER_FILES = {  # questions.Answers field → its CSV
+    "reliability": "reliability.csv",
+    "collinearity": "collinearity.csv",
+    "settings": "settings_table1.csv",
+    "within": "within.csv",
+    "paired": "paired.csv",
+    "selection": "selection.csv",
+    "power": "power.csv",
+}
+HEADLINE_JSON = "headline.json"  # the numbers the verdict rests on (analysis/headline.py; scripts/compare_results.py)
+RESULT_FILES = (
+    SUMMARY_FILE,
+    CORRELATIONS_FILE,
+    CORRELATIONS_MD,
+    LEVEL_SET_FILE,
+    HEADLINE_FILE,
+    HEADLINE_JSON,
+    *ANSWER_FILES.values(),
+)
 HEADLINE_TARGETS = ("finetune_acc", "fewshot_5shot_acc")
 LEVEL_SET_HEADLINE_TARGET = "finetune_acc"
 NAMES = {
@@ -177,7 +207,7 @@ def level_set_markdown(level_sets: pd.DataFrame, a: DictConfig, choices: list[st
 
 
 def correlations_markdown(
-    correlations: pd.DataFrame, level_sets: pd.DataFrame, table: pd.DataFrame, cfg: DictConfig
+    correlations: pd.DataFrame, level_sets: pd.DataFrame, table: pd.DataFrame, cfg: DictConfig, answers: Answers
 ) -> str:
     """``correlations.md``: Table 1 on the configured checkpoints beside the other choice, each method, each
     sweep, the §5.2 level-set test, and the flagged estimates left out."""
@@ -211,7 +241,9 @@ def correlations_markdown(
                 "",
                 markdown_table(on[choice], POOLED, method, metrics, targets),
             ]
-    for axis in SWEEP_AXES:
+    for axis in [*SWEEP_AXES, JOINT]:
+        if not (on[choices[0]].group == axis).any():
+            continue
         parts += [
             "",
             f"## Pearson r, {AXIS_NAMES[axis]} sweep, `checkpoints={choices[0]}`",
@@ -219,9 +251,24 @@ def correlations_markdown(
             markdown_table(on[choices[0]], axis, "pearson", metrics, targets),
         ]
     parts += level_set_markdown(level_sets, a, choices)
+    parts += answers_markdown(answers, [t for t in targets if t in table])
     flagged_lines = flagged_list(table)
     parts += ["", "## Flagged free-energy estimates (left out of every correlation)", "", *(flagged_lines or ["None."])]
     return "\n".join(parts) + "\n"
+
+
+def answers_markdown(answers: Answers, targets: list[str]) -> list[str]:
+    """The sections on what the design can tell apart (``answers_report``)."""
+    return [
+        "",
+        *reliability_section(answers.reliability),
+        *collinearity_section(answers.collinearity, answers.n_settings),
+        *settings_section(answers.settings, targets),
+        *within_section(answers.within, targets),
+        *paired_section(answers.paired, targets),
+        *selection_section(answers.selection, targets),
+        *power_section(answers.power),
+    ]
 
 
 def other_choice(checkpoints: str) -> str:
@@ -326,11 +373,16 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
     remove_leftover_temp_files(figures_dir, [path.name for path in expected_files(figures_dir)])
     correlations = correlations_of(table, a, choices)
     level_sets = level_sets_of(table, a, choices)
+    answers = answer(table, a)
     paths = {name: results / name for name in RESULT_FILES}
     write_csv(paths[SUMMARY_FILE], table)
     write_csv(paths[CORRELATIONS_FILE], correlations)
     write_csv(paths[LEVEL_SET_FILE], level_sets)
-    write_text(paths[CORRELATIONS_MD], correlations_markdown(correlations, level_sets, table, cfg))
+    for field, name in ANSWER_FILES.items():
+        write_csv(paths[name], getattr(answers, field))
+    write_text(paths[CORRELATIONS_MD], correlations_markdown(correlations, level_sets, table, cfg, answers))
+    finals = correlations[correlations.checkpoints == "final"]
+    write_json(paths[HEADLINE_JSON], headline_numbers(finals, answers.settings, answers.paired))
     primary = correlations[correlations.checkpoints == a.checkpoints]
     figures = draw_all(
         table,
@@ -338,8 +390,16 @@ def run_analysis(cfg: DictConfig) -> AnalysisOutputs:
         cfg.paths.runs,
         figures_dir,
         FigureSettings(a.checkpoints, a.fewshot_n_way, a.dpi, a.trace_smoothing),
+        answers.selection,
+        selector_costs(table, OmegaConf.to_container(a.selectors, resolve=True)),
+        [t for t in a.figure_targets if t in table],
     )
-    lines = [level_set_headline(level_sets, a), headline(primary, a)]
+    targets = [target for target in HEADLINE_TARGETS if target in table]
+    lines = [
+        level_set_headline(level_sets, a),
+        headline(primary, a),
+        *(f"Paired, runs: {line}" for line in verdict_lines(answers.paired, targets)),
+    ]
     write_text(paths[HEADLINE_FILE], "\n".join(lines) + "\n")
     print(
         f"{len(table)} checkpoints of {table['run_id'].nunique()} runs → {paths[SUMMARY_FILE]}\n"

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
-from freeenergy.pretrain.sweeps import SWEEP_AXES, StudyRun, distinguishing_keys
+from freeenergy.pretrain.sweeps import GROUPS, StudyRun, distinguishing_keys, noise_scale
 from freeenergy.records.checkpoints import Checkpoint, iter_checkpoints
 from freeenergy.records.identity import run_identity
 from freeenergy.records.io import read_json
@@ -52,10 +53,12 @@ def free_energy_column_names(prefix: str) -> list[str]:
     return [
         fe,
         f"{fe}_std",
+        f"{fe}_se",
         f"{prefix}llc",
         f"{prefix}llc_std",
         f"{fe}_n",
         f"{fe}_nbeta",
+        f"{fe}_gamma_over_nbeta",
         f"{prefix}init_loss",
         f"{prefix}fe_loss_term",
         f"{prefix}fe_complexity_term",
@@ -93,7 +96,9 @@ SUMMARY_COLUMNS = [
     "seed",
     "epoch",
     "is_final",
-    *(f"in_{axis}_sweep" for axis in SWEEP_AXES),
+    "setting",
+    "noise_scale",
+    *(f"in_{group}_sweep" for group in GROUPS),
     "train_loss",
     "train_acc",
     "heldout_loss",
@@ -103,16 +108,24 @@ SUMMARY_COLUMNS = [
     *free_energy_column_names(""),
     *free_energy_column_names("downstream_"),
     "finetune_acc",
+    "finetune_acc_se",
     "finetune_loss",
+    "finetune_train_loss",
+    "finetune_repeats",
     "fewshot_1shot_acc",
     "fewshot_1shot_ci95",
+    "fewshot_1shot_se",
     "fewshot_5shot_acc",
     "fewshot_5shot_ci95",
+    "fewshot_5shot_se",
     "hessian_trace",
     "hessian_trace_se",
     "nc_cdnv",
     "geometric_complexity",
     "geometric_complexity_se",
+    "num_parameters",
+    "bic",
+    "metrics_seconds",
 ]
 BOOLEAN_COLUMNS = [
     "is_final",
@@ -170,20 +183,26 @@ def free_energy_columns(record: dict | None, prefix: str) -> dict[str, Any]:
     diverged = bool(record.get("diverged")) or not math.isfinite(recorded_number(record.get("free_energy")))
     value = lambda key: math.nan if diverged else recorded_number(record.get(key))
     n, init_loss = recorded_number(record.get("n")), recorded_number(record.get("init_loss"))
+    hyper = record.get("hyperparameters") or {}
+    chains = hyper.get("num_chains")
     loss_term, free_energy = n * init_loss, value("free_energy")
     complexity = free_energy - loss_term
     return {
         fe: free_energy,
         f"{fe}_std": value("free_energy_std"),
+        f"{fe}_se": value("free_energy_std") / math.sqrt(chains) if chains else math.nan,
         f"{prefix}llc": value("llc"),
         f"{prefix}llc_std": value("llc_std"),
         f"{fe}_n": n,
         f"{fe}_nbeta": recorded_number(record.get("nbeta")),
+        f"{fe}_gamma_over_nbeta": recorded_number(hyper.get("localization")) / recorded_number(record.get("nbeta")),
         f"{prefix}init_loss": init_loss,
         f"{prefix}fe_loss_term": loss_term,
         f"{prefix}fe_complexity_term": complexity,
         f"{prefix}fe_complexity_share": complexity / free_energy if free_energy != 0 else math.nan,
         f"{fe}_diverged": diverged,
+        f"{fe}_seconds": recorded_number(record.get("wall_time_s")),
+        **({"num_parameters": recorded_number(record.get("num_parameters"))} if not prefix else {}),
         **health_columns(record, diverged, prefix),
     }
 
@@ -196,8 +215,12 @@ def fewshot_columns(record: dict | None, choice: FewShotChoice) -> dict[str, flo
             for r in (record or {}).get("results", [])
             if r.get("k_shot") == shots and r.get("n_way") == choice.n_way and r.get("classifier") == choice.classifier
         ]
+        ci95 = recorded_number(match[0].get("ci95")) if match else math.nan
+        episodes = recorded_number(match[0].get("episodes")) if match else math.nan
         columns[f"fewshot_{shots}shot_acc"] = recorded_number(match[0].get("mean_acc")) if match else math.nan
-        columns[f"fewshot_{shots}shot_ci95"] = recorded_number(match[0].get("ci95")) if match else math.nan
+        columns[f"fewshot_{shots}shot_ci95"] = ci95
+        # the record's interval is Student-t with episodes − 1 degrees of freedom
+        columns[f"fewshot_{shots}shot_se"] = ci95 / stats.t.ppf(0.975, episodes - 1) if episodes > 1 else math.nan
     return columns
 
 
@@ -213,7 +236,9 @@ def metrics_columns(record: dict | None) -> dict[str, float]:
         "geometric_complexity",
         "geometric_complexity_se",
     ]
-    return {key: recorded_number(record.get(key)) for key in keys}
+    return {key: recorded_number(record.get(key)) for key in keys} | {
+        "metrics_seconds": recorded_number(record.get("wall_time_s"))
+    }
 
 
 def pretrain_columns(record: Mapping[str, Any]) -> dict[str, float]:
@@ -230,6 +255,11 @@ def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
     """Identity of a run: experiment, data, model, optimiser settings and sweep membership (``sweeps``)."""
     config = run.get("config", {})
     optim, train = config.get("optim", {}), config.get("train", {})
+    lr, batch_size, momentum = (
+        recorded_number(optim.get("lr")),
+        train.get("batch_size"),
+        recorded_number(optim.get("momentum")),
+    )
     return {
         "experiment": run.get("experiment"),
         "status": run.get("status"),
@@ -241,7 +271,9 @@ def run_columns(run: Mapping[str, Any], sweeps: list[str]) -> dict[str, Any]:
         "weight_decay": recorded_number(optim.get("weight_decay")),
         "epochs": train.get("epochs"),
         "seed": run.get("seed", config.get("seed")),
-        **{f"in_{axis}_sweep": axis in sweeps for axis in SWEEP_AXES},
+        "setting": f"lr{lr:g}-bs{batch_size}-m{momentum:g}",
+        "noise_scale": noise_scale(lr, batch_size, momentum) if batch_size else math.nan,
+        **{f"in_{group}_sweep": group in sweeps for group in GROUPS},
     }
 
 
@@ -256,11 +288,22 @@ def checkpoint_row(
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["upstream"]), ""))
     row.update(free_energy_columns(_read(checkpoint, STEP_FREE_ENERGY["downstream"]), "downstream_"))
     row.update(
-        finetune_acc=recorded_number(finetune.get("test_acc")), finetune_loss=recorded_number(finetune.get("test_loss"))
+        finetune_acc=recorded_number(finetune.get("test_acc")),
+        finetune_acc_se=recorded_number(finetune.get("test_acc_se")),
+        finetune_loss=recorded_number(finetune.get("test_loss")),
+        finetune_train_loss=recorded_number(finetune.get("train_loss")),
+        finetune_repeats=recorded_number(finetune.get("repeats", 1 if finetune else None)),
     )
     row.update(fewshot_columns(_read(checkpoint, "fewshot"), choice))
     row.update(metrics_columns(_read(checkpoint, "metrics")))
+    row["bic"] = bic(row["train_loss"], row.get("free_energy_n", math.nan), row.get("num_parameters", math.nan))
     return row
+
+
+def bic(train_loss: float, n: float, parameters: float) -> float:
+    """BIC = n·Lₙ + (d/2)·log n (Schwarz 1978) from the eval-mode train loss, the pretraining set's size and the
+    number of parameters: for one architecture it orders checkpoints exactly as the train loss does."""
+    return n * train_loss + parameters / 2 * math.log(n) if n > 1 else math.nan
 
 
 def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from freeenergy.data import ImageSet
 from freeenergy.downstream.finetune import OPTIMIZERS, SCHEDULES
 from freeenergy.downstream.probe import CLASSIFIERS, LogisticOptions
+from freeenergy.records.checkpoints import check_checkpoint_choice
 
 KINDS = ("finetune", "fewshot")
 
@@ -38,7 +39,9 @@ def validate_downstream_config(ds_cfg: DictConfig) -> None:
     _choices(ds_cfg.kinds, "kinds", KINDS)
     _positive_int(ds_cfg, "", "eval_batch_size")
     ft = ds_cfg.finetune
-    _positive_int(ft, "finetune.", "epochs", "batch_size")
+    _positive_int(ft, "finetune.", "epochs", "batch_size", "repeats")
+    for kind in KINDS:
+        check_checkpoint_choice(ds_cfg.checkpoints.get(kind), f"downstream.checkpoints.{kind}")
     if ft.images_per_class is not None:
         _positive_int(ft, "finetune.", "images_per_class")
     if not 0.0 < ft.test_fraction < 1.0:

@@ -9,10 +9,12 @@ with its 95% interval. A record that is finished and current is skipped unless `
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from freeenergy.data import FewShotData, load_data
 from freeenergy.downstream.config import logistic_options, validate_against_data, validate_downstream_config
 from freeenergy.downstream.episodes import Episodes, sample_episodes
-from freeenergy.downstream.finetune import finetune, finetune_split
+from freeenergy.downstream.finetune import FinetuneResult, finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
@@ -83,20 +85,26 @@ def _common_fields(checkpoint: Checkpoint, task: DownstreamTask, kind: str, seco
 
 
 def finetune_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
+    """``finetune.json``: ``downstream.finetune.repeats`` fine-tunings (seeds ``downstream.seed`` + r: head, data
+    order, augmentation; one train/test split), their mean test accuracy and its standard errors."""
     start = time.perf_counter()
     ft = task.cfg.finetune
-    result = finetune(
-        model,
-        task.finetune_train,
-        task.finetune_test,
-        task.preprocess,
-        ft,
-        task.cfg.seed,
-        task.cfg.eval_batch_size,
-        task.memory_format,
-    )
+    results = [
+        finetune(
+            model,
+            task.finetune_train,
+            task.finetune_test,
+            task.preprocess,
+            ft,
+            task.cfg.seed + repeat,
+            task.cfg.eval_batch_size,
+            task.memory_format,
+        )
+        for repeat in range(ft.repeats)
+    ]
+    summary = summarize_repeats(results, len(task.finetune_test[1]))
     return (
-        asdict(result)
+        summary
         | {
             "epochs": ft.epochs,
             "lr": ft.lr,
@@ -109,6 +117,30 @@ def finetune_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTa
         }
         | _common_fields(checkpoint, task, "finetune", time.perf_counter() - start)
     )
+
+
+def summarize_repeats(results: list[FinetuneResult], test_images: int) -> dict:
+    """Means over the repeats and the standard errors of the mean test accuracy: ``test_acc_seed_se`` (sd of the
+    repeats / √repeats; NaN for one repeat), ``test_acc_binomial_se`` (√(p(1 − p)/test images): the test set as
+    a sample of the classes' images) and ``test_acc_se``, the two combined in quadrature."""
+    accuracies = np.array([r.test_acc for r in results])
+    mean = float(accuracies.mean())
+    seed_se = float(accuracies.std(ddof=1) / math.sqrt(len(results))) if len(results) > 1 else math.nan
+    binomial_se = math.sqrt(mean * (1 - mean) / test_images)
+    return {
+        "test_acc": mean,
+        "test_loss": float(np.mean([r.test_loss for r in results])),
+        "train_loss": float(np.mean([r.train_loss for r in results])),
+        "initial_test_acc": float(np.mean([r.initial_test_acc for r in results])),
+        "initial_test_loss": float(np.mean([r.initial_test_loss for r in results])),
+        "steps": results[0].steps,
+        "repeats": len(results),
+        "test_acc_per_repeat": accuracies.tolist(),
+        "train_loss_per_repeat": [r.train_loss for r in results],
+        "test_acc_seed_se": seed_se,
+        "test_acc_binomial_se": binomial_se,
+        "test_acc_se": math.hypot(binomial_se, seed_se if math.isfinite(seed_se) else 0.0),
+    }
 
 
 def fewshot_record(model: nn.Module, checkpoint: Checkpoint, task: DownstreamTask) -> dict:
@@ -159,8 +191,8 @@ def summary_line(name: str, records: dict[str, dict]) -> str:
     if "finetune" in records:
         r = records["finetune"]
         parts.append(
-            f"finetune {100 * r['test_acc']:.1f}% (fresh head {100 * r['initial_test_acc']:.1f}%, "
-            f"{r['wall_time_s']:.1f}s)"
+            f"finetune {100 * r['test_acc']:.1f} ± {100 * r['test_acc_se']:.1f}% over {r['repeats']} seed(s), train "
+            f"loss {r['train_loss']:.3f} (fresh head {100 * r['initial_test_acc']:.1f}%, {r['wall_time_s']:.1f}s)"
         )
     if "fewshot" in records:
         r = records["fewshot"]
@@ -195,7 +227,8 @@ def downstream_settings(cfg: DictConfig, kind: str) -> dict:
 
 
 def run_downstream(cfg: DictConfig) -> list[Outcome]:
-    """Fine-tune and/or few-shot-evaluate every checkpoint of ``cfg.paths.runs`` (``downstream.kinds``).
+    """Fine-tune and/or few-shot-evaluate the checkpoints of ``cfg.paths.runs`` (``downstream.kinds``; each kind
+    on the checkpoints ``downstream.checkpoints.<kind>`` selects).
 
     Which records are reused, recomputed or refused is decided before any compute (``plan_step``).
     """
@@ -203,7 +236,9 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
     validate_downstream_config(ds_cfg)
     set_threads(cfg.get("num_threads"))
     kinds = list(dict.fromkeys(ds_cfg.kinds))
-    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
+    index, count = cfg.shard.index, cfg.shard.count
+    selected = {kind: checkpoints_of_shard(cfg.paths.runs, index, count, ds_cfg.checkpoints[kind]) for kind in kinds}
+    checkpoints = sorted({c for chosen in selected.values() for c in chosen}, key=lambda c: (c.run_id, c.epoch))
     device = resolve_device(cfg.device)
 
     def prepare() -> Callable[[Checkpoint, list[str]], Outcome]:
@@ -223,4 +258,5 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
+        {kind: set(chosen) for kind, chosen in selected.items()},
     )

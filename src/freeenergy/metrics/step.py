@@ -27,7 +27,7 @@ from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.models.evaluate import evaluate
-from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
+from freeenergy.records.checkpoints import Checkpoint, check_checkpoint_choice, checkpoints_of_shard
 from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
 from freeenergy.runtime import resolve_device, set_threads
 
@@ -56,6 +56,7 @@ def validate_metrics_config(m_cfg: DictConfig) -> None:
         _check_positive(m_cfg, key, optional=True)
     if not isinstance(m_cfg.seed, int):
         _refuse("seed", m_cfg.seed, "an integer")
+    check_checkpoint_choice(m_cfg.checkpoints, "metrics.checkpoints")
 
 
 SUBSET_KEYS = ("loss.train_images", "hessian.images", "neural_collapse.images", "geometric_complexity.images")
@@ -210,7 +211,7 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
     m_cfg = cfg.metrics
     validate_metrics_config(m_cfg)
     set_threads(cfg.get("num_threads"))
-    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count)
+    checkpoints = checkpoints_of_shard(cfg.paths.runs, cfg.shard.index, cfg.shard.count, m_cfg.checkpoints)
     device = resolve_device(cfg.device)
 
     def prepare() -> Callable[[Checkpoint, list[str]], Outcome]:

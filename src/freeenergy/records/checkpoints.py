@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from freeenergy.records.io import RecordError, read_json, write_json
 from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, RecordCheck, content_problems
 
@@ -132,45 +134,78 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
 
 
-CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs
+CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs; either, or {epochs: …, seeds: […]}
+Selection = str | Sequence[int] | Mapping[str, Any]
 
 
 def checkpoints_of_shard(
-    experiment_dir: str | Path, index: int = 0, count: int = 1, which: str | Sequence[int] = "all"
+    experiment_dir: str | Path, index: int = 0, count: int = 1, which: Selection = "all"
 ) -> list[Checkpoint]:
     """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
 
-    ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); or a list of
-    epochs, the checkpoints saved at those epochs. Raises ValueError for another value.
+    ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); a list of
+    epochs, the checkpoints saved at those epochs; or a mapping ``{epochs: <one of those>, seeds: [0, …]}`` that
+    also keeps only the runs of those pretraining seeds (``run.json``). Raises ValueError for another value.
     ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
     step as four jobs over disjoint checkpoints.
     """
     if not 0 <= index < count:
         raise ValueError(f"shard.index={index} must lie in [0, shard.count={count}).")
+    if OmegaConf.is_config(which):
+        which = OmegaConf.to_object(which)
     check_checkpoint_choice(which)
+    epochs, seeds = _parts(which)
     checkpoints = list(iter_checkpoints(experiment_dir))
-    if which == "final":
+    if epochs == "final":
         last: dict[str, int] = {}
         for checkpoint in checkpoints:
             last[checkpoint.run_id] = max(last.get(checkpoint.run_id, 0), checkpoint.epoch)
         checkpoints = [c for c in checkpoints if c.epoch == last[c.run_id]]
-    elif not isinstance(which, str):
-        checkpoints = [c for c in checkpoints if c.epoch in set(which)]
+    elif not isinstance(epochs, str):
+        checkpoints = [c for c in checkpoints if c.epoch in set(epochs)]
+    if seeds is not None:
+        seed_of = {
+            run: read_json(Path(experiment_dir) / run / RUN_FILE).get("seed") for run in {c.run_id for c in checkpoints}
+        }
+        checkpoints = [c for c in checkpoints if seed_of[c.run_id] in set(seeds)]
     return checkpoints[index::count]
 
 
-def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
-    """Refuse a checkpoint selection other than ``all``, ``final`` or a non-empty list of positive epochs."""
+def _parts(which: Selection) -> tuple[str | Sequence[int], Sequence[int] | None]:
+    if isinstance(which, Mapping):
+        return which.get("epochs", "all"), which.get("seeds")
+    return which, None
+
+
+def _is_epoch_choice(which: object) -> bool:
     if isinstance(which, str):
-        if which in CHECKPOINT_CHOICES:
-            return
-    elif (
+        return which in CHECKPOINT_CHOICES
+    return (
         isinstance(which, Sequence)
-        and which
+        and bool(which)
         and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in which)
-    ):
+    )
+
+
+def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
+    """Refuse a checkpoint selection other than ``all``, ``final``, a non-empty list of positive epochs, or
+    ``{epochs: <one of those>, seeds: <a non-empty list of integers>}``."""
+    if isinstance(which, Mapping):
+        seeds = which.get("seeds")
+        valid_seeds = seeds is None or (
+            isinstance(seeds, Sequence)
+            and not isinstance(seeds, str)
+            and bool(seeds)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        )
+        if set(which) <= {"epochs", "seeds"} and _is_epoch_choice(which.get("epochs", "all")) and valid_seeds:
+            return
+    elif _is_epoch_choice(which):
         return
-    raise ValueError(f"{key}={which!r} is not allowed: choose 'all', 'final' or a list of epochs, e.g. [40, 48].")
+    raise ValueError(
+        f"{key}={which!r} is not allowed: choose 'all', 'final', a list of epochs (e.g. [40, 48]), or "
+        "{epochs: final, seeds: [0]} to keep only some pretraining seeds."
+    )
 
 
 def epoch_dirname(epoch: int) -> str:

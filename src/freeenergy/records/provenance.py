@@ -21,7 +21,7 @@ stores with them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -108,10 +108,12 @@ def plan_step(
     overwrite_key: str,
     label: str,
     device: Any,
+    selected: Mapping[str, Collection[Checkpoint]] | None = None,
 ) -> StepPlan:
     """Check every checkpoint's model file and records against the request (see the module docstring).
 
-    ``settings``: record name → canonical settings. Raises ``ValueError`` (before any compute) when records
+    ``settings``: record name → canonical settings; ``selected`` (optional): record name → the checkpoints that
+    record is wanted for (the others are not checked for it). Raises ``ValueError`` (before any compute) when records
     made with other settings exist and ``overwrite`` is false: it names them, says what differs, and the fix.
     """
     from freeenergy.runtime import runtime_differences, runtime_info, warn_runtime_mismatch
@@ -129,6 +131,8 @@ def plan_step(
             continue
         names = []
         for name, wanted in settings.items():
+            if selected is not None and checkpoint not in selected[name]:
+                continue
             check = checkpoint.check_record(name, wanted, sha)
             if check.current and not overwrite:
                 reused_runtimes.append(
@@ -194,6 +198,7 @@ def run_checkpoint_step(
     prepare: Callable[[], Callable[[Checkpoint, list[str]], Outcome]],
     progress: bool = True,
     where: str | Path = "",
+    selected: Mapping[str, Collection[Checkpoint]] | None = None,
 ) -> list[Outcome]:
     """The frame every checkpoint step shares: plan (``plan_step``), report, compute what is left, report failures.
 
@@ -201,7 +206,7 @@ def run_checkpoint_step(
     that computes, records and reports one checkpoint's records (the names ``plan_step`` left to do). Returns one
     ``Outcome`` per checkpoint, in order.
     """
-    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device)
+    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device, selected)
     outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped}
     outcomes |= {c: Outcome(c.name, "failed") for c in plan.failed}
     pending = list(plan.todo)
