@@ -23,9 +23,11 @@ from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, s
     ],
 )
 def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, checkpoints):
-    plan = plan_study(compose_config([f"experiment={experiment}", "free_energy.checkpoints.downstream=all"]))
+    cfg = compose_config([f"experiment={experiment}", "free_energy.checkpoints.downstream=all"])
+    plan = plan_study(cfg)
     assert (plan.runs, plan.checkpoints, plan.free_energy_estimates) == (runs, checkpoints, 2 * checkpoints)
-    assert plan.metric_records == plan.finetunings == checkpoints
+    assert plan.metric_records == checkpoints
+    assert plan.finetunings == checkpoints * cfg.downstream.finetune.repeats  # every checkpoint, each repeat
 
 
 def test_plan_counts_one_estimate_per_run_for_a_split_kept_to_final_checkpoints():

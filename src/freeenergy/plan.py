@@ -97,20 +97,35 @@ def upstream_train_images(data: Mapping[str, Any]) -> int:
     return UPSTREAM_CLASSES * (per_class - heldout)
 
 
-def _selected_epochs(which: object, epochs: list[int]) -> int:
-    """How many of a run's checkpoint ``epochs`` a ``free_energy.checkpoints.<split>`` selection keeps."""
-    if which == "all":
-        return len(epochs)
-    if which == "final":
-        return 1
-    return len(set(which) & set(epochs))
+def selected_checkpoints(which: object, runs: list, epochs: tuple[int, ...]) -> int:
+    """How many of the study's checkpoints (``runs`` × saved ``epochs``) a checkpoint selection keeps: ``all``,
+    ``final``, a list of epochs, ``{epochs: …, seeds: […]}`` or a list of those (``records.checkpoints``)."""
+    which = OmegaConf.to_object(which) if OmegaConf.is_config(which) else which
+    parts = which if isinstance(which, list) and which and isinstance(which[0], dict) else [which]
+    chosen = set()
+    for part in parts:
+        kept, seeds = (part.get("epochs", "all"), part.get("seeds")) if isinstance(part, dict) else (part, None)
+        kept_epochs = epochs if kept == "all" else (max(epochs),) if kept == "final" else tuple(set(kept) & set(epochs))
+        chosen |= {
+            (run.run_id, e) for run in runs if seeds is None or run.identity["seed"] in seeds for e in kept_epochs
+        }
+    return len(chosen)
+
+
+def _setting_of(run) -> dict[str, Any]:
+    identity = run.identity
+    return {
+        "lr": identity["optim"]["lr"],
+        "batch_size": identity["train"]["batch_size"],
+        "momentum": identity["optim"]["momentum"],
+    }
 
 
 def plan_study(cfg: DictConfig) -> StudyPlan:
     """Count the runs, checkpoints, SGD and SGLD steps, fine-tunings and episodes an experiment configures."""
     seeds = len(cfg.sweep.seeds)
     settings = study_settings(cfg)
-    study = study_runs(cfg)
+    study = [run for run in study_runs(cfg) if _setting_of(run) in settings]  # the base trains only when listed
     runs = len(study)
     epochs = saved_epochs(cfg.train)
     checkpoints = runs * len(epochs)
@@ -129,12 +144,22 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         upstream_train_images=images,
         sgd_steps=cfg.train.epochs * sum(images // run.identity["train"]["batch_size"] for run in study),
         free_energy_estimates=sum(
-            runs * _selected_epochs(fe.checkpoints[split], epochs) for split in ("upstream", "downstream")
+            selected_checkpoints(fe.checkpoints[split], study, epochs) for split in ("upstream", "downstream")
         ),
         sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
-        finetunings=checkpoints if "finetune" in kinds else 0,
-        fewshot_episodes=checkpoints * len(fewshot.shots) * fewshot.episodes if "fewshot" in kinds else 0,
-        metric_records=checkpoints,
+        finetunings=(
+            selected_checkpoints(cfg.downstream.checkpoints.finetune, study, epochs) * cfg.downstream.finetune.repeats
+            if "finetune" in kinds
+            else 0
+        ),
+        fewshot_episodes=(
+            selected_checkpoints(cfg.downstream.checkpoints.fewshot, study, epochs)
+            * len(fewshot.shots)
+            * fewshot.episodes
+            if "fewshot" in kinds
+            else 0
+        ),
+        metric_records=selected_checkpoints(cfg.metrics.checkpoints, study, epochs),
     )
 
 

@@ -134,8 +134,8 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
 
 
-CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs; either, or {epochs: …, seeds: […]}
-Selection = str | Sequence[int] | Mapping[str, Any]
+CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs; either, or {epochs: …, seeds: […]}; or a list of those
+Selection = str | Sequence[int] | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 def checkpoints_of_shard(
@@ -144,8 +144,9 @@ def checkpoints_of_shard(
     """Every ``count``-th checkpoint of an experiment, from ``index``: one job's share of an array.
 
     ``which``: ``"all"``; ``"final"``, the last checkpoint of each run (the latest epoch saved); a list of
-    epochs, the checkpoints saved at those epochs; or a mapping ``{epochs: <one of those>, seeds: [0, …]}`` that
-    also keeps only the runs of those pretraining seeds (``run.json``). Raises ValueError for another value.
+    epochs, the checkpoints saved at those epochs; a mapping ``{epochs: <one of those>, seeds: [0, …]}`` that
+    also keeps only the runs of those pretraining seeds (``run.json``); or a list of such mappings, their union
+    (e.g. ``[{epochs: final}, {epochs: [40], seeds: [0]}]``). Raises ValueError for another value.
     ``python scripts/free_energy.py -m shard.index=0,1,2,3 shard.count=4 hydra/launcher=slurm`` runs a
     step as four jobs over disjoint checkpoints.
     """
@@ -154,6 +155,9 @@ def checkpoints_of_shard(
     if OmegaConf.is_config(which):
         which = OmegaConf.to_object(which)
     check_checkpoint_choice(which)
+    if _is_union(which):
+        chosen = {c for part in which for c in checkpoints_of_shard(experiment_dir, which=part)}
+        return sorted(chosen, key=lambda c: (c.run_id, c.epoch))[index::count]
     epochs, seeds = _parts(which)
     checkpoints = list(iter_checkpoints(experiment_dir))
     if epochs == "final":
@@ -169,6 +173,15 @@ def checkpoints_of_shard(
         }
         checkpoints = [c for c in checkpoints if seed_of[c.run_id] in set(seeds)]
     return checkpoints[index::count]
+
+
+def _is_union(which: object) -> bool:
+    return (
+        isinstance(which, Sequence)
+        and not isinstance(which, str)
+        and bool(which)
+        and all(isinstance(part, Mapping) for part in which)
+    )
 
 
 def _parts(which: Selection) -> tuple[str | Sequence[int], Sequence[int] | None]:
@@ -188,8 +201,12 @@ def _is_epoch_choice(which: object) -> bool:
 
 
 def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
-    """Refuse a checkpoint selection other than ``all``, ``final``, a non-empty list of positive epochs, or
-    ``{epochs: <one of those>, seeds: <a non-empty list of integers>}``."""
+    """Refuse a checkpoint selection other than ``all``, ``final``, a non-empty list of positive epochs,
+    ``{epochs: <one of those>, seeds: <a non-empty list of integers>}``, or a non-empty list of such mappings."""
+    if _is_union(which):
+        for part in which:
+            check_checkpoint_choice(part, key)
+        return
     if isinstance(which, Mapping):
         seeds = which.get("seeds")
         valid_seeds = seeds is None or (
@@ -204,7 +221,7 @@ def check_checkpoint_choice(which: object, key: str = "checkpoints") -> None:
         return
     raise ValueError(
         f"{key}={which!r} is not allowed: choose 'all', 'final', a list of epochs (e.g. [40, 48]), or "
-        "{epochs: final, seeds: [0]} to keep only some pretraining seeds."
+        "{epochs: final, seeds: [0]} to keep only some pretraining seeds, or a list of those (their union)."
     )
 
 
