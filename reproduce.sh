@@ -21,7 +21,8 @@ EXPERIMENT is one of conf/experiment/: $(experiments) (default: default).
 
 Steps, in order, each one after the previous has finished: the pretraining sweeps (one Hydra multirun per
 sweep axis of the experiment's sweep: block), the pretraining and downstream free energy, fine-tuning and
-few-shot, the other metrics, then the tables and figures. Finished work is never recomputed, so a rerun
+few-shot, the other metrics, the checkpoint selectors (RankMe, α-ReQ, Laplace, LogME, LEEP, NCE,
+k-NN), then the tables and figures. Finished work is never recomputed, so a rerun
 continues where a stopped one ended. Wall time per step: results/EXPERIMENT/reproduce_timings.tsv.
 
 KEY=VALUE overrides go to every step, e.g.
@@ -46,7 +47,7 @@ bootstrap() {  # create .venv and install the pinned requirements when they chan
   if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; return; fi
   PY="$VENV/bin/python"
   local stamp
-  stamp="$VENV/.installed-$(cat "$requirements" "$REPO/requirements.txt" "$REPO/pyproject.toml" | sha1sum | cut -c1-12)"
+  stamp="$VENV/.installed-$(cat "$requirements" "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/pyproject.toml" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return
   [ -x "$PY" ] || python3 -m venv "$VENV"
   echo "Installing $1 into $VENV (a few minutes the first time)…"
@@ -155,6 +156,7 @@ main() {
     free_energy.split=downstream "$@"
   step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
   step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  step "selectors" checkpoint_selectors.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
   step "figures" figures.py "experiment=$experiment" "$@"
 
   echo

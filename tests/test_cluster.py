@@ -114,8 +114,9 @@ TINY_STUDY = [o for o in TINY_OVERRIDES if not o.startswith("experiment=")] + [
     "metrics.geometric_complexity.images=32",
     "analysis.bootstrap=50",
 ]
-# The record files of the checkpoint steps, in the order ./reproduce.sh runs the steps.
-STEP_RECORDS = ["free_energy.json", "free_energy_downstream.json", "finetune.json", "metrics.json"]
+# The record files of the checkpoint steps, in the order ./reproduce.sh runs the steps (the selectors: one
+# record per selector, on the final checkpoints only).
+STEP_RECORDS = ["free_energy.json", "free_energy_downstream.json", "finetune.json", "metrics.json", "selector_*.json"]
 
 
 def run_reproduce(root: Path, *arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -141,17 +142,18 @@ def test_reproduce_runs_every_checkpoint_step_through_the_launcher_as_shards_one
     runs = tmp_path / "runs" / "smoke"
     checkpoints = sorted(runs.glob("*/epoch_*/pretrain.json"))
     assert len(checkpoints) == 4  # 2 learning rates × 2 checkpoint epochs
-    for record in STEP_RECORDS + ["fewshot.json"]:
+    for record in STEP_RECORDS[:-1] + ["fewshot.json"]:
         assert len(list(runs.glob(f"*/epoch_*/{record}"))) == 4, record
+    assert len({p.parent for p in runs.glob("*/epoch_*/selector_*.json")}) == 2  # the final checkpoint of each run
     assert len(pd.read_csv(tmp_path / "results" / "smoke" / "summary.csv")) == 4
 
-    # Every step but the figures ran as submitit jobs: the sweep (2 runs), then 4 steps of 2 shards each.
+    # Every step but the figures ran as submitit jobs: the sweep (2 runs), then 5 steps of 2 shards each.
     submitted = sorted(
         sum(job.name.isdigit() for job in (d / ".submitit").iterdir())  # one folder per job id
         for d in (runs / ".hydra").glob("multirun_*")
         if (d / ".submitit").is_dir()
     )
-    assert submitted == [2, 2, 2, 2, 2], submitted
+    assert submitted == [2, 2, 2, 2, 2, 2], submitted
     # The launcher blocks: every record of a step was written before any record of the next step.
     times = [[p.stat().st_mtime for p in runs.glob(f"*/epoch_*/{name}")] for name in STEP_RECORDS]
     for earlier, later, names in zip(times, times[1:], zip(STEP_RECORDS, STEP_RECORDS[1:])):

@@ -125,7 +125,7 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     printed = capsys.readouterr().out
 
     table = result.table
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == COLUMNS + ["rankme", "alpha_req"]  # rank.selectors=auto, no downstream data
     ranked = table[table["rank"].notna()]
     names = lambda suffixes: {str(project / "ckpts" / s) for s in suffixes}
     assert set(ranked["checkpoint"]) == names(["trained.pt", "init0.pth", "init1.safetensors"])
@@ -142,7 +142,7 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     assert "expected wall time" in printed and "calibrated on the sharpest checkpoint" in printed
     assert result.choice.step_size < result.choice.max_stable_step
     csv = pd.read_csv(result.csv_path)
-    assert list(csv.columns) == COLUMNS and len(csv) == 5
+    assert list(csv.columns) == COLUMNS + ["rankme", "alpha_req"] and len(csv) == 5
     assert "| rank | checkpoint |" in result.markdown_path.read_text()
     assert result.figure_path.stat().st_size > 10_000
     assert sorted(result.estimated) == sorted(ranked["checkpoint"]) and result.reused == []

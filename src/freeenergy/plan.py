@@ -30,6 +30,7 @@ STEP_RECORDS = {
     "fine-tuning": "finetune.json",
     "few-shot": "fewshot.json",
     "metrics": "metrics.json",
+    "selectors": "selector_*.json",  # one per selector (freeenergy.selectors); a checkpoint counts once
 }
 LAUNCHERS_WITHOUT_PARALLELISM = ("basic",)
 GENERATED_DATASETS = ("synthetic",)  # drawn by the loader, nothing to find on disk
@@ -53,6 +54,7 @@ class StudyPlan:
     finetunings: int
     fewshot_episodes: int  # over all checkpoints, shots and classifiers' shared episodes
     metric_records: int
+    selector_records: int  # checkpoints selectors.checkpoints keeps × selectors.kinds
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
             else 0
         ),
         metric_records=selected_checkpoints(cfg.metrics.checkpoints, study, epochs),
+        selector_records=selected_checkpoints(cfg.selectors.checkpoints, study, epochs) * len(set(cfg.selectors.kinds)),
     )
 
 
@@ -183,7 +186,7 @@ def missing_data(data: Mapping[str, Any]) -> str | None:
 def records_on_disk(runs_dir: str | Path) -> dict[str, int]:
     """How many checkpoints under ``runs_dir`` already hold each step's record (finished or not checked)."""
     root = Path(runs_dir)
-    return {step: sum(1 for _ in root.glob(f"*/epoch_*/{name}")) for step, name in STEP_RECORDS.items()}
+    return {step: len({p.parent for p in root.glob(f"*/epoch_*/{name}")}) for step, name in STEP_RECORDS.items()}
 
 
 def usable_cores() -> int:
@@ -256,6 +259,8 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
         f"  downstream:   {_count(plan.finetunings)} fine-tunings ({_count(ft.epochs, 'epoch')} each), "
         f"{_count(plan.fewshot_episodes)} few-shot episodes",
         f"  metrics:      {_count(plan.metric_records)} checkpoints (Hessian trace, CDNV, geometric complexity)",
+        f"  selectors:    {_count(plan.selector_records)} records ({', '.join(dict.fromkeys(cfg.selectors.kinds))} on "
+        f"{cfg.selectors.checkpoints} checkpoints)",
         f"  on disk ({cfg.paths.runs}): " + ", ".join(f"{step} {n}" for step, n in done.items()),
     ]
     problem = missing_data(cfg.data)

@@ -8,7 +8,8 @@
    printed; or the given ``free_energy.step_size`` / ``localization``, refused above the stability bound.
 3. **Estimate** every candidate with those settings, after a short timed probe that prints the expected
    wall time; then the step-size check (``step_check``).
-4. **Flag** each estimate's health and **write** ``ranking.csv``, ``ranking.md`` and the figure (``report``).
+4. **Flag** each estimate's health and **write** ``ranking.csv``, ``ranking.md`` and the figure (``report``),
+   with the other selectors of ``rank.selectors`` beside F (``rank/selectors.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from freeenergy.free_energy.calibrate_step import Calibration, run_grid
 from freeenergy.free_energy.config import health_criteria, validate_free_energy_config
 from freeenergy.rank.models import LoadFailure
 from freeenergy.rank.report import plot_ranking, ranking_table, write_markdown
+from freeenergy.rank.selectors import RankSelectors
 from freeenergy.rank.sgld import (
     choose_settings,
     estimate_candidates,
@@ -54,7 +56,9 @@ class RankResult:
 
 def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     """The whole command (see the module docstring); ``conf_dir`` locates this project's model configs."""
+    selectors = RankSelectors.from_config(cfg)  # checked before any work
     state = prepare(cfg, conf_dir)
+    selectors.load(state)  # their images, checked before the SGLD
     sharpness = measure_sharpness(state)
     hardest = sharpest(sharpness)
     choice = choose_settings(state, sharpness, hardest)
@@ -70,12 +74,15 @@ def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     }
     z = cfg.rank.distinguish_z
     table = ranking_table(estimates, state.failures, z)
+    table, selector_lines = selectors.add_to(state, table)  # rank.selectors: one column each, lines for ranking.md
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
     results.mkdir(parents=True, exist_ok=True)
     csv_path = results / "ranking.csv"
     write_text(csv_path, table.to_csv(index=False))
     header = describe_run(state, fe, choice, hardest) + ([f"- {step_check.describe()}."] if step_check else [])
-    markdown_path = write_markdown(results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z)
+    markdown_path = write_markdown(
+        results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z, selector_lines
+    )
     figure_path = plot_ranking(
         estimates,
         table,

@@ -8,6 +8,7 @@ default nβ = n / log n), ``status`` (``ok`` or the failed health checks, joined
 ``z``·√(se₁² + se₂²), se = free_energy_std / √num_chains (a two-sided z-test at ``rank.distinguish_z``
 standard errors; chains of different checkpoints share seeds, so this ignores their positive correlation
 and errs towards "not distinguishable"). Checkpoints that failed to load close the table without a rank.
+The other selectors of ``rank.selectors`` follow as one column each (``rank.selectors``).
 """
 
 from __future__ import annotations
@@ -104,8 +105,10 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.DataFrame, z: float) -> Path:
-    """``ranking.md``: what was measured, the table, how to read it."""
+def write_markdown(
+    path: Path, title: str, header: Sequence[str], table: pd.DataFrame, z: float, notes: Sequence[str] = ()
+) -> Path:
+    """``ranking.md``: what was measured, the table, how to read it, then ``notes`` (the other selectors)."""
     text = "\n".join(
         [
             f"# {title}",
@@ -121,6 +124,7 @@ def write_markdown(path: Path, title: str, header: Sequence[str], table: pd.Data
             "status: ok, or the failed health checks (diverged, not levelled off, chains disagree, not a minimum, "
             "negative LLC); a flagged F is an estimate to distrust, not a ranking to act on.",
             "",
+            *notes,
         ]
     )
     write_text(path, text)

@@ -79,6 +79,12 @@ RECORD_KINDS: dict[str, RecordKind] = {
         echoes=(("config", "metrics"), ("seed", "metrics.seed")),
     ),
 }
+# The selectors step (freeenergy.selectors): one record per selector, its value, cost and image count finite.
+_SELECTOR_EXTRAS = {"alpha_req": ("fit_r2",), "laplace": ("log_likelihood", "occam", "prior_precision")}
+for _kind in ("rankme", "alpha_req", "laplace", "logme", "leep", "nce", "knn"):
+    RECORD_KINDS[f"selector_{_kind}"] = RecordKind(
+        finite=("value", "wall_time_s", "n", *_SELECTOR_EXTRAS.get(_kind, ())), echoes=(("config", "selector"),)
+    )
 
 
 def _values_at(record: Any, dotted: str) -> list[tuple[str, Any]]:
