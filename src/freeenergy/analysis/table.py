@@ -38,6 +38,7 @@ from freeenergy.records.checkpoints import Checkpoint, iter_checkpoints
 from freeenergy.records.identity import run_identity
 from freeenergy.records.io import read_json
 from freeenergy.records.kinds import PRETRAIN_RECORD, RUN_FILE, recorded_number
+from freeenergy.selectors.catalog import SELECTORS, bic, record_name
 
 log = logging.getLogger(__name__)
 RUN_RECORD_FIX = "rerun scripts/pretrain.py with the experiment's settings: it verifies the run and rebuilds run.json"
@@ -126,6 +127,8 @@ SUMMARY_COLUMNS = [
     "num_parameters",
     "bic",
     "metrics_seconds",
+    *SELECTORS,
+    *(f"{kind}_seconds" for kind in SELECTORS),
 ]
 BOOLEAN_COLUMNS = [
     "is_final",
@@ -296,14 +299,20 @@ def checkpoint_row(
     )
     row.update(fewshot_columns(_read(checkpoint, "fewshot"), choice))
     row.update(metrics_columns(_read(checkpoint, "metrics")))
-    row["bic"] = bic(row["train_loss"], row.get("free_energy_n", math.nan), row.get("num_parameters", math.nan))
+    n, parameters = row.get("free_energy_n", math.nan), row.get("num_parameters", math.nan)
+    row["bic"] = bic(int(n), row["train_loss"], int(parameters)) if math.isfinite(n + parameters) else math.nan
+    row.update(selector_columns(checkpoint))
     return row
 
 
-def bic(train_loss: float, n: float, parameters: float) -> float:
-    """BIC = n·Lₙ + (d/2)·log n (Schwarz 1978) from the eval-mode train loss, the pretraining set's size and the
-    number of parameters: for one architecture it orders checkpoints exactly as the train loss does."""
-    return n * train_loss + parameters / 2 * math.log(n) if n > 1 else math.nan
+def selector_columns(checkpoint: Checkpoint) -> dict[str, float]:
+    """Each selector's ``value`` and its cost in seconds, from ``selector_<kind>.json`` (NaN when absent)."""
+    columns = {}
+    for kind in SELECTORS:
+        record = _read(checkpoint, record_name(kind)) or {}
+        columns[kind] = recorded_number(record.get("value"))
+        columns[f"{kind}_seconds"] = recorded_number(record.get("wall_time_s"))
+    return columns
 
 
 def base_setting(cfg: Mapping[str, Any]) -> dict[str, Any]:
