@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MIN_DRAWS = 140  # the study's draws: the chain spread of λ̂ stays a few percent
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +42,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", default="default")
     parser.add_argument("--gammas", type=float, nargs="+", default=[1000.0, 300.0, 100.0, 30.0, 10.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds whose finals to use")
+    parser.add_argument(
+        "--step-size",
+        type=float,
+        default=None,
+        help="one ε for every γ (default: --stability-fraction of the stability bound at each γ)",
+    )
     parser.add_argument("--stability-fraction", type=float, default=0.05)
     parser.add_argument("--relaxation-times", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=4000, help="cap on burn-in (and on draws)")
@@ -52,11 +59,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ladder(gammas: list[float], sharpness: float, nbeta: float, fraction: float, times: float, cap: int) -> list[dict]:
-    """ε, burn-in and draws for each γ (see the module docstring)."""
+def ladder(
+    gammas: list[float],
+    sharpness: float,
+    nbeta: float,
+    fraction: float,
+    times: float,
+    cap: int,
+    step_size: float | None = None,
+) -> list[dict]:
+    """ε, burn-in and draws for each γ (see the module docstring); ``step_size`` fixes ε for every γ."""
     out = []
     for gamma in sorted(gammas, reverse=True):
-        step = fraction * 4 / (nbeta * max(sharpness, 0.0) + gamma)
+        step = step_size or fraction * 4 / (nbeta * max(sharpness, 0.0) + gamma)
         burnin = min(cap, math.ceil(times / (step * gamma)))
         out.append(
             {"localization": gamma, "step_size": float(f"{step:.3g}"), "num_burnin": burnin, "num_draws": burnin}
@@ -106,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         trace = hessian_trace(model, split.images[subset], split.labels[subset], split.transform, 16, 128, seed=0)
         geometry[checkpoint] = {"sharpness": sharpness_of(model, split, cfg.calibrate), "hessian_trace": trace.trace}
     sharpest = max(g["sharpness"] for g in geometry.values())
-    settings = ladder(args.gammas, sharpest, nbeta, args.stability_fraction, args.relaxation_times, args.max_steps)
+    settings = ladder(
+        args.gammas, sharpest, nbeta, args.stability_fraction, args.relaxation_times, args.max_steps, args.step_size
+    )
     if args.double:
         smallest = dict(settings[-1])
         settings.append({**smallest, "num_burnin": 2 * smallest["num_burnin"], "num_draws": 2 * smallest["num_draws"]})
@@ -159,11 +176,12 @@ def summarize(table):
     import pandas as pd
     from scipy import stats
 
-    reference = table[table.localization == table.localization.max()].set_index("checkpoint")["llc"]
+    reference = table[table.localization == table.localization.max()].set_index("checkpoint")["llc"].dropna()
     rows = []
     for (gamma, burnin), group in table.groupby(["localization", "num_burnin"], sort=False):
         group = group.set_index("checkpoint")
-        common = group.index.intersection(reference.index)
+        healthy = group[group.llc.notna()]
+        common = healthy.index.intersection(reference.index)
         rows.append(
             {
                 "localization": gamma,
@@ -176,7 +194,7 @@ def summarize(table):
                 "spearman_with_largest_gamma": stats.spearmanr(group.llc[common], reference[common]).statistic,
                 "spearman_with_hessian_trace": stats.spearmanr(group.llc, group.hessian_trace).statistic,
                 "pearson_with_quadratic_prediction": stats.pearsonr(group.llc, group.quadratic_prediction).statistic,
-                "flagged": int(sum(bool(f) for f in group.flags)),
+                "flagged": int(sum(bool(f) for f in group["flags"])),
             }
         )
     return pd.DataFrame(rows)

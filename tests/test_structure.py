@@ -110,7 +110,9 @@ def test_no_file_of_the_package_is_longer_than_one_job():
 def test_the_readme_layout_lists_the_package_as_it_is():
     readme = (REPO / "README.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\s+([\w./]+/?)\s", layout, flags=re.MULTILINE))
+    package = layout.split("src/freeenergy/\n", 1)[1]
+    block = package.split("\n")[: next(i for i, line in enumerate(package.split("\n")) if not line.startswith("  "))]
+    listed = set(re.findall(r"^  ([\w.]+/?)\s", "\n".join(block), flags=re.MULTILINE))
     tracked = subprocess.run(["git", "ls-files", "src/freeenergy"], cwd=REPO, capture_output=True, text=True).stdout
     entries = set()
     for line in tracked.split():
