@@ -3,6 +3,7 @@ fabricated records with the pinned field names (BRIEF interfaces 2-3)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -406,6 +407,45 @@ def test_every_summary_column_is_documented_and_vice_versa(fake):
     assert set(documented) == set(SUMMARY_COLUMNS)
     table = build_summary(fake.cfg.paths.runs, study_runs(fake.cfg))
     assert set(table.columns) == set(documented)
+
+
+def documented_functions() -> dict[str, list[str]]:
+    """Column → the names its "computed by" cell gives as `module.path.name()` (relative to ``freeenergy``)."""
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \|.*\|(.*)\|$", COLUMN_DICTIONARY.read_text(), flags=re.MULTILINE)
+    return {column: re.findall(r"`([A-Za-z_][\w.]*)\(\)`", cell) for column, cell in rows}
+
+
+def resolve_documented(dotted: str) -> object:
+    """``freeenergy.<dotted>``: the longest importable module prefix, then attributes (a class's method)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = "freeenergy." + ".".join(parts[:cut])
+        try:
+            found = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
+                continue  # not a module: a shorter prefix may be
+            raise
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(f"no module of freeenergy in {dotted!r}")
+
+
+def test_every_function_the_column_dictionary_names_exists():
+    named = documented_functions()
+    assert set(named) == set(SUMMARY_COLUMNS)
+    assert all(named.values()), f"no function named for {[c for c, names in named.items() if not names]}"
+    missing = []
+    for name in sorted({name for names in named.values() for name in names}):
+        try:
+            found = resolve_documented(name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{name}: {error}")
+            continue
+        if not callable(found):
+            missing.append(f"{name}: not a function, class or method")
+    assert not missing, "docs/summary_columns.md names what does not exist: " + "; ".join(missing)
 
 
 def test_table1_on_final_checkpoints_resamples_runs_and_leaves_flagged_estimates_out(fake):
