@@ -65,6 +65,7 @@ def free_energy_column_names(prefix: str) -> list[str]:
         f"{prefix}fe_complexity_term",
         f"{prefix}fe_complexity_share",
         f"{fe}_diverged",
+        f"{fe}_seconds",
         *(f"{fe}_{name}" for name in HEALTH_FIELDS),
     ]
 
