@@ -76,6 +76,7 @@ def estimate_value_columns(prefix: str) -> list[str]:
     return [
         fe,
         f"{fe}_std",
+        f"{fe}_se",
         f"{prefix}llc",
         f"{prefix}llc_std",
         f"{prefix}fe_complexity_term",
