@@ -329,3 +329,45 @@ def test_every_output_of_the_package_is_written_through_the_atomic_writers():
 def test_the_direct_write_scan_finds_a_plain_to_csv_and_savefig():
     sample = 'table.to_csv(path, index=False)\nfigure.savefig("a.png")\nwith open(p, "w") as f:\nwith open(p) as f:\n'
     assert [hit.split(":")[0] for hit in _direct_writes(sample)] == ["1", "2", "3"]
+
+
+def test_the_analysis_writes_the_same_bytes_whatever_the_blas_kernel_and_thread_count(fake, tmp_path):
+    """Issue 24 (7): a redraw on another CPU changed committed intervals in the second decimal. The arithmetic
+    of every estimate and interval is numpy's own (no BLAS), so forcing OpenBLAS's Haswell kernels or two
+    threads must not change one byte of any table or figure."""
+    outputs = {}
+    for name, env in {
+        "default": {},
+        "two threads": {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"},
+        "haswell kernels": {"OPENBLAS_CORETYPE": "Haswell"},
+    }.items():
+        folder = tmp_path / name.replace(" ", "_")
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPT),
+                *fake.overrides,
+                "analysis.dpi=40",
+                "analysis.bootstrap=300",
+                "analysis.selection_bootstrap=100",
+                "analysis.permutations=2000",
+                f"paths.results={folder / 'results'}",
+                f"paths.figures={folder / 'figures'}",
+                f"hydra.run.dir={folder / 'hydra'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = {
+            path.relative_to(folder): path.read_bytes()
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and "hydra" not in path.parts
+        }
+    reference = outputs.pop("default")
+    assert len(reference) > 20
+    for name, files in outputs.items():
+        differing = sorted(str(path) for path in reference if files.get(path) != reference[path])
+        assert not differing, f"{name}: {differing}"

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr, ndtri, stdtr
 
 from freeenergy.analysis.table import (
     FREE_ENERGY_PREFIXES,
@@ -190,13 +190,14 @@ def correlate(
         return Estimate(
             math.nan, math.nan, math.nan, math.nan, n, k, 0, "too few points" if n < 2 else "constant column"
         )
-    point, resampled = METHODS[method]
-    result = point(x, y)
-    r = float(result.statistic)
-    p = float(result.pvalue) if k == n else math.nan
+    resampled = METHODS[method][1]
+    x, y = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()  # every coefficient is invariant to this
+    # The estimate from the same arithmetic as the resamples (no BLAS): bit-identical on every CPU and thread
+    # count, so the draws that equal it compare equal everywhere (BCa's bias correction counts them).
+    r = float(resampled(x, y, np.ones((1, n)))[0])
+    p = p_value(r, n, method, x, y) if k == n else math.nan
     if k < settings.min_points:
         return Estimate(r, p, math.nan, math.nan, n, k, 0, f"fewer than {settings.min_points} runs: no interval")
-    x, y = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()  # every coefficient is invariant to this
     counts = resample_counts(rng, k, settings.resamples)[:, codes]  # each checkpoint counts as often as its run
     draws = resampled(x, y, counts)
     draws = draws[np.isfinite(draws)]
@@ -205,6 +206,20 @@ def correlate(
     levels = interval_levels(draws, r, jackknife(x, y, codes, resampled), settings)
     low, high = np.quantile(draws, levels)
     return Estimate(r, p, float(low), float(high), n, k, len(draws), "")
+
+
+def p_value(r: float, n: int, method: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p of no association. Pearson and Spearman: Student's t with n − 2 degrees of freedom on
+    t = r·√((n − 2)/(1 − r²)), from the r computed here (scipy's own goes through BLAS, whose last bits differ
+    between CPUs); Kendall: scipy's test (integer statistics, the same everywhere)."""
+    if method == "kendall":
+        return float(stats.kendalltau(x, y).pvalue)
+    if n < 3:
+        return math.nan
+    if abs(r) >= 1:
+        return 0.0
+    t = abs(r) * math.sqrt((n - 2) / (1 - r * r))
+    return float(2 * stdtr(n - 2, -t))
 
 
 def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
