@@ -74,7 +74,12 @@ def ladder(
         step = step_size or fraction * 4 / (nbeta * max(sharpness, 0.0) + gamma)
         burnin = min(cap, math.ceil(times / (step * gamma)))
         out.append(
-            {"localization": gamma, "step_size": float(f"{step:.3g}"), "num_burnin": burnin, "num_draws": burnin}
+            {
+                "localization": gamma,
+                "step_size": float(f"{step:.3g}"),
+                "num_burnin": burnin,
+                "num_draws": max(burnin, MIN_DRAWS),
+            }
         )
     return out
 
