@@ -40,7 +40,7 @@ from freeenergy.data.synthetic import generate
 from freeenergy.rank.data import channel_stats
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"images_per_class": 30, "learning_rates": [0.02, 0.1, 0.4], "epochs": [8]}
+SMALL = {"images_per_class": 30, "learning_rates": [0.02, 0.1, 0.4], "epochs": [30]}
 
 
 def write_image_folder(root: Path, classes: int, per_class: int, seed: int) -> None:
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--images-per-class", type=int, default=250)
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[0.01, 0.05, 0.2])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 6])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--with-init", action="store_true", help="add the random initialisation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run", action="store_true", help="run the rank command afterwards, timed")

@@ -352,6 +352,23 @@ def test_step_check_cannot_tell_when_noise_swamps_the_change_issue_29_repro():
     assert verdict(float("nan"), 0.1, 0.1, z=2.0) is None
 
 
+def test_the_ranking_at_half_the_step_size_is_extrapolated_from_the_checked_change():
+    from freeenergy.rank.step_check import ranking_at_half
+
+    table = pd.DataFrame(
+        {
+            "rank": [1, 2, 3],
+            "checkpoint": ["a", "b", "c"],
+            "free_energy": [100.0, 110.0, 200.0],
+            "loss_term": [20.0, 60.0, 100.0],
+            "complexity_term": [80.0, 50.0, 100.0],
+        }
+    )
+    assert ranking_at_half(table, 1.0) == []
+    assert ranking_at_half(table, 0.9) == []  # a: 92, b: 105, c: 190
+    assert ranking_at_half(table, 1.5) == [("a", "b")]  # a: 140, b: 135: swapped
+
+
 def test_step_check_tests_a_checkpoint_where_the_llc_means_something():
     """Issue 29 item 6: not the least-trained checkpoint (λ̂ < 0, drifting), but the best-ranked healthy one."""
     from freeenergy.rank.step_check import check_target
@@ -366,6 +383,8 @@ def test_step_check_tests_a_checkpoint_where_the_llc_means_something():
     order = ["best_but_drifting", "second", "third", "least_trained", "diverged", "not_loaded"]
     assert check_target(order, estimates, {}) == "second"
     assert check_target(order, estimates, {"second": True}) == "third"  # a distrusted one is not judged
+    unhealthy = {name: estimates[name] for name in ("best_but_drifting", "least_trained", "diverged")}
+    assert check_target(order, unhealthy, {}) == "best_but_drifting"  # no healthy one: the best with λ̂ > 0
     only_bad = {name: estimates[name] for name in ("least_trained", "diverged")}
-    assert check_target(["least_trained", "diverged"], only_bad, {}) == "least_trained"  # no healthy one: best finite
+    assert check_target(["least_trained", "diverged"], only_bad, {}) == "least_trained"  # then the best finite
     assert check_target(["diverged"], {"diverged": estimates["diverged"]}, {}) is None

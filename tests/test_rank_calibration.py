@@ -314,7 +314,9 @@ def test_the_drift_estimate_follows_the_mean_dynamics_along_the_gradient():
                 shifts.append(nbeta * (math.sqrt(g2) * delta + 0.5 * h * delta**2))
             delta -= eps / 2 * (nbeta * (math.sqrt(g2) + h * delta) + gamma * delta)
         assert drift_estimate(g2, h, nbeta, gamma, eps, burnin, draws) == pytest.approx(np.mean(shifts), rel=1e-9)
-        assert drift_estimate(g2, h, nbeta, gamma, eps, burnin, draws) >= gradient_bias(g2, nbeta, gamma, eps, burnin, draws)
+        assert drift_estimate(g2, h, nbeta, gamma, eps, burnin, draws) >= gradient_bias(
+            g2, nbeta, gamma, eps, burnin, draws
+        )
     # relaxed, sharp: −nβ‖g‖²/(2h)·(nβh + 2γ)·nβh/(nβh + γ)² → −nβ‖g‖²/(2h) for nβh ≫ γ
     assert drift_estimate(g2, 1e4, nbeta, 0.0, 1e-6, 10**5, 10) == pytest.approx(-nbeta * g2 / (2 * 1e4), rel=1e-6)
     assert drift_estimate(0.0, 1.0, nbeta, gamma, eps, burnin, draws) == 0.0

@@ -30,6 +30,8 @@ CHECK_COST = 2  # the step-size check: ε/2 with burn-in and draws doubled, in u
 
 
 def format_duration(seconds: float) -> str:
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 

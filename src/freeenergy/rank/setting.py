@@ -167,5 +167,6 @@ def budget_note(choice: SGLDChoice, plan: Plan, budget_s: float | None) -> str |
         f"the flattest checkpoint's sharpest direction is resolved to {choice.resolved(choice.flattest):.0%} "
         f"(target {1 / (1 + choice.rule.resolved_curvature):.0%}) and λ̂ leans towards a scaled Hessian trace. "
         f"The target needs {burnin} burn-in + {draws} draws per chain: about {format_duration(target.total_s)} "
-        f"(rank.time_budget={math.ceil(target.total_s / 60)})"
+        f"(rank.time_budget={math.ceil(target.total_s / 60)}); fewer images (rank.images_per_class) cut the steps about "
+        f"in proportion to nβ while ε's minibatch-noise margin c = {choice.rule.gradient_noise:g}·b/nβ binds"
     )

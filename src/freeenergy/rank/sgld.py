@@ -149,7 +149,9 @@ def choose_settings(
             weight_norm_sq=min(part["weight_norm_sq"] for part in sharpness.values()),
         )
     else:
-        choice = given_step_size(state, float(fe.step_size), float(fe.localization), top, rule, max_burnin)
+        flattest = flattest_sharpness(sharpness)
+        low = flattest if math.isfinite(flattest) else top
+        choice = given_step_size(state, float(fe.step_size), float(fe.localization), top, low, rule, max_burnin)
     return replace(
         choice,
         num_burnin=int(given_burnin) if given_burnin is not None else choice.num_burnin,
@@ -158,9 +160,10 @@ def choose_settings(
 
 
 def given_step_size(
-    state: Prepared, step_size: float, gamma: float, top: float, rule: AutoRule, max_burnin: int | None
+    state: Prepared, step_size: float, gamma: float, top: float, low: float, rule: AutoRule, max_burnin: int | None
 ) -> SGLDChoice:
-    """A given ε and γ, refused above the sharpest candidate's stability bound; burn-in k/(εγ) unless capped."""
+    """A given ε and γ, refused above the sharpest candidate's (λ_max ``top``) stability bound; burn-in k/(εγ)
+    unless capped; ``low`` is the flattest candidate's λ_max (reported)."""
     bound = max_stable_step_size(top, state.nbeta, gamma)
     if step_size >= bound:
         raise ValueError(
@@ -174,7 +177,7 @@ def given_step_size(
     draws = max(8, math.ceil(rule.draws_per_burnin * burnin))
     batch = state.cfg.free_energy.batch_size
     return SGLDChoice(
-        step_size, gamma, burnin, draws, top, top, state.nbeta, batch, bound, gamma, needed, "given", rule
+        step_size, gamma, burnin, draws, top, low, state.nbeta, batch, bound, gamma, needed, "given", rule
     )
 
 

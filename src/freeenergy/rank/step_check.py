@@ -1,8 +1,8 @@
 """The ranking's step-size check: one checkpoint's λ̂ at ε and at ε/2, on the plateau, biased, or cannot tell.
 
 **Which checkpoint**: one where λ̂ means something: the best-ranked (lowest F) whose estimate is healthy
-enough to judge (finite λ̂ > 0, levelled off, chains agreeing, not distrusted); else the best-ranked with a
-finite λ̂. Not the least trained: at a non-minimum λ̂ is mostly the drift downhill, which moves with ε for
+enough to judge (finite λ̂ > 0, levelled off, chains agreeing, not distrusted); else the best-ranked with
+λ̂ > 0; else the best-ranked with a finite λ̂. Not the least trained: at a non-minimum λ̂ is mostly the drift downhill, which moves with ε for
 other reasons than discretization.
 
 **Verdict** (``verdict``), with the noise of both estimates: the change Δ = λ̂(ε) − λ̂(ε/2) has standard error
@@ -12,6 +12,9 @@ s = √(se₁² + se₂²) (se = sd/√chains; the two share seeds, so this errs
 - *on the plateau* when |Δ| + z·s ≤ τ: the change is within tolerance even at its noisiest;
 - *step-size biased* when |Δ| − z·s > τ: beyond tolerance even at its least noisy;
 - *cannot tell* otherwise: the noise is larger than the tolerance allows to decide (more chains or draws would).
+
+Whatever the verdict, it says whether the ranking would change at ε/2 if every checkpoint's complexity term
+moved as the checked one's did (``ranking_at_half``): what a shift of λ̂ with ε does to the order.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from freeenergy.free_energy.step import estimate_prepared_model
@@ -56,6 +60,7 @@ class StepCheck:
     tolerance: float  # share of |λ̂(ε/2)|
     z: float
     result: str | None
+    swaps: list[tuple[str, str]] | None = None  # neighbours the ranking would swap at ε/2 (``ranking_at_half``)
 
     @property
     def relative_change(self) -> float:
@@ -81,7 +86,26 @@ class StepCheck:
                 "chains or draws would tell"
             ),
         }[self.result]
-        return f"step-size check on `{self.checkpoint}`: {values}: {self.relative_change:+.1%}, {self.result.upper()} ({meaning})"
+        order = ""
+        if self.swaps is not None:
+            swapped = "; ".join(f"`{a}` and `{b}`" for a, b in self.swaps)
+            order = "; the ranking, every λ̂·log n scaled as this one moved: " + (
+                f"would swap {swapped}" if self.swaps else "unchanged at ε/2"
+            )
+        return (
+            f"step-size check on `{self.checkpoint}`: {values}: {self.relative_change:+.1%}, {self.result.upper()} "
+            f"({meaning}){order}"
+        )
+
+
+def ranking_at_half(table: pd.DataFrame, ratio: float) -> list[tuple[str, str]]:
+    """Neighbouring checkpoints whose order flips when every complexity term is scaled by ``ratio`` = λ̂(ε/2)/λ̂(ε):
+    the ranking at ε/2, extrapolated from the one checkpoint checked. ``table``: ``report.ranking_table``."""
+    ranked = table[table["free_energy"].notna() & table["rank"].notna()]
+    moved = ranked["loss_term"] + ratio * ranked["complexity_term"]
+    order = list(ranked["checkpoint"])
+    new_order = [name for _, name in sorted(zip(moved, order))]
+    return [(a, b) for a, b in zip(order, order[1:]) if new_order.index(a) > new_order.index(b)]
 
 
 def halved_step(fe: DictConfig) -> DictConfig:
@@ -101,10 +125,11 @@ def check_target(table_order: Sequence[str], estimates: dict[str, dict], distrus
         and not {"diverged", "not levelled off", "chains disagree"} & set(estimates[name]["flags"])
         and not distrust.get(name)
     ]
-    return (judged or finite or [None])[0]
+    positive = [name for name in finite if recorded_number(estimates[name]["llc"]) > 0]
+    return (judged or positive or finite or [None])[0]
 
 
-def check_step_size(state: Prepared, fe: DictConfig, target: str) -> StepCheck:
+def check_step_size(state: Prepared, fe: DictConfig, target: str, table: pd.DataFrame | None = None) -> StepCheck:
     """Estimate ``target`` at ε/2 (from its record when finished) and compare its λ̂ with the ranking's.
 
     A consistent estimate sits on a plateau of λ̂ in ε (docs/free_energy.md, "Choosing ε, γ, burn-in and draws");
@@ -138,7 +163,9 @@ def check_step_size(state: Prepared, fe: DictConfig, target: str) -> StepCheck:
     tolerance = float(state.cfg.calibrate.max_step_size_effect)
     z = float(state.cfg.rank.distinguish_z)
     result = verdict(llc - half_llc, math.hypot(llc_se, half_se), tolerance * abs(half_llc), z) if half_llc else None
-    check = StepCheck(target, float(fe.step_size), llc, llc_se, half_llc, half_se, tolerance, z, result)
+    ratio = half_llc / llc if llc and math.isfinite(half_llc / llc) else math.nan
+    swaps = ranking_at_half(table, ratio) if table is not None and math.isfinite(ratio) else None
+    check = StepCheck(target, float(fe.step_size), llc, llc_se, half_llc, half_se, tolerance, z, result, swaps)
     print(check.describe())
     if check.biased:
         warnings.warn(
