@@ -289,15 +289,15 @@ def test_the_time_plan_covers_every_phase_and_inverts_the_budget():
 
     timing = Timing(step_s=0.05, hvp_s=0.5, overhead_s=2.0, probe_s=4.0)
     plan = Plan(timing, sharpness_pending=3, estimates_pending=3, step_check=True, chains=4, sharpness_products=11)
-    # 240 s − 4 s spent − 3·11·0.5 s of sharpness − (3 + 2)·2 s of overheads = 209.5 s for
-    # (3 estimates + 2 for the check) × 4 chains × (B + B draws) × 0.05 s → B = 209.5 / 2 = 104
+    # 240 s − 4 s spent − 3·(11·0.5 + 2) s of sharpness − (3 + 2)·2 s of overheads = 203.5 s for
+    # (3 estimates + 2 for the check) × 4 chains × (B + B draws) × 0.05 s → B = 203.5 / 2 = 101
     burnin = plan.max_burnin(240.0, 4.0, draws_per_burnin=1.0)
-    assert burnin == 104
+    assert burnin == 101
     full = Plan(timing, 3, 3, True, 4, 11, burnin=burnin, draws=burnin)
-    assert full.total_s == pytest.approx(4 + 16.5 + 3 * (4 * 208 * 0.05 + 2) + 2 * (4 * 208 * 0.05 + 2))
+    assert full.total_s == pytest.approx(4 + 22.5 + 3 * (4 * 202 * 0.05 + 2) + 2 * (4 * 202 * 0.05 + 2))
     assert full.total_s <= 240.0
     line = full.line(240.0)
-    for phase in ("probe 4 s", "sharpness 16 s (3 × 11", "estimates", "3 × 4 chains × 208 steps", "step-size check"):
+    for phase in ("probe 4 s", "sharpness 22 s (3 × 11", "estimates", "3 × 4 chains × 202 steps", "step-size check"):
         assert phase in line, line
     assert Plan(timing, 0, 0, False, 4, 11).max_burnin(240.0, 0.0, 1.0) == 2**31  # nothing left to time
 

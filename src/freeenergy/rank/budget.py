@@ -4,7 +4,8 @@ The probe times, on the first candidate, one SGLD step at ``free_energy.batch_si
 them), one Hessian-vector product on the sharpness batch, and the per-estimate overhead (loading the model,
 L_n(w*) and its gradient over the data). From these, every phase the command will run has a cost:
 
-- the sharpness of each candidate not measured yet: (``calibrate.sharpness_iterations`` + 1) products;
+- the sharpness of each candidate not measured yet: (``calibrate.sharpness_iterations`` + 2) products and one
+  pass over the data (the gradient whose curvature ``drift_bias`` uses);
 - each estimate: chains × (burn-in + draws) steps, plus the overhead;
 - the step-size check: one candidate again at ε/2 with burn-in and draws doubled: twice an estimate's steps.
 
@@ -82,7 +83,8 @@ class Plan:
 
     @property
     def sharpness_s(self) -> float:
-        return self.sharpness_pending * self.sharpness_products * self.timing.hvp_s
+        """Per candidate: the products, and one pass over the data for the full gradient (as an estimate's overhead)."""
+        return self.sharpness_pending * (self.sharpness_products * self.timing.hvp_s + self.timing.overhead_s)
 
     def estimate_s(self, burnin: int, draws: int) -> float:
         return self.chains * (burnin + draws) * self.timing.step_s + self.timing.overhead_s

@@ -127,7 +127,7 @@ def time_plan(state: Prepared, stored: SGLDChoice | None) -> Plan | None:
     if not (sharpness_left or estimates_left or check_left):
         return None
     timing = probe_timing(state, state.candidates[0])
-    products = state.cfg.calibrate.sharpness_iterations + 1
+    products = state.cfg.calibrate.sharpness_iterations + 2  # + the gradient with its graph, + the gradient curvature
     return Plan(timing, sharpness_left, estimates_left, check_left, fe.num_chains, products)
 
 
