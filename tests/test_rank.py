@@ -362,11 +362,16 @@ def test_the_ranking_at_half_the_step_size_is_extrapolated_from_the_checked_chan
             "free_energy": [100.0, 110.0, 200.0],
             "loss_term": [20.0, 60.0, 100.0],
             "complexity_term": [80.0, 50.0, 100.0],
+            "drift_bias": [0.0, -20.0, 0.0],
+            "distinguishable_from_next": pd.array([True, True, None], dtype="boolean"),
         }
     )
     assert ranking_at_half(table, 1.0) == []
-    assert ranking_at_half(table, 0.9) == []  # a: 92, b: 105, c: 190
-    assert ranking_at_half(table, 1.5) == [("a", "b")]  # a: 140, b: 135: swapped
+    assert ranking_at_half(table, 0.9) == []  # a: 92, b: 40 + 0.9·70 = 103, c: 190
+    assert ranking_at_half(table, 1.5) == []  # a: 140, b: 40 + 1.5·70 = 145: the drift of b is not scaled
+    assert ranking_at_half(table, 2.5) == [("a", "b")]  # a: 220, b: 40 + 175 = 215: swapped
+    table["distinguishable_from_next"] = pd.array([False, True, None], dtype="boolean")
+    assert ranking_at_half(table, 2.5) == []  # a pair within its noise already: not a change of the ranking
 
 
 def test_step_check_tests_a_checkpoint_where_the_llc_means_something():

@@ -99,13 +99,17 @@ class StepCheck:
 
 
 def ranking_at_half(table: pd.DataFrame, ratio: float) -> list[tuple[str, str]]:
-    """Neighbouring checkpoints whose order flips when every complexity term is scaled by ``ratio`` = λ̂(ε/2)/λ̂(ε):
-    the ranking at ε/2, extrapolated from the one checkpoint checked. ``table``: ``report.ranking_table``."""
-    ranked = table[table["free_energy"].notna() & table["rank"].notna()]
-    moved = ranked["loss_term"] + ratio * ranked["complexity_term"]
-    order = list(ranked["checkpoint"])
-    new_order = [name for _, name in sorted(zip(moved, order))]
-    return [(a, b) for a, b in zip(order, order[1:]) if new_order.index(a) > new_order.index(b)]
+    """Distinguishable neighbours whose order flips when every complexity term less its drift is scaled by
+    ``ratio`` = λ̂(ε/2)/λ̂(ε): the ranking at ε/2, extrapolated from the one checkpoint checked (the drift of a
+    non-minimum, ``drift_bias``, is left as it is; pairs already within their noise are not counted).
+    ``table``: ``report.ranking_table``."""
+    ranked = table[table["free_energy"].notna() & table["rank"].notna()].reset_index(drop=True)
+    drift = ranked["drift_bias"].fillna(0.0) if "drift_bias" in ranked else 0.0
+    moved = list(ranked["loss_term"] + drift + ratio * (ranked["complexity_term"] - drift))
+    distinct = ranked["distinguishable_from_next"] if "distinguishable_from_next" in ranked else [True] * len(ranked)
+    names = list(ranked["checkpoint"])
+    separated = [flag is not pd.NA and flag is not None and bool(flag) for flag in distinct]
+    return [(names[i], names[i + 1]) for i in range(len(names) - 1) if separated[i] and moved[i] > moved[i + 1]]
 
 
 def halved_step(fe: DictConfig) -> DictConfig:
