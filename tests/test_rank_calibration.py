@@ -43,42 +43,52 @@ def regression(n: int = 200, d: int = 3):
 # --- the rule -------------------------------------------------------------------------------------------
 
 
-def test_rule_takes_a_fraction_of_the_bound_and_fits_k_relaxation_times_in_the_burn_in():
-    rule = AutoRule(stability_fraction=0.25, relaxation_times=3.0, max_relative_distance=None, min_localization=1.0)
-    choice = choose_sgld_settings(sharpness=50.0, nbeta=100.0, num_burnin=300, rule=rule)
-    # γ = nβ·λ_max / (4c·B/k − 1) = 5000 / 99; ε = c·4/(nβ·λ_max + γ); then exactly k relaxation times in B
-    assert choice.localization == pytest.approx(5000 / 99) and choice.localization_reason == "relaxation"
-    assert choice.max_stable_step == pytest.approx(4 / (5000 + 5000 / 99))
-    assert choice.step_size == pytest.approx(0.25 * choice.max_stable_step)
-    assert choice.relaxation_steps == pytest.approx(1 / (choice.step_size * choice.localization))
-    assert choice.burnin_relaxation_times == pytest.approx(3.0)
-    # a flat checkpoint: γ falls to the configured minimum, ε to c·4/γ
-    flat = choose_sgld_settings(sharpness=1e-9, nbeta=100.0, num_burnin=300, rule=rule)
-    assert flat.localization == 1.0 and flat.localization_reason == "minimum" and flat.step_size == pytest.approx(1.0)
-    # locality: d coordinates at 1/√γ each stay within ρ·‖w*‖ → γ = d / (ρ²‖w*‖²) when that is larger
-    local = choose_sgld_settings(
-        50.0,
-        100.0,
-        300,
-        AutoRule(stability_fraction=0.25, max_relative_distance=0.5),
-        num_parameters=10_000,
-        weight_norm_sq=100.0,
+def test_rule_targets_the_flattest_curvature_and_spends_the_budget_on_steps():
+    """Issue 25 item 1: γ/nβ = α × the flattest λ_max (an LLC, not a trace), ε from the sharpest, and a burn-in of k
+    relaxation times 1/(εγ); a short budget raises γ only as far as its relaxation needs, and says what the
+    target would take."""
+    rule = AutoRule(
+        stability_fraction=0.1,
+        gradient_noise=0.1,
+        relaxation_times=3.0,
+        resolved_curvature=0.1,
+        max_relative_distance=None,
+        min_burnin=10,
     )
-    assert local.localization == pytest.approx(10_000 / (0.25 * 100)) and local.localization_reason == "locality"
-    assert "λ_max = 50" in local.describe() and "stability bound" in local.describe()
+    nbeta, batch = 100.0, 200  # c = min(0.1, 0.1·200/100) = 0.1
+    choice = choose_sgld_settings(400.0, nbeta, batch, rule, flattest=40.0)
+    assert choice.localization == pytest.approx(0.1 * nbeta * 40.0) and choice.reason == "target"
+    assert choice.gamma_over_nbeta == pytest.approx(4.0)
+    assert choice.max_stable_step == pytest.approx(4 / (nbeta * 400 + 400))
+    assert choice.step_size == pytest.approx(0.1 * choice.max_stable_step)
+    # burn-in: k/(εγ) = 3·(40000 + 400)/(0.4·400) = 757.5 → 758; draws = burn-in
+    assert choice.num_burnin == 758 and choice.num_draws == 758 and choice.burnin_relaxation_times >= 3
+    assert choice.resolved(40.0) == pytest.approx(1 / 1.1)  # the flattest's sharpest direction: 91%
+    # the minibatch-noise cap: c = 0.1·b/nβ when that is smaller (b = 50 → 0.05)
+    noisy = choose_sgld_settings(400.0, nbeta, 50, rule, flattest=40.0)
+    assert noisy.step_size / noisy.max_stable_step == pytest.approx(0.05)
+    # a budget of 200 burn-in steps: γ = nβ·λ_max/(4c·200/k − 1) = 40000/(80/3 − 1)
+    short = choose_sgld_settings(400.0, nbeta, batch, rule, flattest=40.0, max_burnin=200)
+    assert short.reason == "budget" and short.localization == pytest.approx(40000 / (80 / 3 - 1))
+    assert short.num_burnin == 200 and short.burnin_relaxation_times == pytest.approx(3.0)
+    assert short.target_burnin == 758 and "raised by the time budget" in short.describe()
+    # a budget beyond the target's needs is not spent
+    assert choose_sgld_settings(400.0, nbeta, batch, rule, flattest=40.0, max_burnin=10_000).num_burnin == 758
+    with pytest.raises(ValueError, match="too few for any γ"):
+        choose_sgld_settings(400.0, nbeta, batch, rule, flattest=40.0, max_burnin=7)
 
 
-def test_rule_refuses_a_burn_in_too_short_and_warns_for_a_given_short_localization():
-    with pytest.raises(ValueError, match="num_burnin=3 is too short.*num_burnin >= 4"):
-        choose_sgld_settings(50.0, 100.0, num_burnin=3, rule=AutoRule(stability_fraction=0.25))
-    # the default c = 0.03: the burn-in must exceed k/(4c) = 25 steps
-    with pytest.raises(ValueError, match="num_burnin=25 is too short.*num_burnin >= 26"):
-        choose_sgld_settings(50.0, 100.0, num_burnin=25)
-    with pytest.warns(RuntimeWarning, match="fewer than 3 relaxation times"):
-        choice = choose_sgld_settings(50.0, 100.0, num_burnin=10, localization=1.0)
-    assert choice.localization_reason == "given" and choice.step_size == pytest.approx(
-        AutoRule().stability_fraction * 4 / 5001
-    )
+def test_rule_keeps_the_chains_local_and_takes_a_given_localization():
+    rule = AutoRule(max_relative_distance=0.5)
+    # locality: d coordinates at 1/√γ each stay within ρ·‖w*‖ → γ ≥ d/(ρ²‖w*‖²) = 10⁴/25 when larger than the target
+    local = choose_sgld_settings(50.0, 100.0, 64, rule, flattest=1.0, num_parameters=10_000, weight_norm_sq=100.0)
+    assert local.localization == pytest.approx(400.0) and local.reason == "locality"
+    assert local.num_burnin == rule.burnin(50.0, 100.0, 64, 400.0)
+    given = choose_sgld_settings(50.0, 100.0, 64, rule, localization=7.0)
+    assert given.reason == "given" and given.localization == 7.0
+    assert given.step_size == pytest.approx(rule.fraction(100.0, 64) * 4 / (5000 + 7))
+    with pytest.raises(ValueError, match="λ_max = -1 <= 0"):
+        choose_sgld_settings(-1.0, 100.0, 64, rule)
     with pytest.raises(ValueError, match="stability_fraction=1.5"):
         AutoRule(stability_fraction=1.5)
     with pytest.raises(ValueError, match="unknown key"):
@@ -131,7 +141,13 @@ def test_auto_step_size_applies_the_rule_to_the_measured_sharpness(capsys):
     measured = estimate.extra["auto"]["sharpness"]
     assert 0.95 * exact <= measured <= exact * (1 + 1e-6)  # power iteration approaches λ_max from below
     expected = choose_sgld_settings(
-        measured, nbeta, 100, AutoRule(), None, 3, float(model.weight.detach().pow(2).sum())
+        measured,
+        nbeta,
+        50,
+        AutoRule(),
+        max_burnin=100,
+        num_parameters=3,
+        weight_norm_sq=float(model.weight.detach().pow(2).sum()),
     )
     assert estimate.settings.step_size == pytest.approx(expected.step_size, rel=1e-6)
     assert estimate.settings.localization == pytest.approx(expected.localization, rel=1e-6)
@@ -151,7 +167,7 @@ def test_auto_step_size_applies_the_rule_to_the_measured_sharpness(capsys):
         )
     assert given.settings.localization == 7.0
     assert given.settings.step_size == pytest.approx(
-        AutoRule().stability_fraction * 4 / (nbeta * measured + 7.0), rel=1e-9
+        AutoRule().fraction(nbeta, 50) * 4 / (nbeta * measured + 7.0), rel=1e-9
     )
 
 
@@ -243,3 +259,64 @@ def test_pyproject_declares_ranges_for_every_runtime_requirement():
     missing = [name for name in pinned if name not in declared and name not in optional]
     assert not missing, f"requirements.txt pins {missing}, which pyproject.toml does not declare"
     assert np.all([">=" in dep for dep in project["dependencies"]])
+
+
+def test_the_drift_bias_of_a_run_is_what_the_mean_dynamics_give():
+    """Issue 25 item 2: the non-minimum's bias in this run's steps, not only at equilibrium (−nβ²‖g‖²/γ)."""
+    from freeenergy.free_energy.diagnostics import gradient_bias
+
+    nbeta, g2, eps, gamma, burnin, draws = 50.0, 0.3, 1e-3, 20.0, 100, 300
+    # the chains' mean in a flat direction: δ ← δ − (ε/2)(nβ·g + γ·δ); the loss moves by g·δ, λ̂ by nβ·g·δ
+    delta, shifts = 0.0, []
+    for step in range(burnin + draws):
+        if step >= burnin:
+            shifts.append(nbeta * delta)  # per unit g: λ̂ shift = nβ·g·δ with δ ∝ g
+        delta -= eps / 2 * (nbeta + gamma * delta)
+    expected = g2 * sum(shifts) / len(shifts)
+    assert gradient_bias(g2, nbeta, gamma, eps, burnin, draws) == pytest.approx(expected, rel=1e-9)
+    assert gradient_bias(g2, nbeta, gamma) == pytest.approx(-(nbeta**2) * g2 / gamma)  # equilibrium
+    assert gradient_bias(g2, nbeta, gamma, eps, 10**6, 10) == pytest.approx(-(nbeta**2) * g2 / gamma)
+    # γ = 0: the drift grows without bound, −nβ²‖g‖²·(ε/2)·t averaged over the draws
+    assert gradient_bias(g2, nbeta, 0.0, eps, burnin, draws) == pytest.approx(
+        -(nbeta**2) * g2 * eps / 2 * (burnin + (draws - 1) / 2)
+    )
+    assert gradient_bias(0.0, nbeta, 0.0, eps, burnin, draws) == 0.0
+
+
+def test_the_time_plan_covers_every_phase_and_inverts_the_budget():
+    """Issue 29 item 5: the expected wall time left out the sharpness and the step-size check."""
+    from freeenergy.rank.budget import Plan, Timing
+
+    timing = Timing(step_s=0.05, hvp_s=0.5, overhead_s=2.0, probe_s=4.0)
+    plan = Plan(timing, sharpness_pending=3, estimates_pending=3, step_check=True, chains=4, sharpness_products=11)
+    # 240 s − 4 s spent − 3·(11·0.5 + 2) s of sharpness − (3 + 2)·2 s of overheads = 203.5 s for
+    # (3 estimates + 2 for the check) × 4 chains × (B + B draws) × 0.05 s → B = 203.5 / 2 = 101
+    burnin = plan.max_burnin(240.0, 4.0, draws_per_burnin=1.0)
+    assert burnin == 101
+    full = Plan(timing, 3, 3, True, 4, 11, burnin=burnin, draws=burnin)
+    assert full.total_s == pytest.approx(4 + 22.5 + 3 * (4 * 202 * 0.05 + 2) + 2 * (4 * 202 * 0.05 + 2))
+    assert full.total_s <= 240.0
+    line = full.line(240.0)
+    for phase in ("probe 4 s", "sharpness 22 s (3 × 11", "estimates", "3 × 4 chains × 202 steps", "step-size check"):
+        assert phase in line, line
+    assert Plan(timing, 0, 0, False, 4, 11).max_burnin(240.0, 0.0, 1.0) == 2**31  # nothing left to time
+
+
+def test_the_drift_estimate_follows_the_mean_dynamics_along_the_gradient():
+    """The drift_bias column: the mean's path along ĝ with curvature h, δ ← δ − (ε/2)(nβ(g + hδ) + γδ)."""
+    from freeenergy.free_energy.diagnostics import drift_estimate, gradient_bias
+
+    nbeta, g2, eps, gamma, burnin, draws = 50.0, 0.3, 1e-3, 20.0, 100, 300
+    for h in (0.0, 0.5, 4.0):
+        delta, shifts = 0.0, []
+        for step in range(burnin + draws):
+            if step >= burnin:
+                shifts.append(nbeta * (math.sqrt(g2) * delta + 0.5 * h * delta**2))
+            delta -= eps / 2 * (nbeta * (math.sqrt(g2) + h * delta) + gamma * delta)
+        assert drift_estimate(g2, h, nbeta, gamma, eps, burnin, draws) == pytest.approx(np.mean(shifts), rel=1e-9)
+        assert drift_estimate(g2, h, nbeta, gamma, eps, burnin, draws) >= gradient_bias(
+            g2, nbeta, gamma, eps, burnin, draws
+        )
+    # relaxed, sharp: −nβ‖g‖²/(2h)·(nβh + 2γ)·nβh/(nβh + γ)² → −nβ‖g‖²/(2h) for nβh ≫ γ
+    assert drift_estimate(g2, 1e4, nbeta, 0.0, 1e-6, 10**5, 10) == pytest.approx(-nbeta * g2 / (2 * 1e4), rel=1e-6)
+    assert drift_estimate(0.0, 1.0, nbeta, gamma, eps, burnin, draws) == 0.0

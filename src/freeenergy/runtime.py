@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,10 +24,38 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     return device
 
 
-def set_threads(num_threads: int | None) -> None:
-    """``torch.set_num_threads`` when ``num_threads`` is set (the ``num_threads`` config key)."""
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
+def set_threads(num_threads: int | str | None) -> int:
+    """Set torch's CPU threads from the ``num_threads`` config key and return the count in use.
+
+    A number: that many. ``auto``: ``free_cores()``, the cores this process may use that other work does not
+    already keep busy, so a run on a shared machine does not oversubscribe it. None: torch's default.
+    Raises ``ValueError`` for anything else.
+    """
+    if num_threads == "auto":
+        torch.set_num_threads(free_cores())
+    elif isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1:
+        torch.set_num_threads(num_threads)
+    elif num_threads is not None:
+        raise ValueError(f"num_threads={num_threads!r} is not allowed: a positive integer, auto or null.")
+    return torch.get_num_threads()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, capped by a cgroup (v2) CPU quota if any."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def free_cores() -> int:
+    """``usable_cores()`` less the ones other processes keep busy (the 1-minute load average), at least 1."""
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, usable_cores() - busy)
 
 
 def runtime_info(device: str | torch.device) -> dict[str, Any]:

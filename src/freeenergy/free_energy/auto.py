@@ -1,27 +1,42 @@
-"""The automatic choice of the SGLD step size ε and localization γ from the sharpness of the checkpoint.
+"""The automatic choice of SGLD step size ε, localization γ, burn-in and draws: λ̂ an LLC, not a Hessian trace.
 
-SGLD is stable only for ε < 4/(nβ·λ_max + γ) (λ_max the top Hessian eigenvalue, ``diagnostics``). A
-Hessian direction of curvature h relaxes at ≈ (ε/2)(nβ·h + γ) per step, and the sampled loss (a variance)
-at twice that, so the slowest, γ-held directions (h ≈ 0) need ≈ 1/(ε·γ) steps. The rule
-(``choose_sgld_settings``) takes ε = c·4/(nβ·λ_max + γ), a fraction c of the bound, far below what the
-linear theory allows (minibatch-gradient noise and the curvature of the loss away from w* bias λ̂ long
-before the linear bound; the measurements behind c are in docs/free_energy.md), and the smallest γ for
-which the burn-in covers k relaxation times::
+In the quadratic picture (docs/free_energy.md) a Hessian direction of curvature h contributes
+½·nβh/(nβh + γ) to λ̂ at equilibrium and its variance relaxes at ≈ ε(nβh + γ) per step. Two regimes follow:
 
-    1/(ε·γ) ≤ num_burnin / k  ⇔  γ ≥ nβ·λ_max / (4c·num_burnin/k − 1)
+- **γ ≫ nβ·h** for every direction: λ̂ ≈ nβ·tr(H)/(2γ), a scaled Hessian trace (a sharpness count), small;
+- **γ ≪ nβ·h** for the directions that carry the loss: each contributes ≈ ½, and λ̂ counts them (the LLC).
 
-γ also keeps the chains local: each of the d γ-held coordinates spreads by 1/√γ, so ‖w − w*‖ ≈ √(d/γ), and
-γ ≥ d / (ρ²·‖w*‖²) keeps that within a fraction ρ of ‖w*‖ (a small γ lets the chains wander where the
-quadratic picture, and λ_max, no longer hold); and γ ≥ a minimum. The constants are ``AutoRule``
-(``free_energy.auto`` in the config). Source of the stability and relaxation arguments: the linear
-analysis of Langevin dynamics in a quadratic well (Welling & Teh 2011; Lau et al. 2023, appendix on
-hyperparameters; devinterp's calibration guide).
+The rule keeps the second. ``resolved_curvature`` α sets the target γ = α·nβ·h_flat, h_flat the top
+curvature λ_max of the *flattest* candidate: the sharpest direction of every candidate is then resolved to
+at least 1/(1 + α) (and all of a sharper candidate's directions above h_flat). Spending on steps, not on γ:
+
+- *ε*: c × the stability bound 4/(nβ·λ_max + γ) of the sharpest candidate, c = min(``stability_fraction``,
+  ``gradient_noise``·b/nβ). The first caps the discretization's inflation of the sampled variance, 1/(1 − c);
+  the second the minibatch-gradient noise: an SGLD step's gradient noise has covariance (ε·nβ/2)²·C/b with C
+  the per-sample gradient covariance (≈ H near a fitted classifier), i.e. ε·nβ²·h/(4b) of the injected noise ε
+  along a direction of curvature h, at most c·nβ/b along the sharpest. (On the default study, nβ = 148,
+  b = 64, λ̂'s plateau in ε ended near c = 0.04 = 0.1·64/148: docs/free_energy.md.)
+- *burn-in*: the directions at the target curvature relax within ``relaxation_times`` k relaxation times
+  1/(ε·γ), so num_burnin = k/(ε·γ) = k·(nβ·λ_max + γ)/(4c·γ): the condition number λ_max/h_flat, not γ,
+  sets the steps. Draws: ``draws_per_burnin`` × the burn-in.
+- *budget*: when that burn-in exceeds ``max_burnin`` (what the user's time allows), γ rises to the smallest
+  value whose relaxation fits, γ = nβ·λ_max/(4c·max_burnin/k − 1), and the choice says so (``reason`` =
+  ``budget``) with the burn-in the target would take (``target_burnin``).
+- *locality*: once relaxed, each of the d γ-held coordinates spreads by 1/√γ around w*, so the chains sit at
+  ‖w − w*‖ ≈ √(d/γ); γ ≥ d/(ρ²·‖w*‖²) keeps that within ``max_relative_distance`` ρ of ‖w*‖ (the smallest ‖w*‖
+  of the candidates), where the quadratic picture and λ_max still describe the loss (without it, chains of a
+  tiny test model, nβ = 10, blew up at 0.1 of the stability bound). When this floor binds, ``reason`` =
+  ``locality`` and the burn-in is the one it needs, shorter than the target's.
+
+The γ-held directions (nβh ≪ γ) need no more steps than that: each contributes ≈ nβh/(2γ), small whether it has
+relaxed or not. Source of the stability, relaxation and regime arguments: the linear analysis of Langevin
+dynamics in a quadratic well (Welling & Teh 2011; Lau et al. 2023, appendix on hyperparameters; the regime of
+Munn & Wei 2025's claim). Constants: ``AutoRule`` (``free_energy.auto``); docs/free_energy.md.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,35 +46,46 @@ import torch
 from freeenergy.free_energy.diagnostics import top_hessian_eigenvalue
 
 
+class BudgetTooShort(ValueError):
+    """The burn-in the time allows is too short for any γ: k relaxation times need more than k/(4c) steps."""
+
+
 @dataclass(frozen=True)
 class AutoRule:
-    """The constants of the automatic SGLD choice; defaults equal ``free_energy.auto`` in the config.
+    """The constants of the automatic SGLD choice (module docstring); defaults equal ``free_energy.auto``.
 
-    ``stability_fraction`` c: ε is this fraction of the stability bound 4/(nβ·λ_max + γ), in (0, 1).
-    ``relaxation_times`` k: the burn-in must cover this many relaxation times 1/(ε·γ) of the slowest,
-    γ-held directions. ``max_relative_distance`` ρ: locality; in the γ-held directions each sampled
-    coordinate spreads by 1/√γ around w*, so d such directions put the chain at ‖w − w*‖ ≈ √(d/γ), and
-    γ ≥ d / (ρ²·‖w*‖²) keeps that within ρ·‖w*‖ (null: no locality floor). ``min_localization``: the
-    smallest γ chosen in any case.
+    ``stability_fraction``: the largest fraction c of the stability bound, in (0, 1). ``gradient_noise`` η: c is
+    also at most η·b/nβ (minibatch noise at most η of the injected noise along the sharpest direction).
+    ``relaxation_times`` k: the burn-in covers k relaxation times 1/(ε·γ). ``draws_per_burnin``: draws per
+    burn-in step. ``resolved_curvature`` α: the target γ/nβ is α × the flattest candidate's λ_max.
+    ``max_relative_distance`` ρ: γ ≥ d/(ρ²‖w*‖²) (null: no locality floor). ``min_burnin``: the fewest burn-in
+    steps chosen.
     """
 
-    stability_fraction: float = 0.03
+    stability_fraction: float = 0.1
+    gradient_noise: float = 0.1
     relaxation_times: float = 3.0
+    draws_per_burnin: float = 1.0
+    resolved_curvature: float = 0.1
     max_relative_distance: float | None = 0.5
-    min_localization: float = 1.0
+    min_burnin: int = 50
 
     def __post_init__(self) -> None:
         checks = {
             "stability_fraction": 0 < self.stability_fraction < 1,
+            "gradient_noise": self.gradient_noise > 0,
             "relaxation_times": self.relaxation_times > 0,
+            "draws_per_burnin": self.draws_per_burnin > 0,
+            "resolved_curvature": self.resolved_curvature > 0,
             "max_relative_distance": self.max_relative_distance is None or self.max_relative_distance > 0,
-            "min_localization": self.min_localization > 0,
+            "min_burnin": isinstance(self.min_burnin, int) and self.min_burnin >= 1,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(
-                    f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in "
-                    "(0, 1); relaxation_times, min_localization and max_relative_distance (or null) > 0."
+                    f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in (0, 1); "
+                    "gradient_noise, relaxation_times, draws_per_burnin, resolved_curvature, max_relative_distance "
+                    "(or null) > 0; min_burnin an integer >= 1."
                 )
 
     @classmethod
@@ -73,39 +99,74 @@ class AutoRule:
             )
         return cls(**values)
 
+    def fraction(self, nbeta: float, batch_size: int) -> float:
+        """c = min(stability_fraction, gradient_noise·b/nβ): ε as a fraction of the stability bound."""
+        return min(self.stability_fraction, self.gradient_noise * batch_size / nbeta)
+
+    def burnin(self, sharpness: float, nbeta: float, batch_size: int, localization: float) -> int:
+        """Burn-in steps for k relaxation times 1/(ε·γ) at ``localization``: ⌈k·(nβ·λ_max + γ)/(4c·γ)⌉."""
+        curvature = nbeta * max(float(sharpness), 0.0)
+        c = self.fraction(nbeta, batch_size)
+        return max(
+            self.min_burnin, math.ceil(self.relaxation_times * (curvature + localization) / (4 * c * localization))
+        )
+
 
 @dataclass(frozen=True)
 class SGLDChoice:
-    """A step size and localization chosen by ``choose_sgld_settings``, with the numbers behind them."""
+    """A setting chosen by ``choose_sgld_settings`` (or given), with the numbers behind it."""
 
     step_size: float  # ε
     localization: float  # γ
-    sharpness: float  # λ_max, the top Hessian eigenvalue of the loss at w*
-    nbeta: float
     num_burnin: int
+    num_draws: int
+    sharpness: float  # λ_max of the sharpest candidate (sets ε)
+    flattest: float  # λ_max of the flattest candidate (sets the target γ)
+    nbeta: float
+    batch_size: int
     max_stable_step: float  # 4 / (nβ·λ_max + γ)
-    relaxation_steps: float  # 1 / (ε·γ): steps for the slowest (γ-held) directions to settle
-    localization_reason: str  # which bound set γ: relaxation | locality | minimum | given
+    target_localization: float  # α·nβ·flattest
+    target_burnin: int  # the burn-in the target γ needs
+    reason: str  # target | budget | locality | given
     rule: AutoRule = field(default_factory=AutoRule)
 
     @property
+    def relaxation_steps(self) -> float:
+        """1/(ε·γ): steps for the directions at the γ scale to relax."""
+        return 1.0 / (self.step_size * self.localization) if self.localization > 0 else math.inf
+
+    @property
     def burnin_relaxation_times(self) -> float:
-        """How many relaxation times of the slowest directions the burn-in covers."""
         return self.num_burnin / self.relaxation_steps if self.relaxation_steps > 0 else math.inf
 
+    @property
+    def gamma_over_nbeta(self) -> float:
+        """γ/nβ: the curvature below which directions are held by the localization rather than by the loss."""
+        return self.localization / self.nbeta
+
+    def resolved(self, sharpness: float) -> float:
+        """nβh/(nβh + γ): how far a direction of curvature ``sharpness`` is resolved (1: counted fully, ½ each)."""
+        curvature = self.nbeta * max(sharpness, 0.0)
+        return curvature / (curvature + self.localization) if curvature + self.localization > 0 else 0.0
+
     def describe(self) -> str:
-        """One line for the log: the choice, λ_max, the bound and the relaxation time."""
-        reason = {
-            "relaxation": f"the smallest whose relaxation fits {self.rule.relaxation_times:g} times in the burn-in",
-            "locality": f"keeps the chains within {self.rule.max_relative_distance:g}·‖w*‖ of w*",
-            "minimum": "the configured minimum",
+        """One line for the log: ε, γ and γ/nβ, the steps, and why."""
+        why = {
+            "target": f"the target γ/nβ = {self.rule.resolved_curvature:g} × the flattest λ_max",
+            "budget": (
+                f"raised by the time budget from the target γ/nβ = {self.target_localization / self.nbeta:.3g}, "
+                f"which needs {self.target_burnin} burn-in steps"
+            ),
+            "locality": f"the locality floor d/(ρ²‖w*‖²), ρ = {self.rule.max_relative_distance}",
             "given": "given",
-        }[self.localization_reason]
+        }[self.reason]
         return (
             f"ε = {self.step_size:.3g} ({self.step_size / self.max_stable_step:.2g} of the stability bound "
-            f"4/(nβ·λ_max + γ) = {self.max_stable_step:.3g}; λ_max = {self.sharpness:.4g}, nβ = {self.nbeta:.4g}), "
-            f"γ = {self.localization:.4g} ({reason}); relaxation time 1/(εγ) = {self.relaxation_steps:.3g} steps, "
-            f"burn-in {self.num_burnin} steps = {self.burnin_relaxation_times:.3g} relaxation times"
+            f"{self.max_stable_step:.3g}; λ_max = {self.sharpness:.4g} sharpest, {self.flattest:.4g} flattest, nβ = "
+            f"{self.nbeta:.4g}), γ = {self.localization:.4g}, γ/nβ = {self.gamma_over_nbeta:.3g} ({why}); "
+            f"{self.num_burnin} burn-in + {self.num_draws} draws, the burn-in {self.burnin_relaxation_times:.3g} "
+            f"relaxation times 1/(εγ); the flattest candidate's sharpest direction resolved to "
+            f"{self.resolved(self.flattest):.0%}"
         )
 
     def to_record(self) -> dict:
@@ -115,54 +176,69 @@ class SGLDChoice:
 def choose_sgld_settings(
     sharpness: float,
     nbeta: float,
-    num_burnin: int,
+    batch_size: int,
     rule: AutoRule = AutoRule(),
+    *,
+    flattest: float | None = None,
+    max_burnin: int | None = None,
     localization: float | None = None,
     num_parameters: int | None = None,
     weight_norm_sq: float | None = None,
 ) -> SGLDChoice:
-    """ε and γ from the stability bound, the relaxation time and locality (the rule in the module docstring).
+    """ε, γ, burn-in and draws by the rule of the module docstring.
 
-    ``sharpness`` is λ_max at the hardest checkpoint to sample (the sharpest; a negative value counts as 0);
-    ``num_parameters`` d and ``weight_norm_sq`` ‖w*‖² of the sampled parameters give the locality floor
-    d / (ρ²·‖w*‖²) (skipped when either is None). With ``localization`` given, only ε is chosen (and a
-    warning says when the burn-in is shorter than ``rule.relaxation_times`` relaxation times). Raises
-    ``ValueError`` when ``num_burnin`` is too short for the rule: it needs num_burnin > k / (4c).
+    ``sharpness``: λ_max of the sharpest candidate (sets ε); ``flattest``: λ_max of the flattest (sets the
+    target γ; default ``sharpness``); ``max_burnin``: the most burn-in steps the time allows (None: no limit);
+    ``localization``: a given γ (then only ε and the steps are chosen, the burn-in capped by ``max_burnin``);
+    ``num_parameters`` d and ``weight_norm_sq`` ‖w*‖² (the smallest of the candidates) give the locality floor
+    (skipped when either is None). Raises ``ValueError`` when λ_max <= 0 leaves no curvature to set γ by, or ``max_burnin`` is too short for
+    any γ (it needs more than k/(4c) steps).
     """
-    curvature = nbeta * max(float(sharpness), 0.0)
-    if localization is None:
-        ratio = 4 * rule.stability_fraction * num_burnin / rule.relaxation_times - 1
-        if ratio <= 0:
-            shortest = math.floor(rule.relaxation_times / (4 * rule.stability_fraction)) + 1
-            raise ValueError(
-                f"free_energy.num_burnin={num_burnin} is too short for the automatic choice of γ: the burn-in must cover "
-                f"{rule.relaxation_times:g} relaxation times 1/(εγ) with ε = {rule.stability_fraction:g} of the stability "
-                f"bound, which needs num_burnin >= {shortest} (a few hundred in practice); raise free_energy.num_burnin "
-                "or give free_energy.localization."
-            )
-        floors = {"relaxation": curvature / ratio, "minimum": rule.min_localization}
-        if rule.max_relative_distance is not None and num_parameters and weight_norm_sq:
-            floors["locality"] = num_parameters / (rule.max_relative_distance**2 * weight_norm_sq)
-        reason = max(floors, key=floors.get)
-        gamma = floors[reason]
-    else:
-        gamma, reason = float(localization), "given"
-        if gamma < 0:
-            raise ValueError(f"localization={gamma!r} is not allowed: γ >= 0.")
-    if curvature + gamma <= 0:
-        raise ValueError("the stability bound is infinite (λ_max <= 0 and γ = 0): give a positive localization.")
-    bound = 4.0 / (curvature + gamma)
-    step = rule.stability_fraction * bound
-    relaxation = 1.0 / (step * gamma) if gamma > 0 else math.inf
-    choice = SGLDChoice(step, gamma, float(sharpness), float(nbeta), int(num_burnin), bound, relaxation, reason, rule)
-    if reason == "given" and choice.burnin_relaxation_times < rule.relaxation_times:
-        warnings.warn(
-            f"{choice.describe()}: the burn-in covers fewer than {rule.relaxation_times:g} relaxation times "
-            "of the slowest directions, so the draws may still drift; raise num_burnin or the localization.",
-            RuntimeWarning,
-            stacklevel=2,
+    top = max(float(sharpness), 0.0)
+    low = min(max(float(flattest if flattest is not None else sharpness), 0.0), top)
+    if top <= 0 and localization is None:
+        raise ValueError(
+            f"the sharpest candidate has λ_max = {sharpness:.4g} <= 0: no curvature to choose γ by; give "
+            "free_energy.localization and free_energy.step_size."
         )
-    return choice
+    c = rule.fraction(nbeta, batch_size)
+    target = rule.resolved_curvature * nbeta * (low if low > 0 else top) if localization is None else localization
+    target_burnin = rule.burnin(top, nbeta, batch_size, target) if target > 0 else math.inf
+    gamma, burnin, reason = target, target_burnin, "given" if localization is not None else "target"
+    if max_burnin is not None and target_burnin > max_burnin:
+        if localization is None:
+            ratio = 4 * c * max_burnin / rule.relaxation_times - 1
+            if ratio <= 0:
+                shortest = math.floor(rule.relaxation_times / (4 * c)) + 1
+                raise BudgetTooShort(
+                    f"{max_burnin} burn-in steps are too few for any γ: {rule.relaxation_times:g} relaxation times "
+                    f"at ε = {c:.3g} of the stability bound need more than {shortest}"
+                )
+            gamma, reason = nbeta * top / ratio, "budget"
+        burnin = max_burnin
+    if localization is None and rule.max_relative_distance and num_parameters and weight_norm_sq:
+        floor = num_parameters / (rule.max_relative_distance**2 * weight_norm_sq)
+        if floor > gamma:
+            gamma, reason = floor, "locality"
+            burnin = min(rule.burnin(top, nbeta, batch_size, gamma), max_burnin or math.inf)
+    burnin = int(max(burnin, rule.min_burnin))
+    bound = 4.0 / (nbeta * top + gamma)
+    draws = max(8, math.ceil(rule.draws_per_burnin * burnin))
+    return SGLDChoice(
+        c * bound,
+        gamma,
+        burnin,
+        draws,
+        float(sharpness),
+        float(low),
+        float(nbeta),
+        int(batch_size),
+        bound,
+        float(target),
+        int(min(target_burnin, 2**62)),
+        reason,
+        rule,
+    )
 
 
 def sampled_weights(model: torch.nn.Module, frozen: Sequence[str] = ()) -> tuple[int, float]:
@@ -177,6 +253,7 @@ def auto_sgld_settings(
     targets: torch.Tensor,
     nbeta: float,
     num_burnin: int,
+    batch_size: int,
     *,
     loss_fn: Callable | None = None,
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -187,7 +264,8 @@ def auto_sgld_settings(
     seed: int = 0,
 ) -> SGLDChoice:
     """Measure λ_max of ``model`` on a seeded subset of ``sharpness_batch`` inputs (``sharpness_iterations``
-    power iterations; defaults as ``calibrate.sharpness_*``), then ``choose_sgld_settings``.
+    power iterations; defaults as ``calibrate.sharpness_*``), then ``choose_sgld_settings`` for this one model
+    with at most ``num_burnin`` burn-in steps.
 
     ``inputs``/``targets`` on the model's device (stored form; ``input_transform`` maps them to model inputs).
     What ``estimate_free_energy(..., step_size="auto")`` runs. The model is not modified.
@@ -198,4 +276,14 @@ def auto_sgld_settings(
     sharpness = top_hessian_eigenvalue(
         model, transform(inputs[index]), targets[index], loss_fn, iterations=sharpness_iterations, seed=seed
     )
-    return choose_sgld_settings(sharpness, nbeta, num_burnin, rule, localization, *sampled_weights(model))
+    num_parameters, norm_sq = sampled_weights(model)
+    return choose_sgld_settings(
+        sharpness,
+        nbeta,
+        batch_size,
+        rule,
+        max_burnin=num_burnin,
+        localization=localization,
+        num_parameters=num_parameters,
+        weight_norm_sq=norm_sq,
+    )

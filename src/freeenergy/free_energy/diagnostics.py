@@ -18,7 +18,8 @@ amplitude once ε > 4 / (nβ·λ_max + γ); below it, the discretization bias in
   ``max_rhat``, or the spread of the per-chain LLCs, sd/|λ̂|, above ``max_llc_rel_spread``;
 - *not a minimum*: the checkpoint's full-data gradient g = ∇Lₙ(w*) pulls the chains downhill. In the
   quadratic picture the localized posterior's mean moves by −(nβH + γ)⁻¹nβg, which changes λ̂ by at
-  most about −nβ²‖g‖²/γ (``gradient_bias``, reached in the flat, γ-held directions); flagged when
+  most about −nβ²‖g‖²/γ (``gradient_bias``, reached in the flat, γ-held directions; less in a run too short
+  for the flat directions to get there); flagged when
   |gradient_bias| exceeds ``max_gradient_bias_fraction`` of |λ̂|;
 - *negative LLC*: λ̂ ≤ 0, the sampled loss settled below Lₙ(w*).
 """
@@ -26,7 +27,7 @@ amplitude once ε > 4 / (nβ·λ_max + γ); below it, the discretization bias in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -139,11 +140,86 @@ def runaway_chains(loss_trace: np.ndarray, init_loss: float, nbeta: float, num_p
     return diverged
 
 
-def gradient_bias(grad_norm_sq: float, nbeta: float, localization: float) -> float:
-    """The LLC bias a non-minimum can cause, −nβ²·‖∇Lₙ(w*)‖²/γ (module docstring); −inf for γ = 0 and g ≠ 0."""
-    if localization > 0:
-        return -(nbeta**2) * grad_norm_sq / localization
-    return 0.0 if grad_norm_sq == 0 else -math.inf
+def gradient_bias(
+    grad_norm_sq: float,
+    nbeta: float,
+    localization: float,
+    step_size: float | None = None,
+    num_burnin: int = 0,
+    num_draws: int | None = None,
+) -> float:
+    """The LLC bias a non-minimum can cause: the chains' drift down the gradient g = ∇Lₙ(w*), in LLC units.
+
+    At equilibrium, −nβ²·‖g‖²/γ (module docstring; −inf for γ = 0 and g ≠ 0). With ``step_size`` ε and the
+    draws' steps (``num_burnin`` … ``num_burnin + num_draws``), the drift this run can have made: along a flat
+    direction the chains' mean moves by −(nβg/γ)(1 − (1 − εγ/2)^t) after t steps (−(ε/2)·nβg·t for γ = 0), and
+    no curved direction moves the loss more (for curvature h the factor is (1 − (1 − εP/2)^t)/P, P = nβh + γ,
+    which falls with P); the bound is −nβ²‖g‖² times that factor averaged over the draws.
+    """
+    if grad_norm_sq == 0:
+        return 0.0
+    if step_size is None or num_draws is None:
+        return -(nbeta**2) * grad_norm_sq / localization if localization > 0 else -math.inf
+    steps = np.arange(num_burnin, num_burnin + num_draws, dtype=float)
+    rate = step_size * localization / 2
+    if rate > 0:
+        reach = (
+            float(np.mean(-np.expm1(steps * np.log1p(-min(rate, 1.0)))) / localization)
+            if rate < 1
+            else 1 / localization
+        )
+    else:
+        reach = step_size / 2 * float(np.mean(steps))
+    return -(nbeta**2) * grad_norm_sq * reach
+
+
+def curvature_along(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    direction: Sequence[torch.Tensor],
+    loss_fn: Callable | None = None,
+) -> float:
+    """The Hessian's curvature along ``direction`` (one tensor per parameter that requires grad): vᵀHv/‖v‖², by one
+    Hessian-vector product (double backward) on (inputs, targets), model in eval mode; NaN for a zero direction."""
+    loss_fn = loss_fn or F.cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm_sq = float(sum((v.double() ** 2).sum() for v in direction))
+    if norm_sq == 0:
+        return math.nan
+    with eval_mode(model):
+        grads = torch.autograd.grad(loss_fn(model(inputs), targets), params, create_graph=True)
+        product = torch.autograd.grad(grads, params, list(direction))
+    return float(sum((h.double() * v.double()).sum() for h, v in zip(product, direction))) / norm_sq
+
+
+def drift_estimate(
+    grad_norm_sq: float,
+    curvature: float,
+    nbeta: float,
+    localization: float,
+    step_size: float,
+    num_burnin: int,
+    num_draws: int,
+) -> float:
+    """The LLC shift a non-minimum's drift makes in a run, with the gradient's own curvature h = gᵀHg/‖g‖².
+
+    In the quadratic picture along ĝ the chains' mean moves by μ(t) = −(nβ‖g‖/P)(1 − (1 − εP/2)^t), P = nβh + γ,
+    and λ̂ by nβ(‖g‖μ + ½hμ²): −nβ²‖g‖²(nβh + 2γ)/(2P²) once relaxed (−nβ²‖g‖²/γ for h = 0, ``gradient_bias``;
+    −nβ‖g‖²/(2h) for nβh ≫ γ). Averaged over the draws' steps. An estimate, not a bound: a gradient spread over
+    directions of other curvatures drifts by their own amounts. Negative curvature counts as 0.
+    """
+    if grad_norm_sq == 0:
+        return 0.0
+    h = max(curvature, 0.0) if math.isfinite(curvature) else 0.0
+    rate = nbeta * h + localization
+    steps = np.arange(num_burnin, num_burnin + num_draws, dtype=float)
+    if rate > 0:
+        reached = -np.expm1(steps * np.log1p(-min(step_size * rate / 2, 1.0))) / rate
+    else:
+        reached = step_size / 2 * steps
+    mean = -nbeta * math.sqrt(grad_norm_sq) * reached  # μ(t) along ĝ
+    return float(np.mean(nbeta * (math.sqrt(grad_norm_sq) * mean + 0.5 * h * mean**2)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +246,7 @@ class Health:
     split_rhat: float
     llc_rel_spread: float  # sd of the per-chain LLCs / |λ̂|
     grad_norm_sq: float  # ‖∇Lₙ(w*)‖² over the sampled parameters
-    gradient_bias: float  # −nβ²‖∇Lₙ(w*)‖²/γ
+    gradient_bias: float  # the drift's bound on the LLC bias, −nβ²‖∇Lₙ(w*)‖²/γ at equilibrium (``gradient_bias``)
     flags: list[str] = field(default_factory=list)
 
     @property
@@ -190,8 +266,13 @@ def assess_health(
     grad_norm_sq: float,
     diverged: bool,
     criteria: HealthCriteria,
+    step_size: float | None = None,
+    num_burnin: int = 0,
 ) -> Health:
-    """Run every check of the module docstring on the post-burn-in draws (num_chains, num_draws)."""
+    """Run every check of the module docstring on the post-burn-in draws (num_chains, num_draws).
+
+    With ``step_size`` and ``num_burnin``, the non-minimum's bias is the drift this run can have made
+    (``gradient_bias``); without, its equilibrium bound."""
     num_chains, num_draws = draws.shape
     testable = num_chains >= 2 and num_draws >= 8 and np.isfinite(draws).all()
     drift = trace_drift(draws, criteria.drift_test_level) if testable else Drift(math.nan, False)
@@ -205,7 +286,7 @@ def assess_health(
     levelled = drift.levelled_off if testable else None
     rhat = split_rhat(draws)
     rel_spread = llc_std / scale if math.isfinite(scale) else math.nan
-    bias = gradient_bias(grad_norm_sq, nbeta, localization)
+    bias = gradient_bias(grad_norm_sq, nbeta, localization, step_size, num_burnin, num_draws if step_size else None)
     checks = {
         "diverged": diverged,
         "not levelled off": levelled is False,

@@ -76,8 +76,9 @@ def estimate_free_energy(
 
     The keyword form of ``sample_free_energy``: it builds the ``SGLDSettings`` (nβ = n / log n unless
     given, ``default_nbeta``) and, for ``step_size="auto"``, measures λ_max and chooses ε (and γ, unless
-    given) by ``auto.choose_sgld_settings`` with ``auto_rule``'s constants; the choice is printed and kept
-    in ``estimate.extra["auto"]``.
+    given) by ``auto.choose_sgld_settings`` with ``auto_rule``'s constants, for a burn-in of at most
+    ``num_burnin`` (the draws and burn-in stay the ones given); the choice is printed and kept in
+    ``estimate.extra["auto"]``.
 
     ``dataset`` is a tuple of tensors ``(X, Y)`` or a torch Dataset of ``(x, y)`` pairs (materialised into
     tensors once). ``step_size`` (ε) and ``localization`` (γ) are required: there is no default, because a
@@ -97,6 +98,7 @@ def estimate_free_energy(
             device,
             nbeta,
             num_burnin,
+            batch_size,
             step_size,
             localization,
             auto_rule,
@@ -238,6 +240,7 @@ def _auto_settings(
     device,
     nbeta,
     num_burnin,
+    batch_size,
     step_size,
     localization,
     auto_rule,
@@ -255,6 +258,7 @@ def _auto_settings(
         targets.to(device),
         nbeta,
         num_burnin,
+        batch_size,
         loss_fn=loss_fn,
         input_transform=input_transform,
         localization=localization,

@@ -112,7 +112,16 @@ def summarize(
     if diverged_chains:
         llc = llc_std = free_energy = free_energy_std = math.nan
     health = assess_health(
-        draws, llc, llc_std, settings.nbeta, settings.localization, grad_norm_sq, bool(diverged_chains), criteria
+        draws,
+        llc,
+        llc_std,
+        settings.nbeta,
+        settings.localization,
+        grad_norm_sq,
+        bool(diverged_chains),
+        criteria,
+        settings.step_size,
+        settings.num_burnin,
     )
     for flag in health.flags:
         warnings.warn(_flag_message(flag, health, settings, diverged_chains), RuntimeWarning, stacklevel=3)
@@ -152,8 +161,8 @@ def _flag_message(flag: str, health: Health, settings: SGLDSettings, diverged_ch
         "chains disagree": f"SGLD chains disagree {where}: split-R̂ {health.split_rhat:.3g}, per-chain LLC spread "
         f"{health.llc_rel_spread:.1%} of λ̂. Raise num_draws/num_burnin or num_chains.",
         "not a minimum": f"the checkpoint is not a local minimum at this temperature {where}: ‖∇Lₙ(w*)‖² = "
-        f"{health.grad_norm_sq:.3g} can bias λ̂ by about {health.gradient_bias:.3g} "
-        "(−nβ²‖∇Lₙ‖²/γ). Train it longer, or raise localization.",
+        f"{health.grad_norm_sq:.3g} can bias λ̂ by up to {health.gradient_bias:.3g} "
+        "(the chains' drift downhill in this run; −nβ²‖∇Lₙ‖²/γ at equilibrium). Train it longer, or raise localization.",
         "negative LLC": f"the LLC is not positive {where}: the chains settled below Lₙ(w*), as they do around an "
         "under-trained checkpoint, so λ̂ is not a learning coefficient here.",
     }[flag]

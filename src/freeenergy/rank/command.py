@@ -1,42 +1,46 @@
-"""Rank checkpoint files by their pretraining free energy: calibrate once, estimate each, flag, write.
+"""Rank checkpoint files by their pretraining free energy: time, calibrate once, estimate each, flag, write.
 
-1. **Load** (``state.prepare``): expand ``rank.checkpoints``; every file is read and loaded strictly into
-   ``rank.model``. A file that fails gets one line (file, first missing / unexpected keys) and is left out;
-   differing class counts are refused (free energies compare one model on one dataset).
-2. **Calibrate** (``sgld``): the sharpness λ_max of every candidate (kept in its record); on the sharpest,
-   ε and γ from the stability bound and the relaxation time (``free_energy.auto.choose_sgld_settings``),
-   printed; or the given ``free_energy.step_size`` / ``localization``, refused above the stability bound.
-3. **Estimate** every candidate with those settings, after a short timed probe that prints the expected
-   wall time; then the step-size check (``step_check``).
-4. **Flag** each estimate's health and **write** ``ranking.csv``, ``ranking.md`` and the figure (``report``),
-   with the other selectors of ``rank.selectors`` beside F (``rank/selectors.py``).
+1. **Load** (``state.prepare``): the torch-free checks (``inputs.precheck``), then every file is read and loaded
+   strictly into ``rank.model``. A file that fails gets one line (file, first missing / unexpected keys) and
+   is left out; differing class counts are refused (free energies compare one model on one dataset).
+2. **Time** (``budget``): when work is left, a short probe times an SGLD step, a Hessian-vector product and an
+   estimate's overhead; ``rank.time_budget`` becomes the longest burn-in that fits.
+3. **Calibrate** (``sgld``): every candidate's sharpness λ_max (kept in its record); ε from the sharpest, the
+   target γ from the flattest, burn-in and draws from the relaxation and the budget
+   (``free_energy.auto.choose_sgld_settings``); printed with γ/nβ, and kept in ``sgld_choice.json`` so a rerun
+   reuses it (and the finished estimates). The expected wall time of everything left is printed.
+4. **Estimate** every candidate with that setting, **flag** each estimate and rank them (``report``); then the
+   **step-size check** on the best-ranked healthy checkpoint (``step_check``); **write** ``ranking.csv``,
+   ``ranking.md`` and the figure. The other selectors of
+   ``rank.selectors`` are added beside F (``rank/selectors.py``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from freeenergy.free_energy.auto import SGLDChoice
 from freeenergy.free_energy.calibrate_step import Calibration, run_grid
-from freeenergy.free_energy.config import health_criteria, validate_free_energy_config
+from freeenergy.rank.budget import format_duration
 from freeenergy.rank.models import LoadFailure
 from freeenergy.rank.report import plot_ranking, ranking_table, write_markdown
 from freeenergy.rank.selectors import RankSelectors
+from freeenergy.rank.setting import settle
 from freeenergy.rank.sgld import (
     choose_settings,
     estimate_candidates,
-    estimate_identity,
+    judged_estimates,
     measure_sharpness,
     sgld_config,
     sharpest,
-    status,
 )
 from freeenergy.rank.state import Prepared, prepare, prepared_model
-from freeenergy.rank.step_check import StepCheck, check_step_size
+from freeenergy.rank.step_check import StepCheck, check_step_size, check_target
 from freeenergy.records.io import write_text
 
 
@@ -51,47 +55,57 @@ class RankResult:
     csv_path: Path
     markdown_path: Path
     figure_path: Path
-    step_check: StepCheck | None = None  # rank.step_check: λ̂ of the sharpest at ε/2
+    step_check: StepCheck | None = None  # rank.step_check: λ̂ of one checkpoint at ε/2
+    budget_note: str | None = None  # what the target setting would take, when the budget raised γ
 
 
 def run_rank(cfg: DictConfig, conf_dir: str | Path | None = None) -> RankResult:
     """The whole command (see the module docstring); ``conf_dir`` locates this project's model configs."""
+    start = time.perf_counter()
     selectors = RankSelectors.from_config(cfg)  # checked before any work
     state = prepare(cfg, conf_dir)
     selectors.load(state)  # their images, checked before the SGLD
-    sharpness = measure_sharpness(state)
-    hardest = sharpest(sharpness)
-    choice = choose_settings(state, sharpness, hardest)
-    print(f"calibrated on the sharpest checkpoint, {hardest}: {choice.describe()}")
-    fe = sgld_config(state, choice)
-    validate_free_energy_config(fe)
-    estimated, reused = estimate_candidates(state, fe, estimate_identity(state, fe))
-    step_check = check_step_size(state, fe, hardest) if cfg.rank.step_check else None
-    criteria = health_criteria(fe)
-    estimates = {
-        c.name: {**state.records[c.name]["estimate"], "status": status(state.records[c.name]["estimate"], criteria)}
-        for c in state.candidates
-    }
+    settled = settle(state, start)
+    choice, fe, note = settled.choice, settled.fe, settled.note
+    estimated, reused = estimate_candidates(state, fe, settled.identity)
+    estimates = judged_estimates(state, fe, settled.sharpness, choice)
     z = cfg.rank.distinguish_z
-    table = ranking_table(estimates, state.failures, z)
+    table = ranking_table(estimates, state.failures, z, choice.gamma_over_nbeta)
+    target = check_target(list(table["checkpoint"]), estimates, dict(zip(table["checkpoint"], table["distrust"])))
+    step_check = check_step_size(state, fe, target, table) if cfg.rank.step_check and target else None
     table, selector_lines = selectors.add_to(state, table)  # rank.selectors: one column each, lines for ranking.md
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
-    results.mkdir(parents=True, exist_ok=True)
     csv_path = results / "ranking.csv"
     write_text(csv_path, table.to_csv(index=False))
-    header = describe_run(state, fe, choice, hardest) + ([f"- {step_check.describe()}."] if step_check else [])
+    header = describe_run(state, fe, choice, settled.hardest) + [
+        f"- {line}." for line in (note, step_check and step_check.describe()) if line
+    ]
+    print(
+        f"wall time {format_duration(time.perf_counter() - start)} (from the start of the ranking; imports before it not counted)"
+    )
+    shown = table.drop(columns="gamma_over_nbeta")
     markdown_path = write_markdown(
-        results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, table, z, selector_lines
+        results / "ranking.md", f"Free-energy ranking: {cfg.rank.name}", header, shown, z, selector_lines
     )
     figure_path = plot_ranking(
         estimates,
         table,
         figures / "ranking.png",
-        f"{cfg.rank.model} on {Path(str(cfg.rank.data)).name} "
-        f"(n = {state.data.n}), ε = {choice.step_size:.2g}, γ = {choice.localization:.3g}",
+        f"{cfg.rank.model} on {Path(str(cfg.rank.data)).name} (n = {state.data.n}), ε = {choice.step_size:.2g}, "
+        f"γ = {choice.localization:.3g} (γ/nβ = {choice.gamma_over_nbeta:.2g})",
     )
     return RankResult(
-        table, choice, hardest, state.failures, estimated, reused, csv_path, markdown_path, figure_path, step_check
+        table,
+        choice,
+        settled.hardest,
+        state.failures,
+        estimated,
+        reused,
+        csv_path,
+        markdown_path,
+        figure_path,
+        step_check,
+        note,
     )
 
 
@@ -132,12 +146,12 @@ def run_rank_calibration(cfg: DictConfig, conf_dir: str | Path | None = None) ->
         target = matches[0]
     candidate = next(c for c in state.candidates if c.name == target)
     value = sharpness[target]["value"]
-    choice = choose_settings(state, sharpness, target, automatic=True)
+    choice = choose_settings(state, sharpness, target, automatic=True)  # the rule's ε and γ: the grid's centre
     print(f"SGLD calibration on {candidate.name} (λ_max = {value:.4g}); the automatic choice: {choice.describe()}")
     steps, gammas = calibration_grid(cfg.calibrate, choice)
     model, _ = prepared_model(state, candidate)
     results, figures = Path(cfg.rank.results), Path(cfg.rank.figures)
-    fe = OmegaConf.merge(cfg.free_energy, {"nbeta": state.nbeta})
+    fe = sgld_config(state, choice)
     result = run_grid(
         model, state.data.split, fe, cfg.calibrate, steps, gammas, value, candidate, results, figures, cfg.progress
     )
@@ -164,5 +178,7 @@ def describe_run(state: Prepared, fe: DictConfig, choice: SGLDChoice, hardest: s
         f"n = {state.data.n} images of {len(state.data.class_names)} classes at {cfg.rank.image_size} px.",
         f"- SGLD: {fe.num_chains} chains × ({fe.num_burnin} burn-in + {fe.num_draws} draws), batch {fe.batch_size}, "
         f"seed {fe.seed}, nβ = {state.nbeta:.4g}, sample_head = {fe.sample_head}.",
-        f"- Calibrated on the sharpest checkpoint, `{hardest}`: {choice.describe()}.",
+        f"- γ/nβ = {choice.gamma_over_nbeta:.3g}: directions of curvature above it count towards λ̂ as a learning "
+        "coefficient counts them (½ each), those below as a Hessian trace (nβh/2γ each).",
+        f"- Setting (ε from the sharpest checkpoint, `{hardest}`): {choice.describe()}.",
     ]

@@ -5,14 +5,20 @@ their own head; with ``rank.fit_head=true`` a fresh linear head is fitted on fro
 ``rank.data`` is an ImageFolder root, or a dataset name of this project (``synthetic``, ``cifar_fs``,
 ``mini_imagenet``: its pretraining split ``upstream_train``, configured by ``data.*``).
 
+Channels: images are decoded as RGB; a model that takes one channel (``rank.model_kwargs={in_chans: 1}``,
+read from its first convolution) gets their luminance, 0.299·R + 0.587·G + 0.114·B rounded to uint8 (what
+PIL's ``convert("L")`` gives, the usual way grayscale training data is made). Other channel counts cannot be
+made from RGB images and are refused before any work.
+
 Normalisation (``rank.normalization``): ``data`` (per-channel mean and std of these images; for a project
 dataset its own statistics), ``model`` (the timm architecture's pretrained mean and std), or
-``{mean: [r, g, b], std: [r, g, b]}``: use what the checkpoints were trained with.
+``{mean: [...], std: [...]}`` with one value per model input channel: use what the checkpoints were trained with.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from freeenergy.data import DATASETS, ImageSet, load_data
 from freeenergy.data.image_folder import load_image_folder
 from freeenergy.free_energy.step import SplitData
-from freeenergy.rank.models import ModelSpec, normalization_of
+from freeenergy.rank.models import ModelSpec, input_channels, normalization_of
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as PIL's convert("L")
 
 
 @dataclass
@@ -44,9 +51,32 @@ class RankData:
 
 
 def channel_stats(images: torch.Tensor) -> Stats:
-    """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units."""
-    pixels = images.float().div(255).transpose(0, 1).reshape(3, -1)
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    pixels = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB uint8 images (N, 3, H, W) as the model's ``channels``: unchanged for 3, luminance (N, 1, H, W) for 1.
+
+    Raises ``ValueError`` for another count (``check_channels``).
+    """
+    check_channels(channels)
+    if channels == 3:
+        return images
+    weights = torch.tensor(LUMINANCE, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def check_channels(channels: int) -> None:
+    """Refuse, before any work, a model whose input channel count cannot be made from RGB images (1 or 3)."""
+    if channels in (1, 3):
+        return
+    raise ValueError(
+        f"the model takes {channels} input channels (its first convolution; rank.model_kwargs in_chans) but the "
+        "images are decoded as RGB: only 3 (RGB) or 1 (luminance) channels can be made from them. Rank a model "
+        "with in_chans 1 or 3."
+    )
 
 
 def per_class_subset(images: ImageSet, per_class: int | None, seed: int) -> ImageSet:
@@ -61,25 +91,35 @@ def per_class_subset(images: ImageSet, per_class: int | None, seed: int) -> Imag
     return images.subset(torch.cat(keep).sort().values)
 
 
-def _normalization(setting: Any, images: ImageSet, dataset_stats: Stats | None, spec: ModelSpec) -> Stats:
+def normalization(
+    setting: Any, channels: int, spec: ModelSpec, data_stats: Callable[[], Stats] | None = None
+) -> Stats | None:
+    """The (mean, std) of ``rank.normalization`` for a model of ``channels`` input channels.
+
+    ``data`` takes ``data_stats()`` (None without it: a check only). Raises ``ValueError`` when the setting
+    is unknown, has not ``channels`` values per key or a std <= 0, or the architecture's statistics are not
+    for ``channels`` channels.
+    """
+    shape = "{mean: [" + ", ".join(["m"] * channels) + "], std: [" + ", ".join(["s"] * channels) + "]}"
     if setting == "data":
-        return dataset_stats or channel_stats(images.images)
+        return data_stats() if data_stats else None
     if setting == "model":
         stats = normalization_of(spec)
-        if stats is None:
+        if stats is None or len(stats[0]) != channels:
+            why = "has no pretrained mean/std" if stats is None else f"has a {len(stats[0])}-channel mean/std"
             raise ValueError(
-                f"rank.normalization=model: {spec.name!r} has no pretrained mean/std; use "
-                "rank.normalization=data or {mean: [r, g, b], std: [r, g, b]}."
+                f"rank.normalization=model: {spec.name!r} {why} for its {channels} input channel(s); use "
+                f"rank.normalization=data or {shape}."
             )
         return stats
     if isinstance(setting, (dict, DictConfig)) and set(setting) == {"mean", "std"}:
         mean, std = (tuple(float(v) for v in setting[key]) for key in ("mean", "std"))
-        if len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std):
+        if len(mean) == channels and len(std) == channels and all(s > 0 for s in std):
             return mean, std
     raise ValueError(
         f"rank.normalization={setting!r} is not allowed: 'data' (these images' channel statistics), "
-        "'model' (the architecture's pretrained ones) or {mean: [r, g, b], std: [r, g, b]} with std > 0: "
-        "use what the checkpoints were trained with."
+        f"'model' (the architecture's pretrained ones) or {shape} with std > 0, one value per input channel of "
+        f"the model ({channels}): use what the checkpoints were trained with."
     )
 
 
@@ -101,15 +141,20 @@ def load_rank_data(cfg: DictConfig, spec: ModelSpec, device: torch.device) -> Ra
     """The data of ``rank.*`` on ``device`` with its input transform (normalise, channels-last if asked)."""
     images, dataset_stats = _source_images(cfg)
     images = per_class_subset(images, cfg.rank.images_per_class, cfg.rank.subset_seed)
-    mean, std = _normalization(cfg.rank.normalization, images, dataset_stats, spec)
-    digest = hashlib.sha1(images.images.numpy().tobytes())
+    channels = input_channels(spec)
+    pixels = to_channels(images.images, channels)
+    same_channels = dataset_stats is not None and len(dataset_stats[0]) == channels
+    mean, std = normalization(
+        cfg.rank.normalization, channels, spec, lambda: dataset_stats if same_channels else channel_stats(pixels)
+    )
+    digest = hashlib.sha1(pixels.numpy().tobytes())
     digest.update(images.labels.numpy().tobytes())
     digest.update(repr((mean, std)).encode())
     memory_format = torch.channels_last if cfg.free_energy.channels_last else torch.contiguous_format
-    mean_t, std_t = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+    mean_t, std_t = (torch.tensor(v, device=device).view(1, len(v), 1, 1) for v in (mean, std))
 
     def transform(batch: torch.Tensor) -> torch.Tensor:
         return ((batch.float() / 255.0 - mean_t) / std_t).contiguous(memory_format=memory_format)
 
-    split = SplitData(images.images.to(device), images.labels.to(device), transform)
+    split = SplitData(pixels.to(device), images.labels.to(device), transform)
     return RankData(split, list(images.class_names), mean, std, digest.hexdigest())

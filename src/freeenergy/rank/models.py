@@ -10,8 +10,6 @@ headless backbone (0 classes), usable with ``rank.fit_head=true``. Every file is
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +54,28 @@ def model_spec(name: str, kwargs: Mapping[str, Any] | None = None, conf_dir: str
         config = Path(conf_dir) / "model" / f"{name}.yaml" if conf_dir else None
         if config is not None and config.exists():
             defaults = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(config)).items() if k != "name"}
-        return ModelSpec(name, {**defaults, **extra}, project=True)
+        return checked_spec(ModelSpec(name, {**defaults, **extra}, project=True))
     if timm.is_model(name):
-        return ModelSpec(name, extra)
+        return checked_spec(ModelSpec(name, extra))
     close = timm.list_models(f"*{name[:6]}*")[:5] if name else []
     raise ValueError(
         f"rank.model={name!r} is neither a timm architecture nor one of this project's models "
         f"{sorted(MODELS)}; list timm's with timm.list_models('*pattern*')" + (f" (e.g. {close})." if close else ".")
     )
+
+
+def checked_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` once it builds (on the meta device, no memory): a constructor that refuses ``rank.model_kwargs``
+    (an unknown argument, a bad value) becomes a ``ValueError`` naming them."""
+    try:
+        with torch.device("meta"):
+            spec.build(num_classes=2)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ValueError(
+            f"rank.model={spec.name!r} cannot be built with rank.model_kwargs={dict(spec.kwargs)} "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); check the constructor arguments."
+        ) from error
+    return spec
 
 
 def classifier_keys(spec: ModelSpec) -> list[str]:
@@ -96,25 +108,13 @@ def normalization_of(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, .
     return None
 
 
-def expand_checkpoints(entries: Sequence[str] | str) -> list[Path]:
-    """Files named by ``rank.checkpoints`` (files or globs; ``**`` recurses), in order, without duplicates.
-
-    Raises ``ValueError`` naming an entry that matches no file, before anything is computed.
-    """
-    if isinstance(entries, str):
-        entries = [entries]
-    files: list[Path] = []
-    for entry in entries:
-        pattern = os.path.expanduser(str(entry))
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise ValueError(
-                f"rank.checkpoints entry {str(entry)!r} matches no file; give checkpoint files or globs, "
-                "e.g. 'rank.checkpoints=[ckpts/*.pt,best.safetensors]'."
-            )
-        files.extend(Path(m) for m in matches if Path(m) not in files)
-    return files
+def input_channels(spec: ModelSpec) -> int:
+    """The channel count the architecture takes: the ``in_channels`` of its first convolution (timm's
+    ``in_chans``, 3 unless ``rank.model_kwargs`` says otherwise); 3 for a model without convolutions."""
+    with torch.device("meta"):
+        model = spec.build(num_classes=2)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else int(spec.kwargs.get("in_chans", 3))
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,14 @@ from tqdm import tqdm
 from freeenergy.free_energy.sampler import default_nbeta
 from freeenergy.free_energy.step import prepare_model
 from freeenergy.rank.config import validate_rank_config
-from freeenergy.rank.data import RankData, load_rank_data
+from freeenergy.rank.data import RankData, check_channels, load_rank_data, normalization
+from freeenergy.rank.inputs import precheck
 from freeenergy.rank.models import (
     Candidate,
     LoadFailure,
     ModelSpec,
     check_one_class_count,
-    expand_checkpoints,
+    input_channels,
     load_candidate,
     model_spec,
     read_candidates,
@@ -81,17 +82,23 @@ class Prepared:
 
 def prepare(cfg: DictConfig, conf_dir: str | Path | None = None) -> Prepared:
     """Validate, load the candidates (reporting the files that fail) and the data; nothing is estimated."""
+    files = precheck(cfg, conf_dir)
     validate_rank_config(cfg)
-    set_threads(cfg.get("num_threads"))
+    threads = set_threads(cfg.get("num_threads"))
+    print(f"{threads} CPU thread(s) (num_threads={cfg.get('num_threads')})")
     kwargs = {} if cfg.rank.model_kwargs is None else OmegaConf.to_container(cfg.rank.model_kwargs, resolve=True)
     spec = model_spec(cfg.rank.model, kwargs, conf_dir)
-    files = expand_checkpoints(list(cfg.rank.checkpoints))
-    candidates, failures = read_candidates(files, spec)
+    channels = input_channels(spec)
+    check_channels(channels)
+    normalization(cfg.rank.normalization, channels, spec)  # refuses a bad setting before the data are read
+    if files.skipped_line():
+        print(files.skipped_line())
+    candidates, failures = read_candidates(files.files, spec)
     for failure in failures:
         tqdm.write(f"NOT RANKED: {failure.message}")
     if not candidates:
         raise ValueError(
-            f"none of the {len(files)} checkpoint file(s) loads into rank.model={cfg.rank.model!r} (see the "
+            f"none of the {len(files.files)} checkpoint file(s) loads into rank.model={cfg.rank.model!r} (see the "
             "lines above); check the architecture, rank.model_kwargs and the files."
         )
     num_classes = check_one_class_count(candidates)
