@@ -77,7 +77,7 @@ def read_json_cache(path: Path) -> Any | None:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         _rebuilding(path, f"is corrupt or incomplete ({type(error).__name__}: {error})")
         return None
 
