@@ -10,7 +10,9 @@ Three variants, recognised in this order under ``data.root``:
   CIFAR's own 500 / 100 split this way): pooled by class, train images first.
 
 The class is the folder's name; which split a class belongs to always comes from our lists. Images of a
-class are read in sorted file-name order.
+class are read in sorted file-name order. Folders and files are listed by :mod:`freeenergy.data.listing`
+(hidden ones skipped, a file reached twice through links counted once) and decoded by the project's one
+image reader (:mod:`freeenergy.data.images`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,10 @@ from pathlib import Path
 
 from freeenergy.data.formats import DataFormat, Match, Part, Source
 from freeenergy.data.images import decode_files, list_images
+from freeenergy.data.listing import subfolders
 from freeenergy.data.splits import SPLIT_NAMES, read_class_list
 
 POOL = "data"
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _probe(root: Path, name: str, halves: bool) -> Match:
@@ -65,11 +64,12 @@ def _scan(match: Match, benchmark: str, list_dir: str) -> Source:
         folders = [(None, root / POOL)]
     else:
         folders = [(None, root / "train"), (None, root / "test")]
-    pieces, classes, where = [], {}, {}
+    pieces, classes, where, visited = [], {}, {}, set()
     for split, folder in folders:
-        files = [(path, class_dir.name) for class_dir in _class_dirs(folder) for path in list_images(class_dir)]
+        class_dirs = subfolders(folder)
+        files = [(path, class_dir.name) for class_dir in class_dirs for path in list_images(class_dir, visited)]
         pieces.append((split, folder, files))
-        classes.setdefault(split, []).extend(d.name for d in _class_dirs(folder))
+        classes.setdefault(split, []).extend(d.name for d in class_dirs)
         where[split] = ", ".join(filter(None, (where.get(split), str(folder))))
     fingerprint = [str(path.relative_to(root)) for _, _, files in pieces for path, _ in files]
     return Source(root, pieces, fingerprint, classes, where)
