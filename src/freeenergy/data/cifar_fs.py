@@ -31,7 +31,7 @@ from torchvision.datasets.utils import check_integrity, download_and_extract_arc
 from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
 from freeenergy.data.folders import class_folders_format
 from freeenergy.data.formats import (AUTO, DataFormat, DataNotFoundError, Match, Part, Source, expect_dict,
-                                     expect_int_labels, file_fingerprint, files_match, pick_files)
+                                     expect_int_labels, expect_names, file_fingerprint, files_match, pick_files)
 from freeenergy.data.images import from_hwc_array, resize
 from freeenergy.data.safe_pickle import load_pickle
 from freeenergy.data.splits import SPLIT_NAMES, read_class_list, read_name_list
@@ -82,7 +82,8 @@ def _torchvision_format(verify_checksums: bool) -> DataFormat:
         paths = source.pieces
         if verify_checksums:
             _verify(paths)
-        names = expect_dict(load_pickle(paths["meta"]), ("fine_label_names",), paths["meta"])["fine_label_names"]
+        meta = expect_dict(load_pickle(paths["meta"]), ("fine_label_names",), paths["meta"])
+        names = expect_names(meta["fine_label_names"], 100, paths["meta"], "fine_label_names")
         parts = []
         for half in ("train", "test"):
             batch = expect_dict(load_pickle(paths[half]), ("data", "fine_labels"), paths[half])
@@ -91,7 +92,7 @@ def _torchvision_format(verify_checksums: bool) -> DataFormat:
                 raise ValueError(f"{paths[half]}: 'data' must be uint8 rows of 3072 pixels (N, 3072).")
             images = resize(torch.from_numpy(rows.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE).copy()), image_size)
             labels = expect_int_labels(batch["fine_labels"], len(images), paths[half], "fine_labels", upper=100)
-            parts.append(Part(images, [str(names[label]) for label in labels], None, str(paths[half])))
+            parts.append(Part(images, [names[label] for label in labels], None, str(paths[half])))
         return parts
 
     return DataFormat("torchvision", "CIFAR-100's python version, as torchvision reads it",

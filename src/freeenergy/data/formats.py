@@ -16,6 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from freeenergy.data.listing import subfolders
+
 AUTO = "auto"
 
 
@@ -119,6 +121,31 @@ def expect_dict(value: object, keys: tuple[str, ...], path: Path) -> dict:
     return value
 
 
+def as_text(value: object, path: Path, key: str) -> str:
+    """A name read from a data file (a class name, a WordNet id) as ``str``.
+
+    Text pickled by Python 2 and read with ``encoding='latin1'`` is ``str`` already; ``bytes`` (a Python 3
+    pickle of encoded text, or numpy ``S`` strings) are decoded as UTF-8, else Latin-1; numpy strings become
+    ``str``. Anything else raises ValueError naming ``path`` and ``key``.
+    """
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin1")
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError(f"{path}: '{key}' must hold names (text); found {type(value).__name__} {str(value)[:40]!r}.")
+
+
+def expect_names(values: object, count: int, path: Path, key: str) -> list[str]:
+    """``count`` names (a list, tuple or numpy array of text or bytes, see :func:`as_text`); else ValueError."""
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != count:
+        found = f"{len(values)} entries" if isinstance(values, (list, tuple, np.ndarray)) else type(values).__name__
+        raise ValueError(f"{path}: '{key}' must list {count} names; found {found}.")
+    return [as_text(value, path, key) for value in values]
+
+
 def expect_int_labels(labels: object, count: int, path: Path, key: str = "labels",
                       upper: int | None = None) -> list[int]:
     """``count`` integer labels (a list or array), in [0, upper) when given; else ValueError naming ``path``."""
@@ -138,13 +165,25 @@ def _describe(match: Match) -> str:
     return f"{text} ({match.hint})" if match.hint else text
 
 
+def _one_folder_down(candidates: list[DataFormat], root: Path) -> dict[Path, list[tuple[DataFormat, Match]]]:
+    """The complete copies in the non-hidden folders directly under ``root``: folder → its complete matches."""
+    found = {}
+    for folder in subfolders(root) if root.is_dir() else []:
+        complete = [(fmt, match) for fmt in candidates if (match := fmt.probe(folder)).complete]
+        if complete:
+            found[folder] = complete
+    return found
+
+
 def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str,
            advice: str = "") -> tuple[DataFormat, Match]:
     """The format of the copy under ``root``: ``requested`` when given, else the first complete match.
 
-    Prints which format was found. ``advice`` ends the error when nothing is found. Raises ValueError
-    for an unknown ``requested`` name, and DataNotFoundError naming every format looked for and the
-    closest match when none is complete.
+    When ``root`` holds no complete copy but exactly one folder directly inside it does (``data.root`` at the
+    folder that holds r2d2's ``miniimagenet/`` or ``cifar100/``), that copy is used. Prints which format was
+    found, and where. ``advice`` ends the error when nothing is found. Raises ValueError for an unknown
+    ``requested`` name, and DataNotFoundError naming every format looked for and the closest match when none
+    is complete, or the folders when several folders inside ``root`` hold one.
     """
     names = [f.name for f in formats]
     if requested != AUTO and requested not in names:
@@ -153,13 +192,25 @@ def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str
     candidates = formats if requested == AUTO else [formats[names.index(requested)]]
     matches = [(fmt, fmt.probe(root)) for fmt in candidates]
     complete = [(fmt, match) for fmt, match in matches if match.complete]
+    where = ""
+    if not complete:
+        below = _one_folder_down(candidates, root)
+        if len(below) > 1:
+            listed = "; ".join(f"{folder} (data.format={', '.join(f.name for f, _ in found)})"
+                               for folder, found in below.items())
+            raise DataNotFoundError(
+                f"data.root={str(root)!r} holds no {benchmark} copy itself, but several folders inside it do: {listed}. "
+                "Point data.root at the one to use.")
+        if below:
+            folder, complete = next(iter(below.items()))
+            where = f", one folder down in {folder}"
     if complete:
         fmt, match = complete[0]
         how = "found" if requested == AUTO else "reading"
         note = f"; {match.note}" if match.note else ""
         others = [f.name for f, _ in complete[1:]]
         also = f"; also found data.format={', '.join(others)} (pass data.format=… to use it)" if others else ""
-        print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){also}")
+        print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){where}{also}")
         return fmt, match
     closest_fmt, closest = max(matches, key=lambda fm: len(fm[1].found))
     looked = "\n".join(f"  - data.format={fmt.name}: {fmt.looks_for} ({fmt.title})" for fmt in candidates)
@@ -167,7 +218,7 @@ def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str
         nearest = f"Closest match: data.format={closest_fmt.name}: {_describe(closest)}."
     else:
         entries = sorted(p.name for p in root.iterdir())[:8] if root.is_dir() else []
-        nearest = f"None of these was found; {root} holds {entries or 'nothing'}."
+        nearest = f"None of these was found (nor in a folder directly inside it); {root} holds {entries or 'nothing'}."
     if requested != AUTO:
         present = [f.name for f in formats if f.name != requested and f.probe(root).complete]
         if present:

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import csv
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
 from freeenergy.data.folders import class_folders_format
-from freeenergy.data.formats import (DataFormat, DataNotFoundError, Match, Part, Source, expect_dict,
+from freeenergy.data.formats import (DataFormat, DataNotFoundError, Match, Part, Source, as_text, expect_dict,
                                      expect_int_labels, file_fingerprint, files_match, pick_files)
 from freeenergy.data.images import decode_files, from_hwc_array
 from freeenergy.data.safe_pickle import load_pickle
 from freeenergy.data.splits import SPLIT_NAMES
 from freeenergy.data.types import FewShotData
+from freeenergy.records.io import inflation_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet channel statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,7 +49,11 @@ Row = tuple[str, str]  # (filename, WordNet id) of one CSV line
 # --- csv: images/ + train.csv, val.csv, test.csv ---------------------------------------------------------
 
 def read_split_csv(path: Path) -> list[Row]:
-    """(filename, label) rows of one split file, checked for the ``filename,label`` header."""
+    """(filename, label) rows of one split file, checked for the ``filename,label`` header.
+
+    Every file name must name a file inside ``images/``: a relative path without ``..`` (ValueError naming
+    the line otherwise), so that a CSV never makes the loader read outside the copy.
+    """
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
@@ -57,7 +62,16 @@ def read_split_csv(path: Path) -> list[Row]:
     for line, row in enumerate(rows[1:], start=2):
         if row and len(row) != 2:
             raise ValueError(f"{path}, line {line}: expected 'filename,label', found {row}.")
+        if row and not _inside_images(row[0].strip()):
+            raise ValueError(f"{path}, line {line}: the file name {row[0].strip()!r} points outside images/ (an "
+                             "absolute path, or '..'); the CSVs name files inside images/ only. Fix or remove the line.")
     return [(row[0].strip(), row[1].strip()) for row in rows[1:] if row]
+
+
+def _inside_images(name: str) -> bool:
+    """Whether ``name`` is a path relative to ``images/`` that stays inside it (read as written: no ``..``)."""
+    relative = PurePath(name)
+    return bool(name) and not relative.is_absolute() and not relative.drive and ".." not in relative.parts
 
 
 def _probe_csv(root: Path) -> Match:
@@ -112,7 +126,8 @@ def _read_gidaris(source: Source, image_size: int) -> list[Part]:
     for split, path in source.pieces.items():
         content = expect_dict(load_pickle(path), ("data", "labels", "catname2label"), path)
         images = from_hwc_array(content["data"], image_size, str(path))
-        wnid_of = {int(label): str(wnid) for wnid, label in _mapping(content, "catname2label", path).items()}
+        wnid_of = {int(label): as_text(wnid, path, "catname2label")
+                   for wnid, label in _mapping(content, "catname2label", path).items()}
         labels = expect_int_labels(content["labels"], len(images), path)
         unknown = sorted(set(labels) - set(wnid_of))
         if unknown:
@@ -133,7 +148,8 @@ def _read_ren(source: Source, image_size: int) -> list[Part]:
     for split, path in source.pieces.items():
         content = expect_dict(load_pickle(path), ("image_data", "class_dict"), path)
         data = content["image_data"]
-        rows = [(int(i), str(wnid)) for wnid, members in _mapping(content, "class_dict", path).items() for i in members]
+        rows = [(int(i), as_text(wnid, path, "class_dict"))
+                for wnid, members in _mapping(content, "class_dict", path).items() for i in members]
         if not isinstance(data, np.ndarray) or any(not 0 <= i < len(data) for i, _ in rows):
             raise ValueError(f"{path}: 'class_dict' names rows outside 'image_data'.")
         images = from_hwc_array(data[[i for i, _ in rows]], image_size, str(path))
@@ -162,6 +178,26 @@ def _probe_hdf5(root: Path) -> Match:
     return match
 
 
+def _class_dataset(h5py, group, wnid: str, path: Path):
+    """The dataset of one class, refused (ValueError naming the file) when its pixels would come from elsewhere
+    (an external link, HDF5 external storage, a virtual dataset) or are not uint8 images (N, H, W, 3)."""
+    link = group.get(wnid, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ValueError(f"{path}: datasets/{wnid} links to {link.filename!r}; torchmeta's files hold their own "
+                         "pixels, and no other file is read. Use an original copy of the file.")
+    dataset = group[wnid]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ValueError(f"{path}: datasets/{wnid} is not a dataset of images.")
+    if dataset.external or dataset.is_virtual:
+        where = [name for name, *_ in dataset.external] if dataset.external else "other files (a virtual dataset)"
+        raise ValueError(f"{path}: datasets/{wnid} keeps its pixels in {where}, outside this file; torchmeta's files "
+                         "hold their own pixels, and no other file is read. Use an original copy of the file.")
+    if dataset.dtype != np.uint8 or dataset.ndim != 4 or dataset.shape[-1] != 3:
+        raise ValueError(f"{path}: datasets/{wnid} must hold uint8 images (N, H, W, 3); found {dataset.dtype} "
+                         f"{dataset.shape}.")
+    return dataset
+
+
 def _read_hdf5(source: Source, image_size: int) -> list[Part]:
     h5py, parts = _h5py(), []
     for split, path in source.pieces.items():
@@ -171,7 +207,11 @@ def _read_hdf5(source: Source, image_size: int) -> list[Part]:
                                  f"found {sorted(handle)[:6]}.")
             group = handle["datasets"]
             wnids = list(group)
-            arrays = [np.asarray(group[wnid]) for wnid in wnids]
+            datasets = [_class_dataset(h5py, group, wnid, path) for wnid in wnids]
+            problem = inflation_problem(sum(d.size for d in datasets), path.stat().st_size)
+            if problem:
+                raise ValueError(f"{path}: its datasets {problem}; use an original copy of the file.")
+            arrays = [d[()] for d in datasets]
         images = from_hwc_array(np.concatenate(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8),
                                 image_size, str(path))
         parts.append(Part(images, [w for w, a in zip(wnids, arrays) for _ in range(len(a))], split, str(path)))
