@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from freeenergy.data.cache import check_image_splits, read_tensor_cache, write_tensor_cache
+from freeenergy.data.cache import (CacheContentError, cached_value, check_image_splits, read_tensor_cache,
+                                   write_tensor_cache)
 from freeenergy.data.formats import DataFormat, DataNotFoundError, Part, Source, detect
 from freeenergy.data.splits import SPLIT_NAMES, read_class_list, split_per_class
 from freeenergy.data.types import FewShotData, ImageSet
+from freeenergy.records.io import file_sha256
 
 IMAGES_PER_CLASS = 600  # both benchmarks: every class has 600 images
+FINGERPRINT = "fingerprint"  # the cache's entry holding the copy's content fingerprint
 
 
 def standard_classes(benchmark: str) -> dict[str, list[str]]:
@@ -100,34 +106,81 @@ def check_options(image_size: object, heldout_fraction: object) -> None:
         raise ValueError(f"data.heldout_fraction={heldout_fraction} must lie strictly between 0 and 1.")
 
 
-def load_splits(benchmark: str, formats: list[DataFormat], root: Path, data_format: str, image_size: int,
-                cache_dir: str | None, advice: str = "") -> dict[str, ImageSet]:
-    """The three splits of the copy under ``root``, decoded once and cached as ``cache_<image_size>.pt``.
+@dataclass
+class Located:
+    """A copy found under ``data.root``: its format, what it will read, and its cache file and key."""
 
-    ``advice`` ends the error when no format is found. The cache lives in
-    ``cache_dir`` (default: ``root``); it is rebuilt when the copy changes or the cache is damaged.
-    Raises FileNotFoundError (no copy found), ValueError (not the standard split, bad contents).
+    fmt: DataFormat
+    source: Source
+    cache: Path
+    digest: str
+
+
+def locate(benchmark: str, formats: list[DataFormat], root: Path, data_format: str, image_size: int,
+           cache_dir: str | None, advice: str = "", announce: bool = True) -> Located:
+    """Detect the copy's format (printing it when ``announce``), list what it will read, check its classes.
+
+    Raises FileNotFoundError (no copy found), ValueError (not the standard split).
     """
     if not root.is_dir():
         raise DataNotFoundError(f"data.root={str(root)!r} does not exist; point data.root at your {benchmark} copy "
                                 "(the formats are listed in docs/data.md).")
-    fmt, match = detect(benchmark, formats, root, data_format, advice)
+    fmt, match = detect(benchmark, formats, root, data_format, advice, announce)
     source = fmt.scan(match)
     if source.classes is not None:
         check_classes(benchmark, source.classes, source.where)  # before decoding anything
+    cache = Path(cache_dir or root) / f"cache_{image_size}.pt"
+    return Located(fmt, source, cache, _digest(benchmark, fmt, source, image_size))
+
+
+def content_fingerprint(benchmark: str, source: Source) -> str:
+    """The fingerprint of a copy's content: sha256 over the relative name and the sha256 of every file it is read
+    from (``Source.files``). The same files under the same names give the same fingerprint on any machine,
+    wherever they lie and whatever their modification times; any changed byte changes it."""
+    hasher = hashlib.sha256(f"{benchmark}\0".encode())
+    for path in sorted(source.files):
+        hasher.update(os.fsencode(path.relative_to(source.location)) + b"\0" + bytes.fromhex(file_sha256(path)))
+    return f"{benchmark}-{hasher.hexdigest()[:32]}"
+
+
+def load_splits(benchmark: str, formats: list[DataFormat], root: Path, data_format: str, image_size: int,
+                cache_dir: str | None, advice: str = "") -> dict[str, ImageSet]:
+    """The three splits of the copy under ``root``, decoded once and cached as ``cache_<image_size>.pt``.
+
+    ``advice`` ends the error when no format is found. The cache lives in ``cache_dir`` (default: ``root``)
+    with the copy's content fingerprint (:func:`content_fingerprint`); it is rebuilt when the copy changes or
+    the cache is damaged. Raises FileNotFoundError (no copy found), ValueError (not the standard split, bad contents).
+    """
+    found = locate(benchmark, formats, root, data_format, image_size, cache_dir, advice)
     wanted = standard_classes(benchmark)
-    cache, digest = Path(cache_dir or root) / f"cache_{image_size}.pt", _digest(benchmark, fmt, source, image_size)
-    payload = read_tensor_cache(cache, digest, lambda p: check_image_splits(
-        p, {split: len(names) for split, names in wanted.items()}, image_size))
+    payload = read_tensor_cache(found.cache, found.digest, lambda p: _check_cache(p, wanted, image_size))
     if payload is None:
-        sets = assemble(fmt.read(source, image_size), benchmark)
-        write_tensor_cache(cache, digest, {f"{split}/{key}": getattr(sets[split], key)
-                                           for split in SPLIT_NAMES for key in ("images", "labels")})
+        sets = assemble(found.fmt.read(found.source, image_size), benchmark)
+        tensors = {f"{split}/{key}": getattr(sets[split], key) for split in SPLIT_NAMES for key in ("images", "labels")}
+        write_tensor_cache(found.cache, found.digest, {**tensors, FINGERPRINT: content_fingerprint(benchmark, found.source)})
     else:
         sets = {split: ImageSet(payload[f"{split}/images"], payload[f"{split}/labels"], wanted[split])
                 for split in SPLIT_NAMES}
     warn_unusual_counts(sets, benchmark, root)
     return sets
+
+
+def _check_cache(payload: dict, wanted: dict[str, list[str]], image_size: int) -> None:
+    check_image_splits(payload, {split: len(names) for split, names in wanted.items()}, image_size)
+    if not isinstance(payload.get(FINGERPRINT), str):
+        raise CacheContentError(f"'{FINGERPRINT}' is missing")
+
+
+def copy_fingerprint(benchmark: str, formats: list[DataFormat], root: Path, data_format: str, image_size: int,
+                     cache_dir: str | None, load: Callable[[], object]) -> str:
+    """The content fingerprint of the copy under ``root``: from its cache when the cache is current (cheap: the
+    file is mapped, not read), else after ``load()`` has built it; hashed from the files when no cache can be written."""
+    found = locate(benchmark, formats, root, data_format, image_size, cache_dir, announce=False)
+    cached = cached_value(found.cache, found.digest, FINGERPRINT)
+    if cached is None:
+        load()
+        cached = cached_value(found.cache, found.digest, FINGERPRINT)
+    return cached if isinstance(cached, str) else content_fingerprint(benchmark, found.source)
 
 
 def few_shot_data(name: str, sets: dict[str, ImageSet], heldout_fraction: float, split_seed: int,

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import torch
 
-from freeenergy.records.io import load_torch, save_torch, write_json
+from freeenergy.records.io import load_torch, save_torch, tensor_file_problem, write_json
 
-CACHE_VERSION = 2  # bump when what a cache holds changes, so older caches are rebuilt
+CACHE_VERSION = 3  # bump when what a cache holds changes, so older caches are rebuilt
 # What torch.load raises on a damaged file: a truncated zip, an empty file, a foreign pickle.
 _LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
                 pickle.UnpicklingError, zipfile.BadZipFile)
@@ -60,6 +60,21 @@ def read_tensor_cache(path: Path, digest: str, check: Callable[[dict], None]) ->
         _rebuilding(path, f"is invalid ({error})")
         return None
     return payload
+
+
+def cached_value(path: Path, digest: str, key: str) -> Any | None:
+    """One small entry of a current cache (its version and ``digest`` match), or None; the cache's tensors are
+    mapped, not read, so this costs milliseconds however large the cache is. Never warns: a cache that is not
+    current is reported by :func:`read_tensor_cache` when the data is loaded."""
+    if not path.is_file() or tensor_file_problem(path):
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except _LOAD_ERRORS:
+        return None
+    if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION or payload.get("digest") != digest:
+        return None
+    return payload.get(key)
 
 
 def write_tensor_cache(path: Path, digest: str, tensors: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ import torch
 from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
+from freeenergy.data.benchmark import check_options, copy_fingerprint, few_shot_data, load_splits
 from freeenergy.data.folders import class_folders_format
 from freeenergy.data.formats import (AUTO, DataFormat, DataNotFoundError, Match, Part, Source, expect_dict,
                                      expect_int_labels, expect_names, file_fingerprint, files_match, pick_files)
@@ -76,7 +76,7 @@ def _torchvision_format(verify_checksums: bool) -> DataFormat:
     def scan(match: Match) -> Source:
         paths = dict(zip(("train", "test", "meta"), pick_files(match)))
         fingerprint = [file_fingerprint(p, match.location) for p in paths.values()] + [f"verified={verify_checksums}"]
-        return Source(match.location, paths, fingerprint)
+        return Source(match.location, paths, fingerprint, files=list(paths.values()))
 
     def read(source: Source, image_size: int) -> list[Part]:
         paths = source.pieces
@@ -135,7 +135,8 @@ def _read_pickles(source: Source, image_size: int) -> list[Part]:
 
 def _scan_pickles(match: Match) -> Source:
     paths = pick_files(match)
-    return Source(match.location, dict(zip(SPLIT_NAMES, paths)), [file_fingerprint(p, match.location) for p in paths])
+    return Source(match.location, dict(zip(SPLIT_NAMES, paths)), [file_fingerprint(p, match.location) for p in paths],
+                  files=paths)
 
 
 def cifar_fs_formats(verify_checksums: bool = True) -> list[DataFormat]:
@@ -209,3 +210,16 @@ def load_cifar_fs(
     sets = load_splits(BENCHMARK, formats, folder, format, image_size, cache_dir,
                        advice=", or set data.download=true to download CIFAR-100 there")
     return few_shot_data(BENCHMARK, sets, heldout_fraction, split_seed, CIFAR100_MEAN, CIFAR100_STD)
+
+
+def fingerprint_cifar_fs(root: str, image_size: int = NATIVE_SIZE, verify_checksums: bool = True,
+                         cache_dir: str | None = None, format: str = AUTO, **options) -> str:
+    """The content fingerprint of the CIFAR-FS copy under ``root`` (``benchmark.copy_fingerprint``): cheap once its
+    cache is built; the data is loaded (and cached) first when it is not. ``options``: the other ``data.*`` keys."""
+    def load() -> None:
+        load_cifar_fs(root, image_size=image_size, verify_checksums=verify_checksums, cache_dir=cache_dir,
+                      format=format, **{k: v for k, v in options.items() if k in ("heldout_fraction", "split_seed")})
+
+    check_root(str(root), False)
+    return copy_fingerprint(BENCHMARK, cifar_fs_formats(verify_checksums), Path(root), format, image_size, cache_dir,
+                            load)

@@ -72,7 +72,7 @@ def _scan(match: Match, benchmark: str, list_dir: str) -> Source:
         classes.setdefault(split, []).extend(d.name for d in class_dirs)
         where[split] = ", ".join(filter(None, (where.get(split), str(folder))))
     fingerprint = [str(path.relative_to(root)) for _, _, files in pieces for path, _ in files]
-    return Source(root, pieces, fingerprint, classes, where)
+    return Source(root, pieces, fingerprint, classes, where, [path for _, _, files in pieces for path, _ in files])
 
 
 def _read(source: Source, image_size: int, benchmark: str) -> list[Part]:

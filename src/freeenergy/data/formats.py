@@ -53,6 +53,8 @@ class Source:
     ``fingerprint`` changes whenever the pieces change (file names, and for large files their sizes and
     modification times): it keys the decoded-image cache. ``classes`` maps a split (``None`` for a pool
     of all classes) to the class names found there, when they are known without reading the images.
+    ``files``: every file the images and their classes are read from (the copy's content fingerprint
+    hashes them, :func:`freeenergy.data.benchmark.content_fingerprint`).
     """
 
     location: Path
@@ -60,6 +62,7 @@ class Source:
     fingerprint: list[str]
     classes: dict[str | None, list[str]] | None = None
     where: dict[str | None, str] = field(default_factory=dict)  # split → the file/folder, for messages
+    files: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -176,12 +179,12 @@ def _one_folder_down(candidates: list[DataFormat], root: Path) -> dict[Path, lis
 
 
 def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str,
-           advice: str = "") -> tuple[DataFormat, Match]:
+           advice: str = "", announce: bool = True) -> tuple[DataFormat, Match]:
     """The format of the copy under ``root``: ``requested`` when given, else the first complete match.
 
     When ``root`` holds no complete copy but exactly one folder directly inside it does (``data.root`` at the
     folder that holds r2d2's ``miniimagenet/`` or ``cifar100/``), that copy is used. Prints which format was
-    found, and where. ``advice`` ends the error when nothing is found. Raises ValueError for an unknown
+    found, and where (``announce``). ``advice`` ends the error when nothing is found. Raises ValueError for an unknown
     ``requested`` name, and DataNotFoundError naming every format looked for and the closest match when none
     is complete, or the folders when several folders inside ``root`` hold one.
     """
@@ -210,7 +213,8 @@ def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str
         note = f"; {match.note}" if match.note else ""
         others = [f.name for f, _ in complete[1:]]
         also = f"; also found data.format={', '.join(others)} (pass data.format=… to use it)" if others else ""
-        print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){where}{also}")
+        if announce:
+            print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){where}{also}")
         return fmt, match
     closest_fmt, closest = max(matches, key=lambda fm: len(fm[1].found))
     looked = "\n".join(f"  - data.format={fmt.name}: {fmt.looks_for} ({fmt.title})" for fmt in candidates)

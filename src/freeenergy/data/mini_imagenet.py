@@ -30,7 +30,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
+from freeenergy.data.benchmark import check_options, copy_fingerprint, few_shot_data, load_splits
 from freeenergy.data.folders import class_folders_format
 from freeenergy.data.formats import (DataFormat, DataNotFoundError, Match, Part, Source, as_text, expect_dict,
                                      expect_int_labels, file_fingerprint, files_match, pick_files)
@@ -84,7 +84,8 @@ def _scan_csv(match: Match) -> Source:
     classes = {split: [label for _, label in split_rows] for split, split_rows in rows.items()}
     where = {split: str(root / f"{split}.csv") for split in SPLIT_NAMES}
     fingerprint = [f"{split}:{name}" for split in SPLIT_NAMES for name, _ in rows[split]]
-    return Source(root, rows, fingerprint, classes, where)
+    images = dict.fromkeys(root / "images" / name for split_rows in rows.values() for name, _ in split_rows)
+    return Source(root, rows, fingerprint, classes, where, [root / f"{s}.csv" for s in SPLIT_NAMES] + list(images))
 
 
 def _read_csv(source: Source, image_size: int) -> list[Part]:
@@ -112,7 +113,7 @@ def _probe_files(name: str, files: dict[str, str | tuple[str, ...]]):
 def _scan_files(match: Match) -> Source:
     paths = pick_files(match)
     return Source(match.location, dict(zip(SPLIT_NAMES, paths)),
-                  [file_fingerprint(p, match.location) for p in paths])
+                  [file_fingerprint(p, match.location) for p in paths], files=paths)
 
 
 def _mapping(content: dict, key: str, path: Path) -> dict:
@@ -286,3 +287,15 @@ def load_mini_imagenet(
     check_root(str(root))
     sets = load_splits(BENCHMARK, FORMATS, Path(root), format, image_size, cache_dir)
     return few_shot_data(BENCHMARK, sets, heldout_fraction, split_seed, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def fingerprint_mini_imagenet(root: str, image_size: int = 84, cache_dir: str | None = None, format: str = "auto",
+                              **options) -> str:
+    """The content fingerprint of the mini-ImageNet copy under ``root`` (``benchmark.copy_fingerprint``): cheap once
+    its cache is built; the data is loaded (and cached) first when it is not. ``options``: the other ``data.*`` keys."""
+    def load() -> None:
+        load_mini_imagenet(root, image_size=image_size, cache_dir=cache_dir, format=format,
+                           **{k: v for k, v in options.items() if k in ("heldout_fraction", "split_seed")})
+
+    check_root(str(root))
+    return copy_fingerprint(BENCHMARK, FORMATS, Path(root), format, image_size, cache_dir, load)

@@ -193,9 +193,34 @@ def generate(images_per_class: int, image_size: int, seed: int, downstream_image
     return result
 
 
+def _drawing_key(version: int | None = None, **params) -> str:
+    """sha1 (hex) of what the drawing depends on: the generator's version (default: this one) and its arguments."""
+    key = {"version": GENERATOR_VERSION if version is None else version, **params}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _drawing_params(image_size: int, images_per_class: int, seed: int,
+                    downstream_images_per_class: int | None) -> dict:
+    if downstream_images_per_class == images_per_class:
+        downstream_images_per_class = None  # one dataset, one cache file
+    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
+    return dict(image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+
+
 def _cache_path(root: Path, **params) -> Path:
-    key = json.dumps({"version": GENERATOR_VERSION, **params}, sort_keys=True)
-    return root / f"synthetic_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    return root / f"synthetic_{_drawing_key(**params)[:12]}.pt"
+
+
+def synthetic_fingerprint(image_size: int = 16, images_per_class: int = 200, seed: int = 0,
+                          downstream_images_per_class: int | None = None, version: int | None = None,
+                          **unused) -> str:
+    """The fingerprint of the drawn dataset: the same arguments and generator version draw the same images, so it
+    comes from them alone and is the same on every machine (no pixel is hashed: float rounding may differ across
+    CPUs). ``version``: of the generator (default: this one; records made before they carried fingerprints were
+    drawn by version 1)."""
+    version = GENERATOR_VERSION if version is None else version
+    params = _drawing_params(image_size, images_per_class, seed, downstream_images_per_class)
+    return f"synthetic-v{version}-{_drawing_key(version, **params)[:16]}"
 
 
 def load_synthetic(
@@ -216,10 +241,9 @@ def load_synthetic(
     for key, value in (("images_per_class", images_per_class), ("downstream_images_per_class", downstream_images_per_class)):
         if value is not None and (not isinstance(value, int) or value < 2):
             raise ValueError(f"data.{key}={value!r} must be an integer of at least 2.")
-    if downstream_images_per_class == images_per_class:
-        downstream_images_per_class = None  # one dataset, one cache file
-    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
-    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+    params = _drawing_params(image_size, images_per_class, seed, downstream_images_per_class)
+    downstream_images_per_class = params.get("downstream_images_per_class")
+    path = _cache_path(Path(root), **params)
     stored = _read_cache(path, image_size, split_counts(images_per_class, downstream_images_per_class))
     if stored is None:
         drawn = generate(images_per_class, image_size, seed, downstream_images_per_class)

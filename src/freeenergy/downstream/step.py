@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, load_data
+from freeenergy.data import FewShotData, data_fingerprint, load_data
 from freeenergy.downstream.config import logistic_options, validate_against_data, validate_downstream_config
 from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import finetune, finetune_split
@@ -223,4 +223,5 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
+        data_fingerprint(cfg.data),
     )
