@@ -32,6 +32,7 @@ from test_real_data_formats import (
 from torchvision.datasets import CIFAR100
 
 from freeenergy.data import load_data
+from freeenergy.data.cache import CACHE_VERSION
 from freeenergy.data.safe_pickle import UnreadablePickleError, UnsafePickleError, load_pickle
 from freeenergy.pretrain.config import validate_pretrain_config
 
@@ -132,7 +133,7 @@ def empty(path) -> None:
 
 
 def foreign(path) -> None:
-    torch.save({"version": 2, "digest": "x"}, path)
+    torch.save({"version": CACHE_VERSION, "digest": "x"}, path)
 
 
 def older(path) -> None:

@@ -7,10 +7,11 @@ The real benchmarks are read from the on-disk formats the few-shot code bases di
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from freeenergy.data.types import FewShotData, ImageSet
-
+from freeenergy.records.checkpoints import DataFingerprint
 
 # Dataset name → its loader (module, function), imported only when that dataset is used.
 _LOADERS = {
@@ -49,6 +50,26 @@ def load_data(data_cfg: Mapping[str, Any]) -> FewShotData:
     return subsample_per_class(data, per_class, seed=options.get("split_seed", 0))
 
 
+def data_fingerprint(data_cfg: Mapping[str, Any]) -> DataFingerprint:
+    """The fingerprint of the data ``data_cfg`` names, which every record computed on it carries.
+
+    The synthetic data is drawn from its settings alone, so its fingerprint comes from them and the generator's
+    version (the same on every machine); records made before records carried fingerprints were drawn by
+    version 1 (``DataFingerprint.legacy``). A real copy's is the hash of its files' content (names and bytes),
+    read from its decoded-image cache (the copy is loaded and cached first when the cache is not current).
+    """
+    options = dict(data_cfg)
+    name = options.pop("name")
+    if name not in DATASETS:
+        raise ValueError(f"data={name!r} is unknown; choose one of {list(DATASETS)}.")
+    if name == "synthetic":
+        from freeenergy.data.synthetic import synthetic_fingerprint
+
+        return DataFingerprint(synthetic_fingerprint(**options), legacy=synthetic_fingerprint(**options, version=1))
+    module = importlib.import_module(_LOADERS[name][0])
+    return DataFingerprint(getattr(module, f"fingerprint_{name}")(**options))
+
+
 def check_data_root(data_cfg: Mapping[str, Any]) -> None:
     """Refuse, before any compute, a ``data.root`` the dataset cannot be read from, with that dataset's fix.
 
@@ -58,10 +79,12 @@ def check_data_root(data_cfg: Mapping[str, Any]) -> None:
     name = data_cfg["name"]
     if name == "cifar_fs":
         from freeenergy.data.cifar_fs import check_root
+
         check_root(str(data_cfg["root"]), bool(data_cfg.get("download", False)))
     elif name == "mini_imagenet":
         from freeenergy.data.mini_imagenet import check_root
+
         check_root(str(data_cfg["root"]))
 
 
-__all__ = ["DATASETS", "FewShotData", "ImageSet", "check_data_root", "load_data"]
+__all__ = ["DATASETS", "DataFingerprint", "FewShotData", "ImageSet", "check_data_root", "data_fingerprint", "load_data"]

@@ -13,17 +13,27 @@ import json
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from freeenergy.records.io import load_torch, save_torch, write_json
+from freeenergy.records.io import load_torch, save_torch, tensor_file_problem, write_json
 
-CACHE_VERSION = 2  # bump when what a cache holds changes, so older caches are rebuilt
+CACHE_VERSION = 3  # bump when what a cache holds changes, so older caches are rebuilt
 # What torch.load raises on a damaged file: a truncated zip, an empty file, a foreign pickle.
-_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
-                pickle.UnpicklingError, zipfile.BadZipFile)
+_LOAD_ERRORS = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 class CacheContentError(ValueError):
@@ -62,13 +72,31 @@ def read_tensor_cache(path: Path, digest: str, check: Callable[[dict], None]) ->
     return payload
 
 
+def cached_value(path: Path, digest: str, key: str) -> Any | None:
+    """One small entry of a current cache (its version and ``digest`` match), or None; the cache's tensors are
+    mapped, not read, so this costs milliseconds however large the cache is. Never warns: a cache that is not
+    current is reported by :func:`read_tensor_cache` when the data is loaded."""
+    if not path.is_file() or tensor_file_problem(path):
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except _LOAD_ERRORS:
+        return None
+    if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION or payload.get("digest") != digest:
+        return None
+    return payload.get(key)
+
+
 def write_tensor_cache(path: Path, digest: str, tensors: dict[str, Any]) -> None:
     """Write ``tensors`` with the version and ``digest`` atomically; warn (not fail) when it cannot."""
     try:
         save_torch(path, {"version": CACHE_VERSION, "digest": digest, **tensors})
     except OSError as error:
-        warnings.warn(f"could not write the data cache {path} ({error}); the next load decodes again. "
-                      "Set data.cache_dir (or data.root for the synthetic data) to a writable folder.", stacklevel=3)
+        warnings.warn(
+            f"could not write the data cache {path} ({error}); the next load decodes again. "
+            "Set data.cache_dir (or data.root for the synthetic data) to a writable folder.",
+            stacklevel=3,
+        )
 
 
 def read_json_cache(path: Path) -> Any | None:
@@ -77,7 +105,7 @@ def read_json_cache(path: Path) -> Any | None:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         _rebuilding(path, f"is corrupt or incomplete ({type(error).__name__}: {error})")
         return None
 
@@ -87,8 +115,9 @@ def write_json_cache(path: Path, value: Any) -> None:
     write_json(path, value)
 
 
-def check_image_splits(payload: dict, num_classes: dict[str, int], image_size: int,
-                       num_images: dict[str, int] | None = None) -> None:
+def check_image_splits(
+    payload: dict, num_classes: dict[str, int], image_size: int, num_images: dict[str, int] | None = None
+) -> None:
     """Raise CacheContentError unless ``payload`` holds ``<split>/images`` and ``<split>/labels`` per split.
 
     Images: uint8 (N, 3, image_size, image_size); labels: integers (N,) in [0, num_classes[split]);
@@ -96,8 +125,12 @@ def check_image_splits(payload: dict, num_classes: dict[str, int], image_size: i
     """
     for split, classes in num_classes.items():
         images, labels = payload.get(f"{split}/images"), payload.get(f"{split}/labels")
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
-                or tuple(images.shape[1:]) != (3, image_size, image_size):
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.ndim != 4
+            or tuple(images.shape[1:]) != (3, image_size, image_size)
+        ):
             raise CacheContentError(f"'{split}/images' is not uint8 (N, 3, {image_size}, {image_size})")
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (len(images),):
             raise CacheContentError(f"'{split}/labels' is not one integer per image")

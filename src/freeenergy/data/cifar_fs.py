@@ -28,10 +28,22 @@ import torch
 from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from freeenergy.data.benchmark import check_options, few_shot_data, load_splits
+from freeenergy.data.benchmark import check_options, copy_fingerprint, few_shot_data, load_splits
 from freeenergy.data.folders import class_folders_format
-from freeenergy.data.formats import (AUTO, DataFormat, DataNotFoundError, Match, Part, Source, expect_dict,
-                                     expect_int_labels, file_fingerprint, files_match, pick_files)
+from freeenergy.data.formats import (
+    AUTO,
+    DataFormat,
+    DataNotFoundError,
+    Match,
+    Part,
+    Source,
+    expect_dict,
+    expect_int_labels,
+    expect_names,
+    file_fingerprint,
+    files_match,
+    pick_files,
+)
 from freeenergy.data.images import from_hwc_array, resize
 from freeenergy.data.safe_pickle import load_pickle
 from freeenergy.data.splits import SPLIT_NAMES, read_class_list, read_name_list
@@ -49,13 +61,19 @@ FINE_LABEL_NAMES = read_name_list("cifar100_fine_labels")  # label id → name: 
 
 # --- torchvision: cifar-100-python/{train,test,meta} -----------------------------------------------------
 
+
 def _probe_torchvision(root: Path) -> Match:
     location = root if root.name == FOLDER and not (root / FOLDER).is_dir() else root / FOLDER
     match = files_match("torchvision", location, ["train", "test", "meta"])
     tarball = root / CIFAR100.filename
     if not match.found and tarball.exists():
-        return Match("torchvision", [CIFAR100.filename], [f"{FOLDER}/"], root,
-                     hint=f"unpack it there (tar xzf {tarball} -C {root}), or set data.download=true, which unpacks it")
+        return Match(
+            "torchvision",
+            [CIFAR100.filename],
+            [f"{FOLDER}/"],
+            root,
+            hint=f"unpack it there (tar xzf {tarball} -C {root}), or set data.download=true, which unpacks it",
+        )
     if not match.complete:
         match.hint = "set data.download=true to fetch CIFAR-100 again"
     return match
@@ -69,20 +87,22 @@ def _verify(paths: dict[str, Path]) -> None:
             raise RuntimeError(
                 f"CIFAR-100 under {path.parent} is incomplete or corrupted: {path} does not have the published "
                 "MD5 sum. Set data.download=true to fetch it again, or data.verify_checksums=false for a "
-                "re-packed copy of the same files.")
+                "re-packed copy of the same files."
+            )
 
 
 def _torchvision_format(verify_checksums: bool) -> DataFormat:
     def scan(match: Match) -> Source:
         paths = dict(zip(("train", "test", "meta"), pick_files(match)))
         fingerprint = [file_fingerprint(p, match.location) for p in paths.values()] + [f"verified={verify_checksums}"]
-        return Source(match.location, paths, fingerprint)
+        return Source(match.location, paths, fingerprint, files=list(paths.values()))
 
     def read(source: Source, image_size: int) -> list[Part]:
         paths = source.pieces
         if verify_checksums:
             _verify(paths)
-        names = expect_dict(load_pickle(paths["meta"]), ("fine_label_names",), paths["meta"])["fine_label_names"]
+        meta = expect_dict(load_pickle(paths["meta"]), ("fine_label_names",), paths["meta"])
+        names = expect_names(meta["fine_label_names"], 100, paths["meta"], "fine_label_names")
         parts = []
         for half in ("train", "test"):
             batch = expect_dict(load_pickle(paths[half]), ("data", "fine_labels"), paths[half])
@@ -91,11 +111,17 @@ def _torchvision_format(verify_checksums: bool) -> DataFormat:
                 raise ValueError(f"{paths[half]}: 'data' must be uint8 rows of 3072 pixels (N, 3072).")
             images = resize(torch.from_numpy(rows.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE).copy()), image_size)
             labels = expect_int_labels(batch["fine_labels"], len(images), paths[half], "fine_labels", upper=100)
-            parts.append(Part(images, [str(names[label]) for label in labels], None, str(paths[half])))
+            parts.append(Part(images, [names[label] for label in labels], None, str(paths[half])))
         return parts
 
-    return DataFormat("torchvision", "CIFAR-100's python version, as torchvision reads it",
-                      f"{FOLDER}/{{train,test,meta}}", _probe_torchvision, scan, read)
+    return DataFormat(
+        "torchvision",
+        "CIFAR-100's python version, as torchvision reads it",
+        f"{FOLDER}/{{train,test,meta}}",
+        _probe_torchvision,
+        scan,
+        read,
+    )
 
 
 # --- pickles: MetaOptNet (CIFAR_FS_<split>.pickle) and RFS (<split>.pickle) ------------------------------
@@ -118,7 +144,8 @@ def _check_fine_ids(path: Path, split: str, ids: set[int]) -> None:
     raise ValueError(
         f"{path}: its labels ({len(ids)} ids, {sorted(ids)[:5]}…) are not the CIFAR-100 fine-label ids of the "
         f"{len(expected)} standard CIFAR-FS {split} classes: {why}. These pickles carry no class names, so the "
-        "classes cannot be identified; use CIFAR-100's python version (data.format=torchvision) or class folders.")
+        "classes cannot be identified; use CIFAR-100's python version (data.format=torchvision) or class folders."
+    )
 
 
 def _read_pickles(source: Source, image_size: int) -> list[Part]:
@@ -134,19 +161,26 @@ def _read_pickles(source: Source, image_size: int) -> list[Part]:
 
 def _scan_pickles(match: Match) -> Source:
     paths = pick_files(match)
-    return Source(match.location, dict(zip(SPLIT_NAMES, paths)), [file_fingerprint(p, match.location) for p in paths])
+    return Source(
+        match.location, dict(zip(SPLIT_NAMES, paths)), [file_fingerprint(p, match.location) for p in paths], files=paths
+    )
 
 
 def cifar_fs_formats(verify_checksums: bool = True) -> list[DataFormat]:
     """The formats CIFAR-FS is read from, in the order detection tries them."""
     return [
         _torchvision_format(verify_checksums),
-        DataFormat("pickles", "pickles of MetaOptNet / RFS",
-                   "CIFAR_FS_{train,val,test}.pickle or {train,val,test}.pickle",
-                   lambda root: files_match("pickles", root, list(PICKLE_FILES.values())),
-                   _scan_pickles, _read_pickles),
-        class_folders_format(BENCHMARK, "bertinetto", halves=True,
-                             title="class folders of r2d2 / learn2learn / cifar2png"),
+        DataFormat(
+            "pickles",
+            "pickles of MetaOptNet / RFS",
+            "CIFAR_FS_{train,val,test}.pickle or {train,val,test}.pickle",
+            lambda root: files_match("pickles", root, list(PICKLE_FILES.values())),
+            _scan_pickles,
+            _read_pickles,
+        ),
+        class_folders_format(
+            BENCHMARK, "bertinetto", halves=True, title="class folders of r2d2 / learn2learn / cifar2png"
+        ),
     ]
 
 
@@ -154,6 +188,7 @@ FORMAT_NAMES = tuple(f.name for f in cifar_fs_formats())
 
 
 # --- download --------------------------------------------------------------------------------------------
+
 
 def download_cifar100(root: Path) -> None:
     """Fetch and unpack CIFAR-100's python version into ``root`` (skipped when the tarball is there and intact).
@@ -168,7 +203,8 @@ def download_cifar100(root: Path) -> None:
             f"data.download=true could not download CIFAR-100 ({type(error).__name__}: {error}). Without internet "
             f"access here, fetch {CIFAR100.url} by hand (about 160 MB, MD5 {CIFAR100.tgz_md5}) and put it at "
             f"{tarball}; then run again with data.download=true (it is checked and unpacked there), or unpack it "
-            f"yourself (tar xzf {tarball} -C {root}) so that {root / FOLDER} holds train, test and meta.") from None
+            f"yourself (tar xzf {tarball} -C {root}) so that {root / FOLDER} holds train, test and meta."
+        ) from None
 
 
 def check_root(root: str, download: bool) -> None:
@@ -176,7 +212,8 @@ def check_root(root: str, download: bool) -> None:
     if not download and not Path(root).is_dir():
         raise DataNotFoundError(
             f"data.root={root!r} does not exist. Point data.root at your CIFAR-FS copy, in any of the formats "
-            f"{list(FORMAT_NAMES)} (docs/data.md), or set data.download=true to download CIFAR-100 there.")
+            f"{list(FORMAT_NAMES)} (docs/data.md), or set data.download=true to download CIFAR-100 there."
+        )
 
 
 def load_cifar_fs(
@@ -201,10 +238,46 @@ def load_cifar_fs(
     folder, formats = Path(root), cifar_fs_formats(verify_checksums)
     if download:
         if format not in (AUTO, "torchvision"):
-            raise ValueError(f"data.download=true fetches CIFAR-100's python version (data.format=torchvision); "
-                             f"it does not apply to data.format={format}. Drop one of the two.")
+            raise ValueError(
+                f"data.download=true fetches CIFAR-100's python version (data.format=torchvision); "
+                f"it does not apply to data.format={format}. Drop one of the two."
+            )
         if not formats[0].probe(folder).complete:
             download_cifar100(folder)
-    sets = load_splits(BENCHMARK, formats, folder, format, image_size, cache_dir,
-                       advice=", or set data.download=true to download CIFAR-100 there")
+    sets = load_splits(
+        BENCHMARK,
+        formats,
+        folder,
+        format,
+        image_size,
+        cache_dir,
+        advice=", or set data.download=true to download CIFAR-100 there",
+    )
     return few_shot_data(BENCHMARK, sets, heldout_fraction, split_seed, CIFAR100_MEAN, CIFAR100_STD)
+
+
+def fingerprint_cifar_fs(
+    root: str,
+    image_size: int = NATIVE_SIZE,
+    verify_checksums: bool = True,
+    cache_dir: str | None = None,
+    format: str = AUTO,
+    **options,
+) -> str:
+    """The content fingerprint of the CIFAR-FS copy under ``root`` (``benchmark.copy_fingerprint``): cheap once its
+    cache is built; the data is loaded (and cached) first when it is not. ``options``: the other ``data.*`` keys."""
+
+    def load() -> None:
+        load_cifar_fs(
+            root,
+            image_size=image_size,
+            verify_checksums=verify_checksums,
+            cache_dir=cache_dir,
+            format=format,
+            **{k: v for k, v in options.items() if k in ("heldout_fraction", "split_seed")},
+        )
+
+    check_root(str(root), False)
+    return copy_fingerprint(
+        BENCHMARK, cifar_fs_formats(verify_checksums), Path(root), format, image_size, cache_dir, load
+    )

@@ -9,12 +9,15 @@ what was looked for and the closest match when none is complete.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+
+from freeenergy.data.listing import subfolders
 
 AUTO = "auto"
 
@@ -51,6 +54,8 @@ class Source:
     ``fingerprint`` changes whenever the pieces change (file names, and for large files their sizes and
     modification times): it keys the decoded-image cache. ``classes`` maps a split (``None`` for a pool
     of all classes) to the class names found there, when they are known without reading the images.
+    ``files``: every file the images and their classes are read from (the copy's content fingerprint
+    hashes them, :func:`freeenergy.data.benchmark.content_fingerprint`).
     """
 
     location: Path
@@ -58,6 +63,7 @@ class Source:
     fingerprint: list[str]
     classes: dict[str | None, list[str]] | None = None
     where: dict[str | None, str] = field(default_factory=dict)  # split → the file/folder, for messages
+    files: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -92,8 +98,7 @@ def file_fingerprint(path: Path, root: Path) -> str:
     return f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def files_match(fmt: str, location: Path, wanted: list[str | tuple[str, ...]], note: str = "",
-                hint: str = "") -> Match:
+def files_match(fmt: str, location: Path, wanted: list[str | tuple[str, ...]], note: str = "", hint: str = "") -> Match:
     """A match for formats made of named files: each wanted entry is a name or a tuple of alternatives."""
     found, missing = [], []
     for entry in wanted:
@@ -119,13 +124,40 @@ def expect_dict(value: object, keys: tuple[str, ...], path: Path) -> dict:
     return value
 
 
-def expect_int_labels(labels: object, count: int, path: Path, key: str = "labels",
-                      upper: int | None = None) -> list[int]:
+def as_text(value: object, path: Path, key: str) -> str:
+    """A name read from a data file (a class name, a WordNet id) as ``str``.
+
+    Text pickled by Python 2 and read with ``encoding='latin1'`` is ``str`` already; ``bytes`` (a Python 3
+    pickle of encoded text, or numpy ``S`` strings) are decoded as UTF-8, else Latin-1; numpy strings become
+    ``str``. Anything else raises ValueError naming ``path`` and ``key``.
+    """
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin1")
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError(f"{path}: '{key}' must hold names (text); found {type(value).__name__} {str(value)[:40]!r}.")
+
+
+def expect_names(values: object, count: int, path: Path, key: str) -> list[str]:
+    """``count`` names (a list, tuple or numpy array of text or bytes, see :func:`as_text`); else ValueError."""
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != count:
+        found = f"{len(values)} entries" if isinstance(values, (list, tuple, np.ndarray)) else type(values).__name__
+        raise ValueError(f"{path}: '{key}' must list {count} names; found {found}.")
+    return [as_text(value, path, key) for value in values]
+
+
+def expect_int_labels(
+    labels: object, count: int, path: Path, key: str = "labels", upper: int | None = None
+) -> list[int]:
     """``count`` integer labels (a list or array), in [0, upper) when given; else ValueError naming ``path``."""
     values = np.asarray(labels)
     if values.ndim != 1 or len(values) != count or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{path}: '{key}' must hold one integer per image ({count}); "
-                         f"found {values.dtype} {values.shape}.")
+        raise ValueError(
+            f"{path}: '{key}' must hold one integer per image ({count}); found {values.dtype} {values.shape}."
+        )
     if upper is not None and len(values) and not (values.min() >= 0 and values.max() < upper):
         raise ValueError(f"{path}: '{key}' must lie in 0..{upper - 1}; found {values.min()}..{values.max()}.")
     return values.tolist()
@@ -138,28 +170,57 @@ def _describe(match: Match) -> str:
     return f"{text} ({match.hint})" if match.hint else text
 
 
-def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str,
-           advice: str = "") -> tuple[DataFormat, Match]:
+def _one_folder_down(candidates: list[DataFormat], root: Path) -> dict[Path, list[tuple[DataFormat, Match]]]:
+    """The complete copies in the non-hidden folders directly under ``root``: folder → its complete matches."""
+    found = {}
+    for folder in subfolders(root) if root.is_dir() else []:
+        complete = [(fmt, match) for fmt in candidates if (match := fmt.probe(folder)).complete]
+        if complete:
+            found[folder] = complete
+    return found
+
+
+def detect(
+    benchmark: str, formats: list[DataFormat], root: Path, requested: str, advice: str = "", announce: bool = True
+) -> tuple[DataFormat, Match]:
     """The format of the copy under ``root``: ``requested`` when given, else the first complete match.
 
-    Prints which format was found. ``advice`` ends the error when nothing is found. Raises ValueError
-    for an unknown ``requested`` name, and DataNotFoundError naming every format looked for and the
-    closest match when none is complete.
+    When ``root`` holds no complete copy but exactly one folder directly inside it does (``data.root`` at the
+    folder that holds r2d2's ``miniimagenet/`` or ``cifar100/``), that copy is used. Prints which format was
+    found, and where (``announce``). ``advice`` ends the error when nothing is found. Raises ValueError for an unknown
+    ``requested`` name, and DataNotFoundError naming every format looked for and the closest match when none
+    is complete, or the folders when several folders inside ``root`` hold one.
     """
     names = [f.name for f in formats]
     if requested != AUTO and requested not in names:
-        raise ValueError(f"data.format={requested!r} is unknown for {benchmark}; choose {AUTO} (detect it) "
-                         f"or one of {names}.")
+        raise ValueError(
+            f"data.format={requested!r} is unknown for {benchmark}; choose {AUTO} (detect it) or one of {names}."
+        )
     candidates = formats if requested == AUTO else [formats[names.index(requested)]]
     matches = [(fmt, fmt.probe(root)) for fmt in candidates]
     complete = [(fmt, match) for fmt, match in matches if match.complete]
+    where = ""
+    if not complete:
+        below = _one_folder_down(candidates, root)
+        if len(below) > 1:
+            listed = "; ".join(
+                f"{folder} (data.format={', '.join(f.name for f, _ in found)})" for folder, found in below.items()
+            )
+            raise DataNotFoundError(
+                f"data.root={str(root)!r} holds no {benchmark} copy itself, but several folders inside it do: {listed}. "
+                "Point data.root at the one to use."
+            )
+        if below:
+            folder, complete = next(iter(below.items()))
+            where = f", one folder down in {folder}"
     if complete:
         fmt, match = complete[0]
         how = "found" if requested == AUTO else "reading"
         note = f"; {match.note}" if match.note else ""
         others = [f.name for f, _ in complete[1:]]
         also = f"; also found data.format={', '.join(others)} (pass data.format=… to use it)" if others else ""
-        print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){also}")
+        if announce:
+            print(f"data: {benchmark} {how} under {root} as data.format={fmt.name} ({fmt.title}{note}){where}{also}")
         return fmt, match
     closest_fmt, closest = max(matches, key=lambda fm: len(fm[1].found))
     looked = "\n".join(f"  - data.format={fmt.name}: {fmt.looks_for} ({fmt.title})" for fmt in candidates)
@@ -167,11 +228,12 @@ def detect(benchmark: str, formats: list[DataFormat], root: Path, requested: str
         nearest = f"Closest match: data.format={closest_fmt.name}: {_describe(closest)}."
     else:
         entries = sorted(p.name for p in root.iterdir())[:8] if root.is_dir() else []
-        nearest = f"None of these was found; {root} holds {entries or 'nothing'}."
+        nearest = f"None of these was found (nor in a folder directly inside it); {root} holds {entries or 'nothing'}."
     if requested != AUTO:
         present = [f.name for f in formats if f.name != requested and f.probe(root).complete]
         if present:
             nearest += f" It holds data.format={', '.join(present)}: pass that, or data.format={AUTO}."
     raise DataNotFoundError(
         f"No {benchmark} copy in a known format under data.root={str(root)!r}. Looked for:\n{looked}\n{nearest}\n"
-        f"Point data.root at the folder that holds the copy, or complete it (formats: docs/data.md){advice}.")
+        f"Point data.root at the folder that holds the copy, or complete it (formats: docs/data.md){advice}."
+    )

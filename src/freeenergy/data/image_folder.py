@@ -1,7 +1,9 @@
 """A torchvision ``ImageFolder`` tree (``root/<class>/<image>``) as one cached uint8 tensor.
 
 Classes are the sub-folders in sorted order (torchvision's convention, so label i means the same class as
-in a model trained with ``ImageFolder``). Every image is decoded once (``images.decode_file``), resized so
+in a model trained with ``ImageFolder``), listed by :mod:`freeenergy.data.listing` (hidden folders such as
+``.ipynb_checkpoints`` are not classes, links are followed once, any depth). Every image is decoded once
+(``images.decode_file``, the project's one reader), resized so
 that its shorter side is ``image_size`` (antialiased) and centre-cropped to ``image_size`` × ``image_size``.
 The result is cached as ``<cache_dir>/image_folder_<key>.pt`` (key: the folder's absolute path and the image
 size) through ``data.cache`` (written atomically; a damaged or stale cache is named and rebuilt), together
@@ -17,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from freeenergy.data.cache import CacheContentError, read_tensor_cache, write_tensor_cache
-from freeenergy.data.images import decode_file
+from freeenergy.data.images import IMAGE_SUFFIXES, decode_file
+from freeenergy.data.listing import identities, list_files, subfolders
 from freeenergy.data.types import ImageSet
 
-CACHE_FORMAT = 1  # bump when what the cache holds changes, so stale caches are rebuilt
+CACHE_FORMAT = 2  # bump when what the cache holds changes, so stale caches are rebuilt
 
 
 @dataclass(frozen=True)
@@ -37,30 +39,49 @@ class FolderListing:
 
     def digest(self, image_size: int) -> str:
         """Changes when any image is added, removed, renamed or rewritten (size or mtime), or the size changes."""
-        hasher = hashlib.sha256(f"{CACHE_FORMAT}:{image_size}:{self.classes}".encode())
+        hasher = hashlib.sha256(f"{CACHE_FORMAT}:{image_size}:".encode())
+        for name in self.classes:
+            hasher.update(os.fsencode(name) + b"/")
         for relative, label in self.samples:
             stat = (self.root / relative).stat()
-            hasher.update(f"\n{relative}:{label}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            hasher.update(b"\n" + os.fsencode(relative) + f":{label}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return hasher.hexdigest()
 
 
 def list_image_folder(root: str | Path) -> FolderListing:
-    """The images under ``root`` as torchvision's ``ImageFolder`` finds them (sorted classes and files).
+    """The images under ``root`` in ImageFolder order: classes are its non-hidden sub-folders, sorted; a class's
+    images are every image file below it (by suffix, any depth), sorted by folder, then name.
 
-    Raises ``FileNotFoundError`` naming the folder and the expected layout when it is missing or holds
-    no image.
+    Hidden entries are skipped and every real file is counted once, however many links lead to it
+    (:mod:`freeenergy.data.listing`). Raises ``FileNotFoundError`` naming the folder and the expected layout
+    when it is missing, has no class folder, or a class holds no image.
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"rank.data={str(root)!r} is not a folder; expected an ImageFolder tree "
-                                "<root>/<class>/<image> (JPEG, PNG, …).")
-    try:
-        dataset = ImageFolder(str(folder), loader=lambda path: path)  # listing only; decoding is ours
-    except (FileNotFoundError, RuntimeError) as error:
-        raise FileNotFoundError(f"rank.data={str(root)!r} holds no images in the ImageFolder layout "
-                                f"<root>/<class>/<image> ({error}).") from error
-    samples = [(os.path.relpath(path, folder), label) for path, label in dataset.samples]
-    return FolderListing(folder.resolve(), samples, list(dataset.classes))
+        raise FileNotFoundError(
+            f"rank.data={str(root)!r} is not a folder; expected an ImageFolder tree "
+            "<root>/<class>/<image> (JPEG, PNG, …)."
+        )
+    classes = [path.name for path in subfolders(folder)]
+    if not classes:
+        raise FileNotFoundError(
+            f"rank.data={str(root)!r} holds no class folder: expected an ImageFolder tree "
+            "<root>/<class>/<image> (hidden folders are not classes)."
+        )
+    visited: set = set()
+    elsewhere = identities([folder] + [folder / name for name in classes])  # no class reaches into another
+    samples, empty = [], []
+    for label, name in enumerate(classes):
+        files = list_files(folder / name, IMAGE_SUFFIXES, visited, recursive=True, elsewhere=elsewhere)
+        samples += [(os.path.relpath(path, folder), label) for path in files]
+        if not files:
+            empty.append(name)
+    if empty:
+        raise FileNotFoundError(
+            f"rank.data={str(root)!r}: class folder(s) {empty[:5]} hold no image file ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+            "that was not counted already through a link; remove them, or put their images there."
+        )
+    return FolderListing(folder.resolve(), samples, classes)
 
 
 def _cache_path(cache_dir: str | Path, root: Path, image_size: int) -> Path:
@@ -71,8 +92,10 @@ def _cache_path(cache_dir: str | Path, root: Path, image_size: int) -> Path:
 def _check_payload(image_size: int, count: int):
     def check(payload: dict) -> None:
         images, labels = payload.get("images"), payload.get("labels")
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (
-            count, 3, image_size, image_size
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or tuple(images.shape) != (count, 3, image_size, image_size)
         ):
             raise CacheContentError(f"'images' is not uint8 ({count}, 3, {image_size}, {image_size})")
         if not isinstance(labels, torch.Tensor) or labels.shape != (count,):
@@ -89,8 +112,10 @@ def load_image_folder(root: str | Path, image_size: int, cache_dir: str | Path, 
     returned. Raises ``ValueError`` for a bad ``image_size``, ``FileNotFoundError`` for a missing or empty folder.
     """
     if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"rank.image_size={image_size!r} is not allowed: a positive integer (the resolution the "
-                         "checkpoints were trained at).")
+        raise ValueError(
+            f"rank.image_size={image_size!r} is not allowed: a positive integer (the resolution the "
+            "checkpoints were trained at)."
+        )
     listing = list_image_folder(root)
     digest = listing.digest(image_size)
     path = _cache_path(cache_dir, listing.root, image_size)

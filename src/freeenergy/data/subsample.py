@@ -31,8 +31,10 @@ def subsample_per_class(data: FewShotData, images_per_class: int, seed: int = 0)
         ValueError: ``images_per_class`` < 2 (an upstream class needs a train and a held-out image).
     """
     if not isinstance(images_per_class, int) or isinstance(images_per_class, bool) or images_per_class < 2:
-        raise ValueError(f"data.images_per_class={images_per_class!r} is not allowed: an integer >= 2 "
-                         "(null: every image of the dataset).")
+        raise ValueError(
+            f"data.images_per_class={images_per_class!r} is not allowed: an integer >= 2 "
+            "(null: every image of the dataset)."
+        )
     generator = torch.Generator().manual_seed(seed)
     train, heldout = data.upstream_train, data.upstream_heldout
     train_counts, heldout_counts = {}, {}
@@ -43,8 +45,7 @@ def subsample_per_class(data: FewShotData, images_per_class: int, seed: int = 0)
         keep_heldout = min(n_heldout, max(1, round(share * images_per_class)))
         heldout_counts[label] = keep_heldout
         train_counts[label] = min(n_train, max(1, images_per_class - keep_heldout))
-    every = {label: images_per_class for label in range(max(data.validation.num_classes,
-                                                             data.downstream.num_classes))}
+    every = {label: images_per_class for label in range(max(data.validation.num_classes, data.downstream.num_classes))}
     return replace(
         data,
         upstream_train=_keep_per_class(train, train_counts, generator),

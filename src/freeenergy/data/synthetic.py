@@ -26,10 +26,15 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
+from freeenergy.data.cache import (
+    check_image_splits,
+    read_json_cache,
+    read_tensor_cache,
+    write_json_cache,
+    write_tensor_cache,
+)
 from freeenergy.data.splits import split_per_class
 from freeenergy.data.types import FewShotData, ImageSet
-from freeenergy.data.cache import (check_image_splits, read_json_cache, read_tensor_cache, write_json_cache,
-                                   write_tensor_cache)
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "half_disc", "bar")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -97,7 +102,9 @@ def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _texture_mask(texture: str, u: torch.Tensor, v: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+def _texture_mask(
+    texture: str, u: torch.Tensor, v: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor
+) -> torch.Tensor:
     """Where the texture shows its first colour (True) rather than its second."""
     a = freq * u + phase
     b = freq * v + phase
@@ -114,8 +121,9 @@ def _texture_mask(texture: str, u: torch.Tensor, v: torch.Tensor, freq: torch.Te
 
 def _background(generator: torch.Generator, n: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Low-saturation colour gradients with a few distractor blobs: (n, H, W, 3) in [0, 1]."""
-    base = _hsv_to_rgb(torch.rand(n, generator=generator), _uniform(generator, n, 0.0, 0.35),
-                       _uniform(generator, n, 0.25, 0.85))
+    base = _hsv_to_rgb(
+        torch.rand(n, generator=generator), _uniform(generator, n, 0.0, 0.35), _uniform(generator, n, 0.25, 0.85)
+    )
     angle = _uniform(generator, n, 0, 2 * math.pi)
     ramp = (torch.cos(angle)[:, None, None] * x + torch.sin(angle)[:, None, None] * y) * 0.15
     image = (base[:, None, None, :] + ramp[..., None]).clamp(0, 1)
@@ -123,8 +131,9 @@ def _background(generator: torch.Generator, n: int, x: torch.Tensor, y: torch.Te
         cx, cy = _uniform(generator, n, -1, 1), _uniform(generator, n, -1, 1)
         radius = _uniform(generator, n, 0.08, 0.22)
         blob = ((x - cx[:, None, None]) ** 2 + (y - cy[:, None, None]) ** 2) < radius[:, None, None] ** 2
-        colour = _hsv_to_rgb(torch.rand(n, generator=generator), _uniform(generator, n, 0.2, 0.9),
-                             _uniform(generator, n, 0.2, 1.0))
+        colour = _hsv_to_rgb(
+            torch.rand(n, generator=generator), _uniform(generator, n, 0.2, 0.9), _uniform(generator, n, 0.2, 1.0)
+        )
         image = torch.where(blob[..., None], 0.5 * image + 0.5 * colour[:, None, None, :], image)
     return image
 
@@ -156,7 +165,9 @@ def render_class(factors: tuple[str, str, str], n: int, generator: torch.Generat
     fill = torch.where(first[..., None], primary[:, None, None, :], secondary[:, None, None, :])
     image = torch.where(inside[..., None], fill, image)
 
-    image = image + _uniform(generator, n, 0.02, 0.08)[:, None, None, None] * torch.randn(image.shape, generator=generator)
+    image = image + _uniform(generator, n, 0.02, 0.08)[:, None, None, None] * torch.randn(
+        image.shape, generator=generator
+    )
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
 
 
@@ -193,9 +204,38 @@ def generate(images_per_class: int, image_size: int, seed: int, downstream_image
     return result
 
 
+def _drawing_key(version: int | None = None, **params) -> str:
+    """sha1 (hex) of what the drawing depends on: the generator's version (default: this one) and its arguments."""
+    key = {"version": GENERATOR_VERSION if version is None else version, **params}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _drawing_params(image_size: int, images_per_class: int, seed: int, downstream_images_per_class: int | None) -> dict:
+    if downstream_images_per_class == images_per_class:
+        downstream_images_per_class = None  # one dataset, one cache file
+    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
+    return dict(image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+
+
 def _cache_path(root: Path, **params) -> Path:
-    key = json.dumps({"version": GENERATOR_VERSION, **params}, sort_keys=True)
-    return root / f"synthetic_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    return root / f"synthetic_{_drawing_key(**params)[:12]}.pt"
+
+
+def synthetic_fingerprint(
+    image_size: int = 16,
+    images_per_class: int = 200,
+    seed: int = 0,
+    downstream_images_per_class: int | None = None,
+    version: int | None = None,
+    **unused,
+) -> str:
+    """The fingerprint of the drawn dataset: the same arguments and generator version draw the same images, so it
+    comes from them alone and is the same on every machine (no pixel is hashed: float rounding may differ across
+    CPUs). ``version``: of the generator (default: this one; records made before they carried fingerprints were
+    drawn by version 1)."""
+    version = GENERATOR_VERSION if version is None else version
+    params = _drawing_params(image_size, images_per_class, seed, downstream_images_per_class)
+    return f"synthetic-v{version}-{_drawing_key(version, **params)[:16]}"
 
 
 def load_synthetic(
@@ -213,13 +253,15 @@ def load_synthetic(
     """
     if image_size < 4 or image_size > CANVAS:
         raise ValueError(f"data.image_size={image_size} must lie in [4, {CANVAS}].")
-    for key, value in (("images_per_class", images_per_class), ("downstream_images_per_class", downstream_images_per_class)):
+    for key, value in (
+        ("images_per_class", images_per_class),
+        ("downstream_images_per_class", downstream_images_per_class),
+    ):
         if value is not None and (not isinstance(value, int) or value < 2):
             raise ValueError(f"data.{key}={value!r} must be an integer of at least 2.")
-    if downstream_images_per_class == images_per_class:
-        downstream_images_per_class = None  # one dataset, one cache file
-    extra = {} if downstream_images_per_class is None else {"downstream_images_per_class": downstream_images_per_class}
-    path = _cache_path(Path(root), image_size=image_size, images_per_class=images_per_class, seed=seed, **extra)
+    params = _drawing_params(image_size, images_per_class, seed, downstream_images_per_class)
+    downstream_images_per_class = params.get("downstream_images_per_class")
+    path = _cache_path(Path(root), **params)
     stored = _read_cache(path, image_size, split_counts(images_per_class, downstream_images_per_class))
     if stored is None:
         drawn = generate(images_per_class, image_size, seed, downstream_images_per_class)
@@ -227,13 +269,20 @@ def load_synthetic(
         stored["class_names"] = {split: drawn[split]["class_names"] for split in drawn}
         write_json_cache(path.with_suffix(".json"), stored["class_names"])
         write_tensor_cache(path, path.stem, {k: v for k, v in stored.items() if k != "class_names"})
-    sets = {split: ImageSet(stored[f"{split}/images"], stored[f"{split}/labels"], stored["class_names"][split])
-            for split in SPLIT_SIZES}
+    sets = {
+        split: ImageSet(stored[f"{split}/images"], stored[f"{split}/labels"], stored["class_names"][split])
+        for split in SPLIT_SIZES
+    }
     upstream_train, upstream_heldout = split_per_class(sets["upstream"], heldout_fraction, seed)
     mean, std = _channel_stats(upstream_train.images)
     return FewShotData(
-        name="synthetic", upstream_train=upstream_train, upstream_heldout=upstream_heldout,
-        validation=sets["validation"], downstream=sets["downstream"], mean=mean, std=std,
+        name="synthetic",
+        upstream_train=upstream_train,
+        upstream_heldout=upstream_heldout,
+        validation=sets["validation"],
+        downstream=sets["downstream"],
+        mean=mean,
+        std=std,
     )
 
 
@@ -251,8 +300,10 @@ def _read_cache(path: Path, image_size: int, counts: dict[str, int]) -> dict | N
             return None
     names = read_json_cache(names_path)
     if names is not None and not _valid_class_names(names):
-        warnings.warn(f"data cache {names_path} does not hold the class names of the "
-                      f"{list(SPLIT_SIZES)} splits; rebuilding it.", stacklevel=3)
+        warnings.warn(
+            f"data cache {names_path} does not hold the class names of the {list(SPLIT_SIZES)} splits; rebuilding it.",
+            stacklevel=3,
+        )
         names = None
     if names is None:
         return None  # the tensors are useless without their class names: draw both again
@@ -268,8 +319,11 @@ def _read_cache(path: Path, image_size: int, counts: dict[str, int]) -> dict | N
 def _valid_class_names(names: object) -> bool:
     """Class names as the cache stores them: per split, a list of that split's number of strings."""
     return isinstance(names, dict) and all(
-        isinstance(names.get(split), list) and len(names[split]) == size and all(isinstance(n, str) for n in names[split])
-        for split, size in SPLIT_SIZES.items())
+        isinstance(names.get(split), list)
+        and len(names[split]) == size
+        and all(isinstance(n, str) for n in names[split])
+        for split, size in SPLIT_SIZES.items()
+    )
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

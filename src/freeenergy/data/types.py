@@ -29,7 +29,7 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.class_names)
 
 

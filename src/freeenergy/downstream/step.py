@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, load_data
+from freeenergy.data import FewShotData, data_fingerprint, load_data
 from freeenergy.downstream.config import logistic_options, validate_against_data, validate_downstream_config
 from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import FinetuneResult, finetune, finetune_split
@@ -259,4 +259,5 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         cfg.progress,
         cfg.paths.runs,
         {kind: set(chosen) for kind, chosen in selected.items()},
+        data_fingerprint(cfg.data),
     )

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, ImageSet, load_data
+from freeenergy.data import FewShotData, ImageSet, data_fingerprint, load_data
 from freeenergy.free_energy.config import (
     RECORD_NAMES,
     health_criteria,
@@ -182,6 +182,7 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
+        data_fingerprint(cfg.data),
     )
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, ImageSet, load_data
+from freeenergy.data import FewShotData, ImageSet, data_fingerprint, load_data
 from freeenergy.metrics.common import balanced_subset
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace
@@ -231,4 +231,5 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
+        data_fingerprint(cfg.data),
     )

@@ -8,6 +8,9 @@ Accepted files (every one read by ``torch.load(weights_only=True)`` or safetenso
 - keys prefixed by ``module.`` (DataParallel / DDP), ``_orig_mod.`` (``torch.compile``) or ``model.``
   (a Lightning module holding the network as ``self.model``), in any combination;
 - ``.safetensors`` files.
+
+Before torch reads a file, its size is checked against what it would allocate (``records.io.tensor_file_problem``):
+a small file whose storage inflates to GiB is refused, named, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from freeenergy.records.io import tensor_file_problem
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -50,6 +55,12 @@ def read_state_dict(path: str | Path) -> StateDict:
 
 
 def _read_file(path: Path) -> object:
+    if path.suffix != ".safetensors":  # safetensors checks its header's offsets against the file itself
+        problem = tensor_file_problem(path)
+        if problem:
+            raise CheckpointError(
+                f"{path}: {problem}. Re-save its state_dict with torch.save(model.state_dict(), path)."
+            )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, load_data
+from freeenergy.data import FewShotData, data_fingerprint, load_data
 from freeenergy.data.augment import random_crop_flip
 from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
@@ -40,7 +40,7 @@ from freeenergy.records.io import (
     save_torch,
     write_json,
 )
-from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE
+from freeenergy.records.kinds import DATA_FINGERPRINT, MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE
 from freeenergy.runtime import resolve_device, runtime_differences, runtime_info, set_threads, warn_runtime_mismatch
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Pretraining:
         self.checkpoint_epochs: list[int] = self.identity["train"]["checkpoint_epochs"]
         self.run_dir = Path(cfg.paths.runs) / self.run_id
         self.device = resolve_device(cfg.device)
+        self.data_fingerprint = data_fingerprint(cfg.data)  # the data this run trains on: in run.json and every record
         self.run_record_written = False
 
     def checkpoint(self, epoch: int) -> Checkpoint:
@@ -139,6 +140,7 @@ class Pretraining:
                 "wall_time_s": self.elapsed,
                 "history": self.history,
                 "resumed_after_epochs": self.resumed_after,
+                DATA_FINGERPRINT: self.data_fingerprint.value,
                 **({"error": error} if error else {}),
             },
         )
@@ -238,6 +240,7 @@ class Pretraining:
             "num_classes": self.data.upstream_train.num_classes,
             "settings": self.identity,
             "runtime": self.runtime,
+            DATA_FINGERPRINT: self.data_fingerprint.value,
             **model_fields(directory / MODEL_FILE),
         }
         write_json(directory / f"{PRETRAIN_RECORD}.json", record)
@@ -296,7 +299,8 @@ def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None 
     Before anything is written: the config is checked, an existing folder of the same setting made under
     another id is adopted (``adopt_run_folder``), and a finished run is verified (``verify_run``): a run
     whose checkpoint or record is damaged is retrained, a damaged ``run.json`` rebuilt from verified
-    checkpoints. ``train.overwrite=true`` retrains from scratch, ignoring ``resume.pt``. A run that dies of
+    checkpoints; a run trained on other data (its ``data_fingerprint``) is refused, naming both.
+    ``train.overwrite=true`` retrains from scratch, ignoring ``resume.pt``. A run that dies of
     any exception is marked ``failed`` in ``run.json``, with the error.
     """
     set_threads(cfg.num_threads)
@@ -307,6 +311,12 @@ def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None 
     adopt_run_folder(run.run_dir, run.identity)
     verdict = verify_run(run)
     fresh = bool(cfg.train.overwrite)
+    if verdict.action == "other_data" and not fresh:
+        raise ValueError(
+            f"{run.run_id}: {verdict.reason}. Nothing was trained. Point data.root at the copy this run was trained "
+            "on; for a study of this copy use another experiment_name=…; or retrain the run on it with "
+            "train.overwrite=true."
+        )
     if verdict.action == "skip" and not fresh:
         print(f"{run.run_id}: finished already, skipped ({len(run.checkpoint_epochs)} checkpoints verified)")
         return run.run_dir

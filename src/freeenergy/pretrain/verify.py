@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from freeenergy.records.checkpoints import Checkpoint
+from freeenergy.records.checkpoints import Checkpoint, DataFingerprint
 from freeenergy.records.identity import differences, identity_config
 from freeenergy.records.io import RecordError, file_sha256, file_stat, model_fields, read_json, write_json
-from freeenergy.records.kinds import PRETRAIN_RECORD, RUN_FILE, content_problems
+from freeenergy.records.kinds import DATA_FINGERPRINT, PRETRAIN_RECORD, RUN_FILE, content_problems
 from freeenergy.records.provenance import model_problem
 
 
@@ -28,6 +28,7 @@ class RunFolder(Protocol):
     identity: dict
     checkpoint_epochs: list[int]
     cfg: Any
+    data_fingerprint: DataFingerprint
 
     def checkpoint(self, epoch: int) -> Checkpoint: ...
 
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Verdict:
     """What to do with a run folder: ``train`` (new or unfinished: resume), ``skip`` (finished and verified),
-    ``retrain`` (finished but a checkpoint is damaged), ``rebuild`` (run.json damaged, checkpoints verified)."""
+    ``retrain`` (finished but a checkpoint is damaged), ``rebuild`` (run.json damaged, checkpoints verified),
+    ``other_data`` (trained, or being trained, on other data than the run's data now: refused)."""
 
     action: str
     reason: str = ""
@@ -48,17 +50,26 @@ class Verdict:
 def verify_checkpoint(run: RunFolder, epoch: int) -> tuple[dict | None, str | None]:
     """(pretrain record, problem) of one checkpoint: the record must be finished and of this run's settings,
     ``model.pt`` the file it describes. A record from before records carried settings and hashes is accepted
-    when the weights load and are finite, and is upgraded in place (hash and settings added)."""
+    when the weights load and are finite, and is upgraded in place (hash and settings added); one from before
+    records carried their data's fingerprint gets it (the run's ``run.json`` was checked against the data)."""
     checkpoint = run.checkpoint(epoch)
     if not checkpoint.model_path.is_file():
         return None, f"{checkpoint.model_path} is missing"
-    check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None)
+    check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None, run.data_fingerprint)
     path = checkpoint.record_path(PRETRAIN_RECORD)
+    if check.status == "unverified_data":
+        write_json(path, {**check.record, DATA_FINGERPRINT: run.data_fingerprint.value})
+        check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None, run.data_fingerprint)
     if check.status == "other_settings" and check.record is not None and "settings" not in check.record:
         problem = "; ".join(content_problems(PRETRAIN_RECORD, check.record)) or model_problem(checkpoint.model_path)
         if problem:
             return None, f"{path}: {problem}" if not problem.startswith(str(checkpoint.directory)) else problem
-        upgraded = {**check.record, "settings": run.identity, **model_fields(checkpoint.model_path)}
+        upgraded = {
+            **check.record,
+            "settings": run.identity,
+            **model_fields(checkpoint.model_path),
+            DATA_FINGERPRINT: run.data_fingerprint.value,
+        }
         write_json(path, upgraded)
         return upgraded, None
     if not check.current:
@@ -85,6 +96,13 @@ def verify_run(run: RunFolder) -> Verdict:
         problem = run_record_problem(record, run)
     except RecordError as error:
         record, problem = None, str(error).split(";")[0]
+    data_problem = run.data_fingerprint.problem(record) if problem is None else None
+    if data_problem and data_problem[0] == "other_data":
+        return Verdict("other_data", f"{run_file}: {data_problem[1]}")
+    if data_problem:  # run.json from before records named their data: taken as made on it, and recorded
+        record = {**record, DATA_FINGERPRINT: run.data_fingerprint.value}
+        write_json(run_file, record)
+        print(f"{run_file}: {data_problem[1]}; taken as trained on this data ({run.data_fingerprint.value}).")
     if problem is None and record.get("status") not in ("done", "diverged"):
         return Verdict("train")  # unfinished: resume (or start) it
     epochs = (
@@ -146,6 +164,7 @@ def rebuild_run_record(run: RunFolder, verdict: Verdict) -> None:
             "wall_time_s": last.get("wall_time_s"),
             "history": history,
             "resumed_after_epochs": [],
+            DATA_FINGERPRINT: run.data_fingerprint.value,
             "rebuilt": f"from the checkpoint records ({verdict.reason})",
         },
     )

@@ -105,7 +105,8 @@ def gradient_curvature(model: torch.nn.Module, state: Prepared, frozen: Sequence
 
 
 def sharpest(sharpness: dict[str, dict]) -> str:
-    finite = {name: part["value"] for name, part in sharpness.items() if math.isfinite(part["value"])}
+    values = {name: recorded_number(part["value"]) for name, part in sharpness.items()}  # null: non-finite
+    finite = {name: value for name, value in values.items() if math.isfinite(value)}
     if not finite:
         raise ValueError("the sharpness of every candidate is non-finite; the checkpoints cannot be sampled.")
     return max(finite, key=finite.get)

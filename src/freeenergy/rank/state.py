@@ -2,7 +2,10 @@
 
 One record per candidate in ``<rank.results>/records/``, written atomically; each part of it (sharpness,
 estimate, step-size check) carries the identity of the settings it was made with, so a rerun reuses a part
-only while the file (its sha256) and those settings are unchanged, and a killed run resumes.
+only while the file (its sha256) and those settings are unchanged, and a killed run resumes. A part is
+checked as the study's records are (``part_problems``): one missing a field the ranking reads, or an
+estimate whose free energy or LLC disagrees with its own recorded draws (an edited number), is named and
+recomputed, never ranked.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from freeenergy.rank.models import (
     model_spec,
     read_candidates,
 )
-from freeenergy.records.io import read_json, write_json
+from freeenergy.records.io import NON_FINITE, read_json, write_json
+from freeenergy.records.kinds import content_problems
 from freeenergy.runtime import resolve_device, set_threads
 
 RECORD_FORMAT = 1  # bump when a record's meaning changes, so old ones are recomputed
@@ -42,13 +46,51 @@ def record_path(records: Path, candidate: Candidate) -> Path:
     return records / f"{slug}-{hashlib.sha1(str(candidate.path).encode()).hexdigest()[:8]}.json"
 
 
+def _number_or_null(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _absent_or_wrong(part: dict, numbers: tuple[str, ...]) -> list[str]:
+    return [f"{key} is missing or not a number" for key in numbers if key not in part or not _number_or_null(part[key])]
+
+
+def part_problems(name: str, part: object, flagged: list[str] = ()) -> list[str]:
+    """Why a part of a rank record cannot be used: a field the ranking reads is missing or of the wrong type, or
+    (``estimate``) its results disagree with its recorded draws (``records.kinds.estimate_problems``).
+    ``flagged``: the part's fields the writer stored as null because they were non-finite."""
+    if not isinstance(part, dict):
+        return ["not an object"]
+    if name == "sharpness":
+        problems = _absent_or_wrong(part, ("value", "weight_norm_sq"))
+        return problems + ([] if isinstance(part.get("num_parameters"), int) else ["num_parameters is missing"])
+    if name == "step_check":
+        return _absent_or_wrong(part, ("llc", "llc_std"))
+    problems = _absent_or_wrong(part, ("free_energy_std", "llc_std", "grad_norm_sq"))
+    problems += [] if isinstance(part.get("diverged"), bool) else ["diverged is missing"]
+    hyperparameters = part.get("hyperparameters")
+    if not isinstance(hyperparameters, dict) or not _number_or_null(hyperparameters.get("localization", "")):
+        problems.append("hyperparameters.localization is missing")
+    return problems + content_problems("free_energy", {**part, NON_FINITE: list(flagged)})
+
+
 def read_record(path: Path, candidate: Candidate) -> dict:
-    """The candidate's record, or an empty one when absent, unreadable or about another file content."""
+    """The candidate's record, or an empty one when absent, unreadable or about another file content; a damaged
+    part is left out (and so recomputed), with a line naming the file and what is wrong."""
     try:
         record = read_json(path)
     except (OSError, ValueError):
         return {}
-    return record if record.get("sha256") == candidate.sha256 and record.get("format") == RECORD_FORMAT else {}
+    if record.get("sha256") != candidate.sha256 or record.get("format") != RECORD_FORMAT:
+        return {}
+    flagged = record.get(NON_FINITE) or []
+    for name in ("sharpness", "estimate", "step_check"):
+        if name in record:
+            own = [f.split(".", 1)[1] for f in flagged if isinstance(f, str) and f.startswith(f"{name}.")]
+            problems = part_problems(name, record[name], own)
+            if problems:
+                tqdm.write(f"{path}: its {name} is damaged ({'; '.join(problems[:3])}); recomputing it.")
+                del record[name]
+    return record
 
 
 def finished(part: dict | None, identity: str) -> bool:

@@ -19,9 +19,39 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from freeenergy.records.io import RecordError, read_json, write_json
-from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE, RecordCheck, content_problems
+from freeenergy.records.kinds import (
+    DATA_FINGERPRINT,
+    MODEL_FILE,
+    PRETRAIN_RECORD,
+    RUN_FILE,
+    RecordCheck,
+    content_problems,
+)
 
 # ---------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class DataFingerprint:
+    """The fingerprint of the data a request computes on (``freeenergy.data.data_fingerprint``), which every record
+    stores as ``data_fingerprint``.
+
+    ``legacy``: the fingerprint a record made before records carried one is known to have (the synthetic data
+    of generator version 1, whose settings pin it), or None when that cannot be known (a real copy).
+    """
+
+    value: str
+    legacy: str | None = None
+
+    def problem(self, record: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(status, reason) when ``record`` was not made on this data: ``other_data`` (another fingerprint) or
+        ``unverified_data`` (no fingerprint, and none implied); None when it was."""
+        recorded = record.get(DATA_FINGERPRINT, self.legacy)
+        if recorded is None:
+            return "unverified_data", "made before records carried the fingerprint of their data"
+        if recorded != self.value:
+            return "other_data", f"made on other data (data fingerprint {recorded}; the data now: {self.value})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -31,9 +61,11 @@ class Provenance:
     model_sha256: str
     runtime: Mapping[str, Any]
     settings: Mapping[str, Mapping[str, Any]]  # record name → canonical settings of that record
+    data_fingerprint: str | None = None
 
     def fields(self, step: str) -> dict[str, Any]:
-        return {"settings": self.settings[step], "model_sha256": self.model_sha256, "runtime": dict(self.runtime)}
+        fields = {"settings": self.settings[step], "model_sha256": self.model_sha256, "runtime": dict(self.runtime)}
+        return fields | ({DATA_FINGERPRINT: self.data_fingerprint} if self.data_fingerprint else {})
 
 
 @dataclass(frozen=True)
@@ -81,9 +113,15 @@ class Checkpoint:
     def name(self) -> str:
         return f"{self.run_id}/{self.directory.name}"
 
-    def check_record(self, step: str, settings: Mapping[str, Any] | None, model_sha256: str | None) -> RecordCheck:
+    def check_record(
+        self,
+        step: str,
+        settings: Mapping[str, Any] | None,
+        model_sha256: str | None,
+        data: DataFingerprint | None = None,
+    ) -> RecordCheck:
         """Whether this checkpoint's ``step`` record is finished and serves a request with ``settings``
-        on the model file whose sha256 is ``model_sha256`` (None: not checked)."""
+        on the model file whose sha256 is ``model_sha256`` and on the data ``data`` (None: not checked)."""
         path = self.record_path(step)
         if not path.exists():
             return RecordCheck("missing")
@@ -112,6 +150,9 @@ class Checkpoint:
                 + (f"; … ({len(changed)} in all)" if len(changed) > 4 else ""),
                 record,
             )
+        data_problem = data.problem(record) if data is not None else None
+        if data_problem:
+            return RecordCheck(*data_problem, record)
         if model_sha256 is not None and record.get("model_sha256") != model_sha256:
             return RecordCheck(
                 "stale", "made from other weights (model.pt changed since: retrained or replaced)", record

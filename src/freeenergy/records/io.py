@@ -5,9 +5,11 @@ removed by the next step that visits its folder (``clean_stale_tmp``).
 
 ``write_json`` converts numpy and torch scalars (and arrays) to plain numbers, writes NaN/inf as null and
 lists the dotted paths of those fields under ``non_finite`` (the explicit flag), so that a null no writer
-put there is recognised as damage. ``read_json`` refuses NaN/Infinity literals and names the file and the
-fix in every error. Torch is imported only by the functions that read or write tensor files, so the
-analysis reads records without it.
+put there is recognised as damage. ``read_json`` refuses NaN/Infinity literals and nesting deeper than
+Python can parse, and names the file and the fix in every error. A tensor file is checked before torch
+reads it (``tensor_file_problem``): its records may not expand to more than ``MAX_INFLATION`` times the
+file's size, so a small file that inflates to GiB is refused before anything is allocated. Torch is imported
+only by the functions that read or write tensor files, so the analysis reads records without it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 NON_FINITE = "non_finite"  # the key listing the fields a writer stored as null because they were NaN/inf
 STALE_TMP_SECONDS = 600  # a temporary file untouched this long belongs to a killed job (saves take seconds)
+# How much a data or tensor file may expand when read: torch.save stores its records uncompressed (1×); a
+# compressed image array rarely exceeds 4×. A small file that decodes to GiB is a bomb.
+MAX_INFLATION = 16
+INFLATION_SLACK = 1 << 20  # bytes of expansion always allowed (small files, headers)
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"  # pickled magic number that opens PyTorch's pre-1.6 format
 
 
 class RecordError(ValueError):
@@ -63,7 +71,7 @@ def read_json_lines(path: str | Path) -> list[dict]:
     for line in Path(path).read_text().splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a line cut short, or nested past Python's parser
             continue
     return rows
 
@@ -156,6 +164,41 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"the number {name} (JSON has no such value; our writers store null and flag it)")
 
 
+def inflation_problem(declared: int, size: int) -> str | None:
+    """Why ``declared`` bytes cannot be allocated for a file of ``size`` bytes on disk (``MAX_INFLATION``), or None."""
+    if declared <= MAX_INFLATION * size + INFLATION_SLACK:
+        return None
+    return (
+        f"would expand to {declared / 2**20:,.0f} MiB from {size / 2**20:,.2f} MiB on disk, more than "
+        f"{MAX_INFLATION}× its size (a decompression bomb, or a damaged file)"
+    )
+
+
+def tensor_file_problem(path: str | Path) -> str | None:
+    """Why torch should not read the tensor file at ``path`` (checked before it allocates anything), or None.
+
+    ``torch.save`` writes a zip archive whose records (the pickled structure and one per storage) are stored
+    uncompressed; torch would inflate a compressed record to its declared size, so records declaring more
+    than ``MAX_INFLATION`` × the file's size are refused. A file that is not a zip archive is refused too:
+    truncated, another kind of file, or PyTorch's legacy format (before 1.6), whose storages are allocated at
+    sizes the file declares before their bytes are read.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == _LEGACY_TORCH_MAGIC:
+        return (
+            "written in PyTorch's legacy format (before 1.6), which is not read here (its storages are allocated "
+            "at sizes the file declares, unchecked); re-save it with a current PyTorch"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        return f"cannot be read (not a complete PyTorch zip file: {error}); it is truncated, corrupt or another kind of file"
+    return inflation_problem(declared, path.stat().st_size)
+
+
 def read_json(path: str | Path, fix: str | None = None) -> dict:
     """A JSON object from ``path``. Raises ``RecordError`` naming the file and ``fix`` (default: delete it
     and rerun the step that writes it) when it is missing, empty, truncated, holds NaN/Infinity or is not
@@ -174,6 +217,8 @@ def read_json(path: str | Path, fix: str | None = None) -> dict:
         value = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as error:
         raise RecordError(f"{path}: not valid JSON ({error}): truncated or corrupt; {fix}.") from error
+    except RecursionError:
+        raise RecordError(f"{path}: nested deeper than JSON records are (Python cannot parse it); {fix}.") from None
     if not isinstance(value, dict):
         raise RecordError(f"{path}: holds a JSON {type(value).__name__}, not a record object; {fix}.")
     return value
@@ -187,7 +232,8 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 
 def load_torch(path: str | Path, map_location: Any = "cpu", fix: str | None = None) -> Any:
-    """``torch.load(weights_only=True)``; a missing, empty or corrupt file raises ``RecordError`` naming it."""
+    """``torch.load(weights_only=True)`` after ``tensor_file_problem``; a missing, empty, corrupt or inflating file
+    raises ``RecordError`` naming it."""
     import torch
 
     path = Path(path)
@@ -195,7 +241,12 @@ def load_torch(path: str | Path, map_location: Any = "cpu", fix: str | None = No
     if path.is_file() and path.stat().st_size == 0:
         raise RecordError(f"{path}: the file is empty (an interrupted save?); {fix}.")
     try:
+        problem = tensor_file_problem(path)
+        if problem:
+            raise RecordError(f"{path}: {problem}; {fix}.")
         return torch.load(path, map_location=map_location, weights_only=True)
+    except RecordError:
+        raise
     except FileNotFoundError:
         raise RecordError(f"{path}: no such file; {fix}.") from None
     except Exception as error:  # torch raises many types for a damaged file; all mean the same here

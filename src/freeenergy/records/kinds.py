@@ -8,13 +8,15 @@ provenance:
 - ``model_sha256``: the sha256 of the ``model.pt`` it was computed from (``pretrain.json``: of the file it
   describes, with its size and mtime so that later steps need not rehash an unchanged file);
 - ``runtime``: torch version, device and thread count (recorded, not part of the identity: see
-  ``docs/records.md``).
+  ``docs/records.md``);
+- ``data_fingerprint``: the fingerprint of the data it was computed on (``freeenergy.data.data_fingerprint``):
+  a record made on other data is refused like one made with other settings.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ RUN_FILE = "run.json"
 RESUME_FILE = "resume.pt"
 MODEL_FILE = "model.pt"
 PRETRAIN_RECORD = "pretrain"
+DATA_FINGERPRINT = "data_fingerprint"  # the record field naming the data it was computed on
 
 # ---------------------------------------------------------------- what makes a record finished
 
@@ -36,17 +39,75 @@ class RecordKind:
     and listed under ``non_finite`` (or exempted by ``flag``). ``flag``: a field that, when true, explains
     null numbers (a diverged estimate). ``echoes``: (record field, settings field) pairs that must agree,
     so a record whose content was edited to another setting is caught even when its ``settings`` were not.
+    ``derived``: why the record's results disagree with the raw data it also holds (e.g. a free energy
+    edited away from n × the mean of its recorded draws); an empty list when they agree.
     """
 
     finite: tuple[str, ...]
     flag: str | None = None
     echoes: tuple[tuple[str, str], ...] = ()
+    derived: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+
+# Recorded draws keep 7 significant digits (free_energy.summary._compact): results recomputed from them agree
+# with the recorded ones to about 1e-7 relative; an edit is caught far above that.
+DERIVED_TOLERANCE = 1e-5
+
+
+def _close(recorded: Any, derived: float, scale: float) -> bool:
+    return isinstance(recorded, (int, float)) and abs(recorded - derived) <= DERIVED_TOLERANCE * (abs(scale) + 1e-6)
+
+
+def estimate_problems(record: Mapping[str, Any]) -> list[str]:
+    """Why a free-energy estimate disagrees with its own loss trace (Munn & Wei 2025, eq. 3.4 with
+    nβ = n/log n): F = n·L̄ and λ̂ = nβ·(L̄ − L_n(w*)), L̄ the mean of the draws after burn-in over all chains,
+    and their spreads the sample standard deviations of the per-chain values (``free_energy.summary``).
+
+    The trace must be chains × steps as the hyperparameters say; a diverged estimate's results are not checked
+    (they are null). An empty list means the results are those of the recorded draws.
+    """
+    trace, settings = record.get("loss_trace"), record.get("hyperparameters")
+    if not isinstance(settings, Mapping) or not all(
+        isinstance(settings.get(key), int) for key in ("num_chains", "num_burnin", "num_draws")
+    ):
+        return ["hyperparameters.num_chains/num_burnin/num_draws are missing"]
+    shape = (settings["num_chains"], settings["num_burnin"] + settings["num_draws"])
+    if (
+        not isinstance(trace, list)
+        or len(trace) != shape[0]
+        or any(not isinstance(chain, list) or len(chain) != shape[1] for chain in trace)
+    ):
+        return [f"loss_trace is missing or not {shape[0]} chains × {shape[1]} steps"]
+    if record.get("diverged") is True:
+        return []
+    draws = [value for chain in trace for value in chain[settings["num_burnin"] :]]
+    if not draws or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in draws):
+        return ["loss_trace holds non-finite draws in an estimate not flagged as diverged"]
+    n, nbeta, init = record.get("n"), record.get("nbeta"), record.get("init_loss")
+    if not all(isinstance(v, (int, float)) for v in (n, nbeta, init)):
+        return []  # reported by the finite-number check
+    chains = [math.fsum(chain[settings["num_burnin"] :]) / settings["num_draws"] for chain in trace]
+    mean = math.fsum(chains) / len(chains)
+    derived = {
+        "free_energy": (n * mean, n * mean, "n × the mean recorded draw"),
+        "llc": (nbeta * (mean - init), nbeta * mean, "nβ·(mean draw − init_loss)"),
+    }
+    if len(chains) > 1:
+        spread = math.sqrt(math.fsum((c - mean) ** 2 for c in chains) / (len(chains) - 1))
+        derived["free_energy_std"] = (n * spread, n * mean, "the spread of n × each chain's mean draw")
+        derived["llc_std"] = (nbeta * spread, nbeta * mean, "the spread of nβ × each chain's mean draw")
+    return [
+        f"{key}={record.get(key)!r} is not {how} ({value:.6g})"
+        for key, (value, scale, how) in derived.items()
+        if not _close(record.get(key), value, scale)
+    ]
 
 
 _FREE_ENERGY = RecordKind(
     finite=("free_energy", "llc", "init_loss", "n", "nbeta"),
     flag="diverged",
     echoes=(("hyperparameters", "free_energy"), ("seed", "free_energy.seed"), ("split", "free_energy.split")),
+    derived=estimate_problems,
 )
 RECORD_KINDS: dict[str, RecordKind] = {
     PRETRAIN_RECORD: RecordKind(
@@ -151,6 +212,8 @@ def content_problems(kind: str, record: Mapping[str, Any], settings: Mapping[str
                     problems.append(f"{path} is null but not flagged as non-finite")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 problems.append(f"{path}={value!r} is not a finite number")
+    if spec.derived is not None and not problems:
+        problems += spec.derived(record)
     if settings is not None:
         for field_name, settings_key in spec.echoes:
             problems += _disagreements(
@@ -180,7 +243,8 @@ class RecordCheck:
     ``status``: ``current`` (reuse it), ``missing``, ``damaged`` (unreadable, non-finite numbers, another
     checkpoint's, content edited: recompute), ``stale`` (made from other weights: recompute),
     ``other_settings`` (made with other settings, or before records carried them: recompute only with
-    ``overwrite``). ``reason`` says what differs.
+    ``overwrite``), ``other_data`` (made on other data: the same), ``unverified_data`` (made before records
+    carried their data's fingerprint, none implied: adopted). ``reason`` says what differs.
     """
 
     status: str

@@ -7,12 +7,16 @@ of the records it writes. For each checkpoint it
    file's size or mtime changed). A file that no longer matches is loaded to say what is wrong with it
    ("non-finite weights", "truncated or corrupt", or "replaced"); the checkpoint is reported as failed,
    its records are left as they are, and the step exits non-zero at the end (``exit_if_failed``). The fix:
-   ``scripts/pretrain.py`` verifies every finished run and retrains one whose checkpoint changed.
+   ``scripts/pretrain.py`` verifies every finished run and retrains one whose checkpoint changed. A
+   checkpoint trained on other data than the step's (``pretrain.json``'s ``data_fingerprint``) refuses the
+   whole step: its records would describe a model of other data.
 2. checks each record (``Checkpoint.check_record``): a current record is reused; a missing, damaged
    (unreadable, non-finite numbers, another checkpoint's, content edited) or stale (made from other
    weights) one is recomputed, with a line saying why; one made with other settings (or before records
-   carried settings) is recomputed only with ``<step>.overwrite=true``, and otherwise the whole step is
-   refused before any compute, saying what differs and the fix.
+   carried settings) or on other data is recomputed only with ``<step>.overwrite=true``, and otherwise the
+   whole step is refused before any compute, saying what differs and the fix. A record from before records
+   carried their data's fingerprint (and whose data's settings do not imply it) is adopted: the current
+   fingerprint is written into it, with a line saying so.
 
 Records the plan hands out carry a ``Provenance`` (settings, model hash, runtime) that ``write_record``
 stores with them.
@@ -29,10 +33,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.records.checkpoints import Checkpoint, Provenance
+from freeenergy.records.checkpoints import Checkpoint, DataFingerprint, Provenance
 from freeenergy.records.identity import EXECUTION_KEYS, canonical
-from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, read_json
-from freeenergy.records.kinds import PRETRAIN_RECORD
+from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, read_json, write_json
+from freeenergy.records.kinds import DATA_FINGERPRINT, PRETRAIN_RECORD
 
 log = logging.getLogger(__name__)
 PRETRAIN_FIX = (
@@ -72,6 +76,29 @@ def model_problem(path: Path) -> str | None:
     return None
 
 
+def trained_on_other_data(checkpoint: Checkpoint, data: DataFingerprint | None) -> str | None:
+    """Why the checkpoint's pretraining record says it was trained on other data than ``data``, or None."""
+    if data is None:
+        return None
+    try:
+        pretrain = read_json(checkpoint.record_path(PRETRAIN_RECORD), fix=PRETRAIN_FIX)
+    except RecordError:
+        return None  # reported by verify_model
+    problem = data.problem(pretrain)
+    return (
+        f"{checkpoint.record_path(PRETRAIN_RECORD)}: {problem[1]}" if problem and problem[0] == "other_data" else None
+    )
+
+
+def adopt_data_fingerprint(checkpoint: Checkpoint, name: str, record: dict, data: DataFingerprint) -> None:
+    """Write ``data``'s fingerprint into a record made before records carried one, and say so."""
+    write_json(checkpoint.record_path(name), {**record, DATA_FINGERPRINT: data.value})
+    tqdm.write(
+        f"{checkpoint.record_path(name)}: made before records carried the fingerprint of their data; taken as made "
+        f"on this data ({data.value}), and recorded so."
+    )
+
+
 def verify_model(checkpoint: Checkpoint) -> tuple[str | None, str | None]:
     """(sha256 of ``model.pt``, problem): the problem says why the file is not the one pretraining saved."""
     try:
@@ -109,17 +136,27 @@ def plan_step(
     label: str,
     device: Any,
     selected: Mapping[str, Collection[Checkpoint]] | None = None,
+    data: DataFingerprint | None = None,
 ) -> StepPlan:
     """Check every checkpoint's model file and records against the request (see the module docstring).
 
     ``settings``: record name → canonical settings; ``selected`` (optional): record name → the checkpoints that
-    record is wanted for (the others are not checked for it). Raises ``ValueError`` (before any compute) when records
-    made with other settings exist and ``overwrite`` is false: it names them, says what differs, and the fix.
+    record is wanted for (the others are not checked for it); ``data``: the fingerprint of the data the step
+    computes on (None: not checked). Raises ``ValueError`` (before any compute) when a checkpoint was trained on
+    other data, or when records made with other settings or on other data exist and ``overwrite`` is false: it
+    names them, says what differs, and the fix.
     """
     from freeenergy.runtime import runtime_differences, runtime_info, warn_runtime_mismatch
 
     runtime = runtime_info(device)
-    plan, refused, reused_runtimes = StepPlan(), [], []
+    plan, refused, other_data, reused_runtimes = StepPlan(), [], [], []
+    elsewhere = [reason for c in checkpoints if (reason := trained_on_other_data(c, data))]
+    if elsewhere:
+        raise ValueError(
+            f"{label}: {len(elsewhere)} checkpoint(s) were trained on other data than data.root now holds: "
+            f"{'; '.join(elsewhere[:2])}{' …' if len(elsewhere) > 2 else ''}. Nothing was computed. Point data.root "
+            "at the copy they were trained on, or pretrain on this copy under another experiment_name=…."
+        )
     for run_dir in sorted({c.run_dir for c in checkpoints}):
         for removed in clean_stale_tmp(run_dir):
             print(f"removed a leftover temporary file: {removed}")
@@ -133,7 +170,10 @@ def plan_step(
         for name, wanted in settings.items():
             if selected is not None and checkpoint not in selected[name]:
                 continue
-            check = checkpoint.check_record(name, wanted, sha)
+            check = checkpoint.check_record(name, wanted, sha, data)
+            if check.status == "unverified_data" and not overwrite:
+                adopt_data_fingerprint(checkpoint, name, check.record, data)
+                check = checkpoint.check_record(name, wanted, sha, data)
             if check.current and not overwrite:
                 reused_runtimes.append(
                     (str(checkpoint.record_path(name)), runtime_differences(check.record.get("runtime"), runtime))
@@ -144,9 +184,15 @@ def plan_step(
             elif check.status == "other_settings" and not overwrite:
                 refused.append(f"{checkpoint.record_path(name)}: {check.reason}")
                 continue
+            elif check.status == "other_data" and not overwrite:
+                other_data.append(f"{checkpoint.record_path(name)}: {check.reason}")
+                continue
             names.append(name)
         if names:
-            provenance = Provenance(model_sha256=sha, runtime=runtime, settings=dict(settings))
+            fingerprint = data.value if data is not None else None
+            provenance = Provenance(
+                model_sha256=sha, runtime=runtime, settings=dict(settings), data_fingerprint=fingerprint
+            )
             plan.todo[replace(checkpoint, provenance=provenance)] = names
         else:
             plan.skipped.append(checkpoint)  # (when some were refused, the step stops below anyway)
@@ -156,6 +202,13 @@ def plan_step(
             f"carried their settings: {'; '.join(refused[:3])}{' …' if len(refused) > 3 else ''}. Nothing was "
             f"computed. To recompute them with these settings add {overwrite_key}=true; to keep both, write the new "
             "results to another folder (experiment_name=…)."
+        )
+    if other_data:
+        raise ValueError(
+            f"{label}: {len(other_data)} record(s) were computed on other data than data.root now holds: "
+            f"{'; '.join(other_data[:2])}{' …' if len(other_data) > 2 else ''}. Nothing was computed. Point data.root "
+            f"at the copy they were made from; to keep both, write this copy's results to another folder "
+            f"(experiment_name=…); to recompute them on this data add {overwrite_key}=true."
         )
     warn_runtime_mismatch(label, reused_runtimes)
     return plan
@@ -199,14 +252,15 @@ def run_checkpoint_step(
     progress: bool = True,
     where: str | Path = "",
     selected: Mapping[str, Collection[Checkpoint]] | None = None,
+    data: DataFingerprint | None = None,
 ) -> list[Outcome]:
     """The frame every checkpoint step shares: plan (``plan_step``), report, compute what is left, report failures.
 
     ``prepare()`` is called only when something is left to compute (it loads the data) and returns the function
     that computes, records and reports one checkpoint's records (the names ``plan_step`` left to do). Returns one
-    ``Outcome`` per checkpoint, in order.
+    ``Outcome`` per checkpoint, in order. ``data``: the fingerprint of the data the step computes on.
     """
-    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device, selected)
+    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device, selected, data)
     outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped}
     outcomes |= {c: Outcome(c.name, "failed") for c in plan.failed}
     pending = list(plan.todo)
