@@ -67,6 +67,9 @@ class FreeEnergyEstimate:
             "init_loss": self.init_loss,
             "n": self.n,
             "nbeta": self.nbeta,
+            # γ/nβ: ≪ the curvatures that carry the loss is the learning-coefficient regime; ≫ them, λ̂ is a
+            # scaled Hessian trace (docs/free_energy.md, "Is λ̂ the learning coefficient here?")
+            "gamma_over_nbeta": self.settings.localization / self.nbeta,
             "diverged": self.diverged,
             "diverged_chains": self.diverged_chains,
             "llc_per_chain": self.llc_per_chain,
