@@ -22,6 +22,7 @@ from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.free_energy.diagnostics import HealthCriteria
 from freeenergy.free_energy.estimator import PRECISIONS, FreeEnergyEstimate, estimate_free_energy
 from freeenergy.free_energy.head import fit_head, head_parameter_names
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models.checkpoint import load_or_report, warn_failed
 from freeenergy.provenance import data_identity, group_settings, plan_step
 from freeenergy.records import check_checkpoint_choice, Checkpoint, checkpoints_of_shard
@@ -83,9 +84,10 @@ def estimator_options(fe_cfg: DictConfig) -> dict:
         "vectorize_chains": fe_cfg.vectorize_chains}
 
 
-def make_input_transform(data: FewShotData, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 images on the device → normalised floats (in channels-last layout if asked)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+def make_input_transform(
+    data: FewShotData, memory_format: torch.memory_format
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images on the device → normalised floats in ``memory_format`` (from ``conv_memory_format``)."""
     return lambda images: data.normalize(images).contiguous(memory_format=memory_format)
 
 
@@ -106,8 +108,7 @@ def prepare_model(model: torch.nn.Module, split: SplitData, fe_cfg: DictConfig) 
                         fe_cfg.downstream_head.weight_decay, fe_cfg.eval_batch_size)
         model = head.model
         fields.update(head_fit_loss=head.loss, head_fit_accuracy=head.accuracy)
-    if fe_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=conv_memory_format(fe_cfg.channels_last, split.images.device))
     return model, fields
 
 
@@ -150,7 +151,7 @@ def load_split(cfg: DictConfig, device: torch.device) -> SplitData:
         _refuse("batch_size", cfg.free_energy.batch_size,
                 f"larger than the {cfg.free_energy.split} data ({len(images)} images); lower it")
     return SplitData(images.images.to(device), images.labels.to(device),
-                     make_input_transform(data, cfg.free_energy.channels_last))
+                     make_input_transform(data, conv_memory_format(cfg.free_energy.channels_last, device)))
 
 
 @dataclass

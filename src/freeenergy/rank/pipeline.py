@@ -39,6 +39,7 @@ from freeenergy.free_energy.head import fit_head, head_parameter_names
 from freeenergy.free_energy.sweep import (
     estimate_prepared_model, health_criteria, summary_line, validate_free_energy_config,
 )
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.rank.data import RankData, load_rank_data
 from freeenergy.rank.models import (
     Candidate, LoadFailure, ModelSpec, check_one_class_count, expand_checkpoints, load_candidate, model_spec,
@@ -189,8 +190,7 @@ def prepared_model(state: Prepared, candidate: Candidate) -> tuple[torch.nn.Modu
                        state.cfg.free_energy.eval_batch_size)
         model = fit.model
         fields.update(head_fit_loss=fit.loss, head_fit_accuracy=fit.accuracy)
-    if state.cfg.free_energy.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=conv_memory_format(state.cfg.free_energy.channels_last, state.device))
     return model, fields
 
 
