@@ -57,8 +57,10 @@ def test_the_isa_cap_is_read_from_either_variable(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx2")
     assert memory_format.onednn_isa_cap() == "AVX2"
+    assert not onednn_runs_avx512(ZEN4, machine="x86_64")  # the cap is read from the environment by default
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")
     assert memory_format.onednn_isa_cap() == "AVX512_CORE"
+    assert onednn_runs_avx512(ZEN4, machine="x86_64")
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["cpu-with-avx512", "cpu-without-avx512"])

@@ -7,8 +7,8 @@ Why: torch 2.14.1 bundles oneDNN 3.12.0, whose AVX2 kernel for the weight gradie
 (``jit_1x1:avx2`` backward_weights) writes past the end of the weight-gradient buffer when the input is
 channels-last (NHWC) float32, the stride is ≥ 2 and the layer has 2-7 input channels (one thread: a heap
 corruption, seen as SIGABRT, SIGSEGV or SIGBUS at a later free; two threads: some shapes loop forever inside
-the kernel). oneDNN runs that kernel on x86-64 CPUs without AVX-512 (AMD EPYC before Zen 4, Intel client
-CPUs) and wherever ``ONEDNN_MAX_CPU_ISA`` caps it below AVX-512; the contiguous (NCHW) layout reaches other,
+the kernel). oneDNN runs that kernel on x86-64 CPUs without AVX-512 (AMD EPYC before Zen 4, most Intel
+client CPUs) and wherever ``ONEDNN_MAX_CPU_ISA`` caps it below AVX-512; the contiguous (NCHW) layout reaches other,
 correct kernels. Repro: ``benchmarks/onednn_conv_check.py``; evidence, cost and the upstream report:
 docs/onednn_avx2_1x1_bwd_weights.md.
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
 AVX512_CORE_FLAGS = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq")  # oneDNN's avx512_core
 REPORT = "docs/onednn_avx2_1x1_bwd_weights.md"
+FROM_ENVIRONMENT = "from the environment"  # onednn_runs_avx512's default ISA cap: read ISA_VARIABLES
 
 
 def onednn_isa_cap() -> str | None:
@@ -42,19 +43,19 @@ def onednn_isa_cap() -> str | None:
     return None
 
 
-def onednn_runs_avx512(capabilities: dict[str, bool] | None = None, isa_cap: str | None = None,
+def onednn_runs_avx512(capabilities: dict[str, bool] | None = None, isa_cap: str | None = FROM_ENVIRONMENT,
                        machine: str | None = None) -> bool:
     """Whether oneDNN dispatches its AVX-512 kernels in this process (the kernels without the issue-28 bug).
 
     ``capabilities`` defaults to ``torch.cpu.get_capabilities()`` (CPUID), ``isa_cap`` to ``onednn_isa_cap()``
-    and ``machine`` to ``platform.machine()``; pass them to ask about another machine. Not x86-64: True
-    (the bug is in oneDNN's x64 JIT kernels).
+    (None: no cap) and ``machine`` to ``platform.machine()``; pass them to ask about another machine. Not
+    x86-64: True (the bug is in oneDNN's x64 JIT kernels).
     """
     machine = machine if machine is not None else platform.machine()
     if machine.lower() not in ("x86_64", "amd64"):
         return True
     capabilities = capabilities if capabilities is not None else torch.cpu.get_capabilities()
-    isa_cap = isa_cap if isa_cap is not None else onednn_isa_cap()
+    isa_cap = onednn_isa_cap() if isa_cap == FROM_ENVIRONMENT else isa_cap
     capped_below = isa_cap is not None and isa_cap not in ("ALL", "DEFAULT") and not isa_cap.startswith(
         ("AVX512", "AVX10"))
     return all(capabilities.get(flag, False) for flag in AVX512_CORE_FLAGS) and not capped_below
@@ -68,7 +69,8 @@ def cpu_channels_last_is_safe() -> bool:
         log.warning("channels_last=true is not used on this CPU: oneDNN runs its AVX2 kernels here (no AVX-512, "
                     "or %s caps it), and their channels-last 1x1 stride-2 weight gradient corrupts memory with "
                     "torch %s (issue 28, %s). Convolutions run in the contiguous layout instead: the same "
-                    "results, somewhat slower.", "/".join(ISA_VARIABLES), torch.__version__, REPORT)
+                    "results up to float rounding, about 1.25x the CPU time.", "/".join(ISA_VARIABLES),
+                    torch.__version__, REPORT)
     return safe
 
 
