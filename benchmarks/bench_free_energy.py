@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from freeenergy.free_energy import estimate_free_energy
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models import create_model
 from freeenergy.runtime import resolve_device
 
@@ -60,11 +61,8 @@ def build(args: argparse.Namespace, device: torch.device):
     model = create_model(args.model, num_classes=args.num_classes, **kwargs).to(device)
     images = torch.randn(args.n, 3, args.image_size, args.image_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.n,), device=device)
-    if args.channels_last:
-        model, images = (
-            model.to(memory_format=torch.channels_last),
-            images.contiguous(memory_format=torch.channels_last),
-        )
+    memory_format = conv_memory_format(args.channels_last, device)  # contiguous on a CPU without AVX-512 (issue 28)
+    model, images = model.to(memory_format=memory_format), images.contiguous(memory_format=memory_format)
     return model, images, labels
 
 

@@ -46,6 +46,7 @@ from freeenergy.data.synthetic import class_factors, render_class
 from freeenergy.downstream.episodes import sample_episodes
 from freeenergy.downstream.probe import episode_accuracies
 from freeenergy.free_energy import estimate_free_energy
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models import create_model
 from freeenergy.records.io import read_json_lines
 
@@ -180,7 +181,7 @@ def train_images_per_second(
     name, size, _, kwargs = model_spec
     device = bench.device
     torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = conv_memory_format(channels_last, device)  # contiguous on a CPU without AVX-512 (issue 28)
     model = create_model(name, num_classes=64, **kwargs).to(device).to(memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
@@ -243,7 +244,7 @@ def section_pretrain(bench: Bench) -> None:
 
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last)
+    return images.contiguous(memory_format=conv_memory_format(True, images.device))
 
 
 def random_problem(bench: Bench, spec: Model, n: int, num_classes: int = 10) -> tuple[nn.Module, tuple]:
@@ -252,7 +253,7 @@ def random_problem(bench: Bench, spec: Model, n: int, num_classes: int = 10) -> 
     name, size, _, kwargs = spec
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, **kwargs).to(bench.device).eval()
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=conv_memory_format(True, bench.device))
     images = torch.randn(n, 3, size, size, device=bench.device)
     with torch.no_grad():
         labels = torch.cat([model(_channels_last(chunk)).argmax(1) for chunk in images.split(512)])
@@ -330,7 +331,7 @@ def train_to_low_loss(bench: Bench, spec: Model, images: torch.Tensor, labels: t
     name, _, _, kwargs = spec
     torch.manual_seed(0)
     model = create_model(name, num_classes=int(labels.max()) + 1, **kwargs).to(bench.device)
-    model = model.to(memory_format=torch.channels_last).train()
+    model = model.to(memory_format=conv_memory_format(True, bench.device)).train()
     batch = min(256, len(labels))
     steps_per_epoch = len(labels) // batch
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from omegaconf import DictConfig
 
 from freeenergy.data import FewShotData
 from freeenergy.data.synthetic import load_synthetic
+from freeenergy.memory_format import onednn_runs_avx512
 from freeenergy.pretrain.trainer import run_pretraining
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -44,6 +49,33 @@ def tiny_overrides(root: Path) -> list[str]:
         f"paths.figures={root / 'figures'}",
         f"paths.data_cache={root / 'cache'}",
     ]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Issue 28: where oneDNN runs its AVX2 kernels (no AVX-512, or ONEDNN_MAX_CPU_ISA below it), check in a
+    subprocess that the project's convolution layout survives the crashing op before any test runs, and stop
+    with the reason if not: without the guard the first channels-last backward pass would abort the run."""
+    if onednn_runs_avx512():
+        return
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "onednn_conv_check.py"), "--cases", "guarded", "--json"],
+        check=False,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(done.stdout) if done.stdout.strip() else {"status": done.returncode, "verdict": done.stderr}
+    if report["status"] != 0:
+        pytest.exit(
+            f"oneDNN runs its AVX2 kernels here and the channels-last guard does not hold: "
+            f"{report['verdict'][-2000:]} Every convolution layout must come from "
+            "freeenergy.memory_format.conv_memory_format (docs/onednn_avx2_1x1_bwd_weights.md).",
+            returncode=1,
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -25,6 +25,7 @@ from freeenergy.downstream.config import logistic_options, validate_against_data
 from freeenergy.downstream.episodes import Episodes, sample_episodes
 from freeenergy.downstream.finetune import FinetuneResult, finetune, finetune_split
 from freeenergy.downstream.probe import augmented_features, episode_accuracies, summarize
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.records.identity import canonical
@@ -48,7 +49,7 @@ class DownstreamTask:
 
 def prepare_task(ds_cfg: DictConfig, data: FewShotData, device: torch.device) -> DownstreamTask:
     """Move the downstream data to the device, split it for fine-tuning and draw the episodes (seeded)."""
-    memory_format = torch.channels_last if ds_cfg.channels_last else torch.contiguous_format
+    memory_format = conv_memory_format(ds_cfg.channels_last, device)
     train, test = finetune_split(
         data.downstream, ds_cfg.finetune.test_fraction, ds_cfg.finetune.images_per_class, ds_cfg.seed
     )

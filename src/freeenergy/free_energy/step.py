@@ -30,6 +30,7 @@ from freeenergy.free_energy.config import (
 from freeenergy.free_energy.estimator import sample_free_energy
 from freeenergy.free_energy.head import HeadFit, fit_head, head_parameter_names
 from freeenergy.free_energy.summary import FreeEnergyEstimate
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
@@ -40,9 +41,10 @@ def split_images(data: FewShotData, split: str) -> ImageSet:
     return data.upstream_train if split == "upstream" else data.downstream
 
 
-def make_input_transform(data: FewShotData, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 images on the device → normalised floats (in channels-last layout if asked)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+def make_input_transform(
+    data: FewShotData, memory_format: torch.memory_format
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images on the device → normalised floats in ``memory_format`` (from ``conv_memory_format``)."""
     return lambda images: data.normalize(images).contiguous(memory_format=memory_format)
 
 
@@ -65,8 +67,7 @@ def prepare_model(
         head = fit_head_on(model, split, fe_cfg)
         model = head.model
         fields.update(head_fit_loss=head.loss, head_fit_accuracy=head.accuracy)
-    if fe_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=conv_memory_format(fe_cfg.channels_last, split.images.device))
     return model, fields
 
 
@@ -142,7 +143,9 @@ def load_split(cfg: DictConfig, device: torch.device) -> SplitData:
             f"{cfg.free_energy.split} data ({len(images)} images); lower it."
         )
     return SplitData(
-        images.images.to(device), images.labels.to(device), make_input_transform(data, cfg.free_energy.channels_last)
+        images.images.to(device),
+        images.labels.to(device),
+        make_input_transform(data, conv_memory_format(cfg.free_energy.channels_last, device)),
     )
 
 

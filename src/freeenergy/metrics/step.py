@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from freeenergy.data import FewShotData, ImageSet, data_fingerprint, load_data
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.metrics.common import balanced_subset
 from freeenergy.metrics.geometric_complexity import geometric_complexity
 from freeenergy.metrics.hessian import hessian_trace
@@ -102,7 +103,7 @@ def _on_device(images: ImageSet, index: torch.Tensor, device: torch.device) -> L
 
 def prepare_task(m_cfg: DictConfig, data: FewShotData, device: torch.device) -> MetricsTask:
     """Choose the seeded subsets of the upstream data and move them to the device."""
-    memory_format = torch.channels_last if m_cfg.channels_last else torch.contiguous_format
+    memory_format = conv_memory_format(m_cfg.channels_last, device)
     train, heldout = data.upstream_train, data.upstream_heldout
     sizes = {
         "train_loss": m_cfg.loss.train_images,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from freeenergy.data import FewShotData, data_fingerprint, load_data
 from freeenergy.data.augment import random_crop_flip
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
 from freeenergy.pretrain.config import checkpoint_epochs_note, validate_against_data, validate_pretrain_config
@@ -99,7 +100,7 @@ class Pretraining:
         torch.manual_seed(self.cfg.seed)
         num_classes = self.data.upstream_train.num_classes
         self.model = create_model(num_classes=num_classes, **self.cfg.model).to(self.device)
-        self.memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        self.memory_format = conv_memory_format(self.cfg.train.channels_last, self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if self.cfg.train.compile else self.model
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[self.cfg.train.precision]

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from freeenergy.data import DATASETS, ImageSet, load_data
 from freeenergy.data.image_folder import load_image_folder
 from freeenergy.free_energy.step import SplitData
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.rank.models import ModelSpec, input_channels, normalization_of
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -150,7 +151,7 @@ def load_rank_data(cfg: DictConfig, spec: ModelSpec, device: torch.device) -> Ra
     digest = hashlib.sha1(pixels.numpy().tobytes())
     digest.update(images.labels.numpy().tobytes())
     digest.update(repr((mean, std)).encode())
-    memory_format = torch.channels_last if cfg.free_energy.channels_last else torch.contiguous_format
+    memory_format = conv_memory_format(cfg.free_energy.channels_last, device)
     mean_t, std_t = (torch.tensor(v, device=device).view(1, len(v), 1, 1) for v in (mean, std))
 
     def transform(batch: torch.Tensor) -> torch.Tensor:

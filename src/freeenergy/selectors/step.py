@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from freeenergy.data import FewShotData, load_data
 from freeenergy.downstream.finetune import finetune_split
+from freeenergy.memory_format import conv_memory_format
 from freeenergy.metrics.common import balanced_subset
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
@@ -39,7 +40,7 @@ def selector_data(cfg: DictConfig, kinds: list[str], data: FewShotData, device: 
     ``selectors.knn.k`` is not below the labelled images.
     """
     s_cfg = cfg.selectors
-    memory_format = torch.channels_last if s_cfg.channels_last else torch.contiguous_format
+    memory_format = conv_memory_format(s_cfg.channels_last, device)
     upstream = data.upstream_train
     if s_cfg.upstream_images is not None and s_cfg.upstream_images > len(upstream):
         raise ValueError(
@@ -77,7 +78,7 @@ def measure_checkpoint(
     model = load_or_report(checkpoint, device)
     if model is None:
         return Outcome(checkpoint.name, "failed")
-    model = model.to(memory_format=torch.channels_last if cfg.selectors.channels_last else torch.contiguous_format)
+    model = model.to(memory_format=conv_memory_format(cfg.selectors.channels_last, device))
     results = measure_selectors(model, [k for k in kinds if record_name(k) in todo], data, cfg.selectors)
     parameters = sum(p.numel() for p in model.parameters())
     records = {}
