@@ -77,6 +77,10 @@ def draw_cost(selection: pd.DataFrame, costs: dict[str, float], targets: list[st
     figure, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     for ax, target in zip(axes[0], targets):
         data = cost_data(selection, costs, target)
+        ax.set_title(name(target))
+        if data.empty:  # an empty log-scaled axis has no positive limits to draw
+            ax.text(0.5, 0.5, "no selector measured against it", ha="center", va="center", transform=ax.transAxes)
+            continue
         for row in data.itertuples():
             highlight = row.selector == FREE_ENERGY
             ax.scatter(
@@ -93,7 +97,6 @@ def draw_cost(selection: pd.DataFrame, costs: dict[str, float], targets: list[st
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("seconds per checkpoint (1 CPU thread; static rankers: free)")
         ax.set_ylabel(f"|r| with {name(target)}")
-        ax.set_title(name(target))
     figure.suptitle("What each selector costs and how well it agrees with transfer (final checkpoints)", fontsize=10)
     figure.tight_layout()
     return figure

@@ -259,6 +259,6 @@ def run_downstream(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
-        {kind: set(chosen) for kind, chosen in selected.items()},
-        data_fingerprint(cfg.data),
+        selected={kind: set(chosen) for kind, chosen in selected.items()},
+        data=data_fingerprint(cfg.data),
     )

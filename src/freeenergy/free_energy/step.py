@@ -185,7 +185,7 @@ def run_free_energy(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
-        data_fingerprint(cfg.data),
+        data=data_fingerprint(cfg.data),
     )
 
 

@@ -232,5 +232,5 @@ def run_metrics(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
-        data_fingerprint(cfg.data),
+        data=data_fingerprint(cfg.data),
     )

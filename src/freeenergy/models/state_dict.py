@@ -59,7 +59,7 @@ def _read_file(path: Path) -> object:
         problem = tensor_file_problem(path)
         if problem:
             raise CheckpointError(
-                f"{path}: {problem}. Re-save its state_dict with torch.save(model.state_dict(), path)."
+                f"{path}: {problem}. Re-save it as a state_dict, with torch.save of model.state_dict() in PyTorch."
             )
     try:
         if path.suffix == ".safetensors":

@@ -135,6 +135,7 @@ def plan_step(
     overwrite_key: str,
     label: str,
     device: Any,
+    *,
     selected: Mapping[str, Collection[Checkpoint]] | None = None,
     data: DataFingerprint | None = None,
 ) -> StepPlan:
@@ -251,6 +252,7 @@ def run_checkpoint_step(
     prepare: Callable[[], Callable[[Checkpoint, list[str]], Outcome]],
     progress: bool = True,
     where: str | Path = "",
+    *,
     selected: Mapping[str, Collection[Checkpoint]] | None = None,
     data: DataFingerprint | None = None,
 ) -> list[Outcome]:
@@ -260,7 +262,7 @@ def run_checkpoint_step(
     that computes, records and reports one checkpoint's records (the names ``plan_step`` left to do). Returns one
     ``Outcome`` per checkpoint, in order. ``data``: the fingerprint of the data the step computes on.
     """
-    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device, selected, data)
+    plan = plan_step(checkpoints, settings, overwrite, overwrite_key, label, device, selected=selected, data=data)
     outcomes = {c: Outcome(c.name, "skipped") for c in plan.skipped}
     outcomes |= {c: Outcome(c.name, "failed") for c in plan.failed}
     pending = list(plan.todo)

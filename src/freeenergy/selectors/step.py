@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from freeenergy.data import FewShotData, load_data
+from freeenergy.data import FewShotData, data_fingerprint, load_data
 from freeenergy.downstream.finetune import finetune_split
 from freeenergy.memory_format import conv_memory_format
 from freeenergy.metrics.common import balanced_subset
@@ -122,4 +122,5 @@ def run_selectors(cfg: DictConfig) -> list[Outcome]:
         prepare,
         cfg.progress,
         cfg.paths.runs,
+        data=data_fingerprint(cfg.data),
     )
