@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from tqdm import tqdm
+
+from freeenergy.runtime import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 RESIZE_CHUNK = 1024  # images resized at once: bounds the float32 working memory
@@ -49,7 +50,7 @@ def decode_file(path: Path, image_size: int, crop: bool = False) -> torch.Tensor
 def decode_files(paths: list[Path], image_size: int, description: str) -> torch.Tensor:
     """Every file decoded once and resized: uint8 (len(paths), 3, image_size, image_size)."""
     images = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc=f"decoding {description} (once)", unit="image", leave=False)):
+    for i, path in enumerate(progress_bar(paths, desc=f"decoding {description} (once)", unit="image", leave=False)):
         images[i] = decode_file(path, image_size)
     return images
 
