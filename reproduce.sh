@@ -42,14 +42,33 @@ EOF
 
 experiments() { ls "$REPO/conf/experiment" | sed 's/\.yaml$//' | paste -sd ' ' -; }
 
+MIN_PYTHON=3.11  # requirements.txt pins pandas 3 and scipy 1.17, which need Python 3.11 or newer
+
+check_python() {  # check_python INTERPRETER WHAT: stop with the fix unless it runs and is recent enough
+  local version
+  version=$("$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || {
+    echo "Cannot run $2 ($1). Install Python $MIN_PYTHON or newer, or set FREEENERGY_PYTHON=/path/to/python." >&2
+    exit 2
+  }
+  if ! "$1" -c "import sys; sys.exit(sys.version_info[:2] < tuple(map(int, '$MIN_PYTHON'.split('.'))))"; then
+    echo "$2 is Python $version ($1); this project needs Python $MIN_PYTHON or newer (requirements.txt pins" \
+      "pandas 3 and scipy 1.17). Install it (e.g. apt install python3.11, or pyenv) and rerun, or set" \
+      "FREEENERGY_PYTHON=/path/to/python$MIN_PYTHON with the packages installed." >&2
+    exit 2
+  fi
+}
+
 bootstrap() {  # create .venv and install the pinned requirements when they changed
   local requirements=$REPO/$1
-  if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; return; fi
+  if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; check_python "$PY" FREEENERGY_PYTHON; return; fi
   PY="$VENV/bin/python"
   local stamp
   stamp="$VENV/.installed-$(cat "$requirements" "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/pyproject.toml" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return
-  [ -x "$PY" ] || python3 -m venv "$VENV"
+  if [ ! -x "$PY" ]; then
+    check_python python3 "python3 (used to create .venv)"
+    python3 -m venv "$VENV"
+  fi
   echo "Installing $1 into $VENV (a few minutes the first time)…"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet -r "$requirements"

@@ -247,3 +247,28 @@ def test_the_jobs_of_a_parallel_multirun_draw_no_bars():
         assert not job_of("basic", RunMode.MULTIRUN) and not job_of("joblib", RunMode.RUN)
     finally:
         HydraConfig.instance().cfg = None
+
+
+# ---------------------------------------------------------------- the Python version
+
+
+def test_reproduce_refuses_a_python_older_than_it_needs_and_says_what_is_needed(tmp_path):
+    old = tmp_path / "python3.10"  # this interpreter, claiming to be 3.10.0
+    claim = "import sys; sys.version_info = (3, 10, 0, 'final', 0); exec(compile(sys.argv[1], '-c', 'exec'))"
+    old.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} -c "{claim}" "$2"\nexec {sys.executable} "$@"\n')
+    old.chmod(0o755)
+    result = run([str(REPO / "reproduce.sh"), "smoke", "--dry-run"], cwd=tmp_path, FREEENERGY_PYTHON=str(old))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "FREEENERGY_PYTHON is Python 3.10.0" in result.stderr and "needs Python 3.11 or newer" in result.stderr
+    fine = run([str(REPO / "reproduce.sh"), "smoke", "--dry-run"], cwd=tmp_path, FREEENERGY_PYTHON=sys.executable)
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_no_test_needs_a_newer_python_than_the_one_reproduce_sh_checks_for():
+    calls = [
+        f"{path.name}:{node.lineno}"
+        for path in [*(REPO / "tests").glob("*.py"), *(REPO / "src").rglob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "extractall"
+    ]
+    assert calls == []  # tarfile's extractall(filter=…) needs Python 3.11.4; reproduce.sh asks for 3.11
