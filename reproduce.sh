@@ -126,14 +126,20 @@ main() {
     exec "$PY" "$REPO/scripts/plan.py" "experiment=$experiment" "$@"
   fi
 
-  # How to spread each step (scripts/plan.py, from launch.* in conf/config.yaml and the launcher chosen).
-  # It also stops here, before any process starts, when a real dataset's folder does not exist.
+  # How to spread each step (from launch.* in conf/config.yaml and the launcher chosen), the sweeps, and what
+  # each step has left (scripts/plan.py: it checks the records as the steps do, without torch, in a second).
+  # It also stops here, before any process starts, when a real dataset's folder does not exist or an override
+  # would replace a sweep.
   plan=$("$PY" "$REPO/scripts/plan.py" --shell "experiment=$experiment" "$@") || exit $?
   launcher=basic jobs=1 threads='' shards=1 results='' figures=''
+  sweeps=()
+  declare -A left total
   while IFS='=' read -r key value; do
     case $key in
       launcher) launcher=$value ;; jobs) jobs=$value ;; threads) threads=$value ;;
       shards) shards=$value ;; results) results=$value ;; figures) figures=$value ;;
+      sweep) sweeps+=("$value") ;;
+      left) read -r name count of <<< "$value"; left[$name]=$count; total[$name]=$of ;;
     esac
   done <<< "$plan"
   shard_list=$(seq -s, 0 $((shards - 1)))
@@ -161,21 +167,27 @@ main() {
     "$PY" "$REPO/scripts/$script" "$@"
     printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$timings"
   }
+  finished() {  # finished KEY NAME: true (and says so) when the plan found nothing left for that step
+    [ "${left[$1]:-?}" = 0 ] || return 1
+    echo "=== $2: nothing left (${total[$1]} finished and current), no job started"
+  }
 
-  quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-  sweep_lines=$("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")  # refuses a swept key
-  sweeps=()
-  [ -n "$sweep_lines" ] && mapfile -t sweeps <<< "$sweep_lines"
-  for axis in "${sweeps[@]}"; do
-    # shellcheck disable=SC2086  # each line holds several overrides
-    step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
-  done
-  step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
-    free_energy.split=downstream "$@"
-  step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "selectors" checkpoint_selectors.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  if ! finished pretraining "pretraining (${total[pretraining]:-?} runs)"; then
+    for axis in "${sweeps[@]}"; do
+      # shellcheck disable=SC2086  # each line holds several overrides
+      step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
+    done
+  fi
+  finished free_energy_upstream "free energy (upstream)" ||
+    step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished free_energy_downstream "free energy (downstream)" ||
+    step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
+      free_energy.split=downstream "$@"
+  finished downstream "downstream" ||
+    step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished metrics "metrics" || step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished selectors "selectors" ||
+    step "selectors" checkpoint_selectors.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
   step "figures" figures.py "experiment=$experiment" "$@"
 
   echo

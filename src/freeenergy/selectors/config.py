@@ -10,7 +10,6 @@ from freeenergy.config_check import check_group
 from freeenergy.records.identity import canonical
 from freeenergy.records.provenance import data_identity
 from freeenergy.selectors.catalog import DOWNSTREAM_LABELLED, SELECTORS, check_kinds
-from freeenergy.selectors.laplace import LaplaceOptions
 
 OPTION_GROUPS = ("rankme", "alpha_req", "laplace", "logme", "knn")  # leep and nce have no options
 
@@ -26,6 +25,8 @@ def validate_selector_options(cfg: DictConfig, prefix: str = "selectors") -> Non
     ranks = cfg.alpha_req.fit_ranks
     if ranks[1] - ranks[0] < 2:
         _refuse(f"{prefix}.alpha_req.fit_ranks", list(ranks), "[first, last] eigenvalue ranks with last >= first + 2")
+    from freeenergy.selectors.laplace import LaplaceOptions  # here: the selectors' settings stay torch-free (the plan)
+
     LaplaceOptions(**OmegaConf.to_container(cfg.laplace, resolve=True))
 
 
