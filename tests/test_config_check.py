@@ -218,6 +218,8 @@ def test_the_script_entry_refuses_a_bad_key_in_one_line_naming_it(tmp_path):
         timeout=300,
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: free_energy.num_draws=inf is not allowed: an integer in [1, 1000000].")
+    assert result.stderr.startswith(
+        "error: free_energy.num_draws=inf is not allowed: an integer in [1, 1000000], or 'auto'."
+    )
     assert "Traceback" not in result.stderr
     assert math.isinf(parsed("inf"))
