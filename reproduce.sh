@@ -42,14 +42,33 @@ EOF
 
 experiments() { ls "$REPO/conf/experiment" | sed 's/\.yaml$//' | paste -sd ' ' -; }
 
+MIN_PYTHON=3.11  # requirements.txt pins pandas 3 and scipy 1.17, which need Python 3.11 or newer
+
+check_python() {  # check_python INTERPRETER WHAT: stop with the fix unless it runs and is recent enough
+  local version
+  version=$("$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || {
+    echo "Cannot run $2 ($1). Install Python $MIN_PYTHON or newer, or set FREEENERGY_PYTHON=/path/to/python." >&2
+    exit 2
+  }
+  if ! "$1" -c "import sys; sys.exit(sys.version_info[:2] < tuple(map(int, '$MIN_PYTHON'.split('.'))))"; then
+    echo "$2 is Python $version ($1); this project needs Python $MIN_PYTHON or newer (requirements.txt pins" \
+      "pandas 3 and scipy 1.17). Install it (e.g. apt install python3.11, or pyenv) and rerun, or set" \
+      "FREEENERGY_PYTHON=/path/to/python$MIN_PYTHON with the packages installed." >&2
+    exit 2
+  fi
+}
+
 bootstrap() {  # create .venv and install the pinned requirements when they changed
   local requirements=$REPO/$1
-  if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; return; fi
+  if [ -n "${FREEENERGY_PYTHON:-}" ]; then PY=$FREEENERGY_PYTHON; check_python "$PY" FREEENERGY_PYTHON; return; fi
   PY="$VENV/bin/python"
   local stamp
   stamp="$VENV/.installed-$(cat "$requirements" "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/pyproject.toml" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return
-  [ -x "$PY" ] || python3 -m venv "$VENV"
+  if [ ! -x "$PY" ]; then
+    check_python python3 "python3 (used to create .venv)"
+    python3 -m venv "$VENV"
+  fi
   echo "Installing $1 into $VENV (a few minutes the first time)…"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet -r "$requirements"
@@ -107,14 +126,20 @@ main() {
     exec "$PY" "$REPO/scripts/plan.py" "experiment=$experiment" "$@"
   fi
 
-  # How to spread each step (scripts/plan.py, from launch.* in conf/config.yaml and the launcher chosen).
-  # It also stops here, before any process starts, when a real dataset's folder does not exist.
+  # How to spread each step (from launch.* in conf/config.yaml and the launcher chosen), the sweeps, and what
+  # each step has left (scripts/plan.py: it checks the records as the steps do, without torch, in a second).
+  # It also stops here, before any process starts, when a real dataset's folder does not exist or an override
+  # would replace a sweep.
   plan=$("$PY" "$REPO/scripts/plan.py" --shell "experiment=$experiment" "$@") || exit $?
   launcher=basic jobs=1 threads='' shards=1 results='' figures=''
+  sweeps=()
+  declare -A left total
   while IFS='=' read -r key value; do
     case $key in
       launcher) launcher=$value ;; jobs) jobs=$value ;; threads) threads=$value ;;
       shards) shards=$value ;; results) results=$value ;; figures) figures=$value ;;
+      sweep) sweeps+=("$value") ;;
+      left) read -r name count of <<< "$value"; left[$name]=$count; total[$name]=$of ;;
     esac
   done <<< "$plan"
   shard_list=$(seq -s, 0 $((shards - 1)))
@@ -142,21 +167,27 @@ main() {
     "$PY" "$REPO/scripts/$script" "$@"
     printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$timings"
   }
+  finished() {  # finished KEY NAME: true (and says so) when the plan found nothing left for that step
+    [ "${left[$1]:-?}" = 0 ] || return 1
+    echo "=== $2: nothing left (${total[$1]} finished and current), no job started"
+  }
 
-  quiet=(hydra/job_logging=disabled hydra/hydra_logging=disabled)
-  sweep_lines=$("$PY" "$REPO/scripts/sweep_overrides.py" "experiment=$experiment" "${quiet[@]}" "$@")  # refuses a swept key
-  sweeps=()
-  [ -n "$sweep_lines" ] && mapfile -t sweeps <<< "$sweep_lines"
-  for axis in "${sweeps[@]}"; do
-    # shellcheck disable=SC2086  # each line holds several overrides
-    step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
-  done
-  step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
-    free_energy.split=downstream "$@"
-  step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
-  step "selectors" checkpoint_selectors.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  if ! finished pretraining "pretraining (${total[pretraining]:-?} runs)"; then
+    for axis in "${sweeps[@]}"; do
+      # shellcheck disable=SC2086  # each line holds several overrides
+      step "pretrain ${axis%%=*}" pretrain.py -m ${sweep_args[@]+"${sweep_args[@]}"} "experiment=$experiment" $axis "$@"
+    done
+  fi
+  finished free_energy_upstream "free energy (upstream)" ||
+    step "free energy (upstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished free_energy_downstream "free energy (downstream)" ||
+    step "free energy (downstream)" free_energy.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" \
+      free_energy.split=downstream "$@"
+  finished downstream "downstream" ||
+    step "downstream" downstream.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished metrics "metrics" || step "metrics" metrics.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
+  finished selectors "selectors" ||
+    step "selectors" checkpoint_selectors.py ${shard_args[@]+"${shard_args[@]}"} "experiment=$experiment" "$@"
   step "figures" figures.py "experiment=$experiment" "$@"
 
   echo

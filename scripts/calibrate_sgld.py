@@ -19,9 +19,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 
-prepare_entry_point(__file__, __doc__)
+prepare_entry_point(__file__, __doc__, output_folder=False)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -60,7 +60,9 @@ def main() -> None:
     # rank.* keys select the rank command's config (checkpoint files), otherwise the study's
     uses_rank = any(arg.lstrip("+~").startswith("rank.") for arg in sys.argv[1:])
     config_name = "rank/default" if uses_rank else "config"
-    hydra.main(config_path="../conf", config_name=config_name, version_base="1.3")(user_errors(report))()
+    hydra.main(config_path="../conf", config_name=config_name, version_base="1.3")(
+        user_errors(checked_config(report))
+    )()
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ shard.count split the checkpoints into disjoint jobs. Run with the project's env
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 
 prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     # imported here: a launcher's parent process needs no torch
     from freeenergy.downstream.step import run_downstream

@@ -11,13 +11,14 @@ and writes nothing. Run with the project's environment (source .venv/bin/activat
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 
-prepare_entry_point(__file__, __doc__)
+prepare_entry_point(__file__, __doc__, output_folder=False)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     from freeenergy.analysis import run_analysis  # here: --help and a launcher's parent stay light
 

@@ -8,8 +8,10 @@ Run with the project's environment (source .venv/bin/activate):
     python scripts/plan.py experiment=cifar_fs 'sweep.seeds=[0]' data.images_per_class=60
     ./reproduce.sh cifar_fs --dry-run                             # the same, through reproduce.sh
 
---shell (first argument) prints key=value lines for reproduce.sh instead, and stops with an error when a real
-dataset's folder does not exist.
+--shell (first argument) prints key=value lines for reproduce.sh instead: how to launch, the sweeps' multirun
+overrides and what each step has left (no job starts for a step with nothing to do). It stops with an error
+when a real dataset's folder does not exist, or when an override would replace a sweep (optim.lr=0.3 while
+the experiment sweeps sweep.lr).
 """
 
 import sys
@@ -18,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 from freeenergy.plan import (
     describe,
     joblib_available,
@@ -28,24 +30,20 @@ from freeenergy.plan import (
     records_on_disk,
     shell_lines,
     usable_cores,
+    work_left,
 )
+from freeenergy.pretrain.sweeps import check_swept_overrides, sweep_override_lines
 
-prepare_entry_point(__file__, __doc__)
 SHELL_FLAG = "--shell"
 SHELL = len(sys.argv) > 1 and sys.argv[1] == SHELL_FLAG
 if SHELL:
     del sys.argv[1]  # not a Hydra flag
-# A plan writes nothing: no Hydra output folder, no log (later overrides on the command line still win).
-sys.argv[1:1] = [
-    "hydra.output_subdir=null",
-    "hydra.run.dir=.",
-    "hydra/job_logging=disabled",
-    "hydra/hydra_logging=disabled",
-]
+prepare_entry_point(__file__, __doc__, output_folder=False, log=False)  # a plan writes nothing, logs nothing
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
     launch = launch_plan(OmegaConf.to_container(cfg.launch), launcher, usable_cores(), joblib_available())
@@ -53,9 +51,13 @@ def main(cfg: DictConfig) -> None:
         problem = missing_data(cfg.data)
         if problem:  # stop before any process starts, not in every job
             raise SystemExit(f"Error: {problem}")
-        print("\n".join(shell_lines(launch, str(cfg.paths.results), str(cfg.paths.figures))))
+        check_swept_overrides(HydraConfig.get().overrides.task, cfg.sweep)  # before the sweeps drop one
+        lines = shell_lines(
+            launch, str(cfg.paths.results), str(cfg.paths.figures), sweep_override_lines(cfg.sweep), work_left(cfg)
+        )
+        print("\n".join(lines))
         return
-    print(describe(plan_study(cfg), cfg, launch, records_on_disk(cfg.paths.runs)))
+    print(describe(plan_study(cfg), cfg, launch, records_on_disk(cfg.paths.runs), work_left(cfg)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ an interrupted one resumes from resume.pt. Run with the project's environment (s
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 
 prepare_entry_point(__file__, __doc__)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     from freeenergy.pretrain.sweeps import with_joint_setting
     from freeenergy.pretrain.trainer import run_pretraining  # here: a launcher's parent process needs no torch

@@ -14,15 +14,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 from freeenergy.rank.inputs import precheck
 
-prepare_entry_point(__file__, __doc__)
+prepare_entry_point(__file__, __doc__, output_folder=False)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @hydra.main(config_path="../conf", config_name="rank/default", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     precheck(cfg, CONF_DIR)  # keys, checkpoint files, data folder: refused in a second, before torch is imported
     from freeenergy.rank import run_rank

@@ -12,14 +12,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from freeenergy.cli import prepare_entry_point, user_errors
+from freeenergy.cli import checked_config, prepare_entry_point, user_errors
 from freeenergy.pretrain.sweeps import check_swept_overrides, sweep_override_lines
 
-prepare_entry_point(__file__, __doc__)
+prepare_entry_point(__file__, __doc__, output_folder=False)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @user_errors
+@checked_config
 def main(cfg: DictConfig) -> None:
     try:
         check_swept_overrides(HydraConfig.get().overrides.task, cfg.sweep)

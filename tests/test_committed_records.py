@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, tiny_overrides
 
 from freeenergy.downstream.step import downstream_settings
 from freeenergy.free_energy.step import free_energy_settings
@@ -39,3 +39,57 @@ def test_every_committed_record_was_made_with_the_settings_the_committed_config_
         if read_json(p)["settings"] != wanted
     }
     assert not stale, f"{len(stale)} of {len(paths)} records would be refused: {dict(list(stale.items())[:2])}"
+
+
+# ---------------------------------------------------------------- no other run in the committed study's folder
+
+
+def test_the_committed_study_lists_every_committed_run_folder():
+    from freeenergy.records.checkpoints import COMMITTED_STUDY_FILE, committed_runs
+
+    listed = committed_runs(RECORDS)
+    assert listed is not None, f"runs/default/{COMMITTED_STUDY_FILE} is missing"
+    assert sorted(listed) == sorted(p.parent.name for p in RECORDS.glob("*/run.json"))
+
+
+def test_pretraining_refuses_a_run_that_is_not_one_of_a_committed_study_s(tiny_experiment):
+    from freeenergy.pretrain.trainer import run_pretraining
+    from freeenergy.records.checkpoints import COMMITTED_STUDY_FILE
+    from freeenergy.records.io import write_json
+
+    runs = tiny_experiment.path
+    folders = sorted(p.name for p in runs.iterdir())
+    kept = next(name for name in folders if name.startswith("lr0.05-"))
+    write_json(runs / COMMITTED_STUDY_FILE, {"runs": [kept]})
+    base = [o for o in tiny_overrides(runs.parent) if not o.startswith("optim.lr")]
+    with pytest.raises(ValueError, match=r"holds a committed study .* add experiment_name=<a name of yours>"):
+        run_pretraining(compose_config(base + ["optim.lr=0.2"]))  # trained before the file listed only lr 0.05
+    with pytest.raises(ValueError, match=r"is not one of them"):
+        run_pretraining(compose_config(base + ["optim.lr=0.01"]))
+    assert sorted(p.name for p in runs.iterdir()) == sorted(folders + [COMMITTED_STUDY_FILE])
+    assert run_pretraining(compose_config(base + ["optim.lr=0.05"])) == runs / kept  # one of the study: verified
+
+
+def test_the_readme_multirun_example_leaves_the_committed_study_as_it_is(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from freeenergy.records.checkpoints import COMMITTED_STUDY_FILE
+
+    study = tmp_path / "runs" / "default"
+    study.mkdir(parents=True)
+    shutil.copy(RECORDS / COMMITTED_STUDY_FILE, study / COMMITTED_STUDY_FILE)
+    environment = {**os.environ, "FREEENERGY_ROOT": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pretrain.py"), "-m", "optim.lr=0.01,0.05,0.1"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "holds a committed study" in result.stderr and "experiment_name=" in result.stderr
+    assert sorted(p.name for p in study.iterdir() if not p.name.startswith(".")) == [COMMITTED_STUDY_FILE]

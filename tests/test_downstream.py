@@ -308,11 +308,11 @@ def test_sweep_writes_both_records_skips_finished_ones_and_survives_a_broken_che
             r"downstream.fewshot.shots=\[1, 8\].*K \+ n_query = 8 \+ 3 exceeds the 10 images",
         ),
         ("downstream.fewshot.n_way=21", r"downstream.fewshot.n_way=21.*at most the 20 downstream classes"),
-        ("downstream.fewshot.episodes=0", r"downstream.fewshot.episodes=0.*positive integer"),
-        ("downstream.finetune.epochs=0", r"downstream.finetune.epochs=0.*positive integer"),
+        ("downstream.fewshot.episodes=0", r"downstream.fewshot.episodes=0 is not allowed: an integer in \[1, 100000\]"),
+        ("downstream.finetune.epochs=0", r"downstream.finetune.epochs=0 is not allowed: an integer in \[1, 10000\]"),
         ("downstream.finetune.batch_size=500", r"downstream.finetune.batch_size=500.*at most the 160"),
-        ("downstream.kinds=[finetune,probe]", r"downstream.kinds=\['finetune', 'probe'\].*a non-empty list from"),
-        ("downstream.kinds=fewshot", r"downstream.kinds='fewshot'.*write a list, e.g. kinds=\[fewshot\]"),
+        ("downstream.kinds=[finetune,probe]", r"downstream.kinds=\['finetune', 'probe'\].*each one of \['finetune'"),
+        ("downstream.kinds=fewshot", r"downstream.kinds='fewshot'.*in brackets, e.g. 'downstream.kinds=\[fewshot\]'"),
     ],
 )
 def test_bad_config_is_refused_before_any_compute(tiny_experiment, override, match):

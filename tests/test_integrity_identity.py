@@ -174,7 +174,16 @@ def test_sweep_overrides_script_refuses_a_swept_key(tmp_path):
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == "" and "sweep.lr" in result.stderr
-    assert "sweep_lines=$(" in (REPO / "reproduce.sh").read_text()  # its status stops reproduce.sh (set -e)
+    # what ./reproduce.sh calls first (scripts/plan.py --shell, which prints the sweeps) refuses it too
+    planned = subprocess.run(
+        [sys.executable, "scripts/plan.py", "--shell", "experiment=smoke", "optim.lr=0.3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert planned.returncode == 2 and planned.stdout == "" and "sweep.lr" in planned.stderr
+    assert 'plan=$("$PY" "$REPO/scripts/plan.py" --shell' in (REPO / "reproduce.sh").read_text()  # stops it
 
 
 # ---------------------------------------------------------------- 3. sizes checked against the data

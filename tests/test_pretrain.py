@@ -72,8 +72,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("data.name=imagenet", "data='imagenet'"),
-        ("model.name=resnet999", "model='resnet999'"),
+        ("data.name=imagenet", "data.name='imagenet' is not allowed: one of"),
+        ("model.name=resnet999", "model.name='resnet999' is not allowed: one of"),
         ("optim.lr=0", "optim.lr=0"),
         ("optim.lr=-0.1", "optim.lr=-0.1"),
         ("train.batch_size=0", "train.batch_size=0"),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
+from readonly import read_only
 from safetensors.torch import save_file
 
 from freeenergy.free_energy.diagnostics import FLAGS
@@ -162,9 +163,10 @@ def test_rank_end_to_end_ranks_the_loadable_names_the_broken_and_resumes(project
     checked = [read_json(p) for p in (out / "results" / "records").glob("*.json")]
     assert sum("step_check" in record for record in checked) == 1
 
-    # a rerun recomputes nothing (the check included): same table, records untouched
+    # a rerun recomputes nothing (the check included): same table, records untouched; it needs no write access
     before = record_times(out)
-    again = run_rank(cfg)
+    with read_only(out / "results", out / "figures"):
+        again = run_rank(cfg)
     assert again.estimated == [] and sorted(again.reused) == sorted(ranked["checkpoint"])
     assert record_times(out) == before and "at ε/2 =" not in capsys.readouterr().out
     assert again.step_check == check

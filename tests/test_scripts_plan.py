@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, tiny_overrides
 
 from freeenergy.data import FewShotData, ImageSet, load_data
 from freeenergy.data.subsample import subsample_per_class
-from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, study_settings
+from freeenergy.plan import LaunchPlan, launch_plan, plan_study, saved_epochs, study_settings, work_left
 
 # ---------------------------------------------------------------- counts
 
@@ -176,3 +176,76 @@ def test_load_data_subsamples_a_real_dataset_and_leaves_the_synthetic_one_to_its
 
 def _fake_loader(root: str, split_seed: int = 0) -> FewShotData:
     return _dataset()
+
+
+# ---------------------------------------------------------------- what is left: a finished study reruns in seconds
+
+
+def tiny_study(root, *extra: str):
+    """The tiny experiment of conftest.py as a whole study (its two runs are the sweep), every path under root."""
+    from test_cluster import TINY_STUDY
+
+    paths = [o for o in tiny_overrides(root) if o.startswith("paths.")]
+    return ["experiment=smoke", *TINY_STUDY, *paths, *extra]
+
+
+def left_of(cfg) -> dict[str, tuple]:
+    return {work.step: (work.left, work.total) for work in work_left(cfg)}
+
+
+def test_the_plan_finds_what_each_step_has_left_as_the_steps_decide(tiny_experiment):
+    from freeenergy.free_energy.step import run_free_energy
+    from freeenergy.records.io import read_json, write_json
+
+    root = tiny_experiment.path.parent
+    cfg = compose_config(tiny_study(root))
+    steps = ("free_energy_upstream", "free_energy_downstream", "downstream", "metrics")
+    assert left_of(cfg) == {"pretraining": (0, 2), **{step: (4, 4) for step in steps}}
+    run_free_energy(cfg)
+    assert left_of(cfg)["free_energy_upstream"] == (0, 4) and left_of(cfg)["free_energy_downstream"] == (4, 4)
+    # records of other settings are left to the step (which refuses them, saying why); overwrite redoes them
+    assert left_of(compose_config(tiny_study(root, "free_energy.num_draws=9")))["free_energy_upstream"] == (4, 4)
+    assert left_of(compose_config(tiny_study(root, "free_energy.overwrite=true")))["free_energy_upstream"] == (4, 4)
+    # a record made from other weights is left too (the step recomputes it)
+    record = sorted(tiny_experiment.path.glob("*/epoch_*/free_energy.json"))[0]
+    write_json(record, {**read_json(record), "model_sha256": "0" * 64})
+    assert left_of(cfg)["free_energy_upstream"] == (1, 4)
+    # a run that is not finished as it is (here: a checkpoint replaced): pretraining is left, the rest waits for it
+    model = record.parent / "model.pt"
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert left_of(cfg) == {"pretraining": (1, 2), **{step: (None, None) for step in steps}}
+
+
+def test_reproduce_starts_no_job_for_a_step_with_nothing_left(tiny_experiment, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from freeenergy.downstream.step import run_downstream
+    from freeenergy.free_energy.step import run_free_energy
+    from freeenergy.metrics.step import run_metrics
+
+    root = tiny_experiment.path.parent
+    overrides = tiny_study(root)
+    for step, split in (
+        (run_free_energy, "upstream"),
+        (run_free_energy, "downstream"),
+        (run_downstream, None),
+        (run_metrics, None),
+    ):
+        step(compose_config(overrides + ([f"free_energy.split={split}"] if split else [])))
+    assert all(left == 0 for left, _ in left_of(compose_config(overrides)).values())
+
+    started = tmp_path / "started.txt"  # the script each Python process was started with
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$1" in *.py) echo "$1" >> {started} ;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    repo = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "FREEENERGY_PYTHON": str(python), "PYTHONPATH": str(repo / "src")}
+    command = [str(repo / "reproduce.sh"), *overrides]
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [Path(line).name for line in started.read_text().split()] == ["plan.py", "figures.py"]
+    for step in ("pretraining (2 runs)", "free energy (upstream)", "free energy (downstream)", "downstream", "metrics"):
+        assert f"=== {step}: nothing left" in result.stdout, step

@@ -1,8 +1,10 @@
-"""What an experiment will run and cost, before it starts; and how ./reproduce.sh spreads it over processes.
+"""What an experiment will run and cost, before it starts; what is left of it; and how ./reproduce.sh spreads it.
 
-Torch-free and quick: it reads the composed config (and, for progress, the record files on disk), never a
-model or a dataset. ``python scripts/plan.py experiment=<name>`` prints it; ``./reproduce.sh <name>
---dry-run`` too.
+Torch-free and quick: it reads the composed config and the records on disk, never a model or a dataset.
+``python scripts/plan.py experiment=<name>`` prints it; ``./reproduce.sh <name> --dry-run`` too. What is left
+(``work_left``) is decided as the steps decide it (a run verified finished; a checkpoint whose records exist,
+are intact and carry the current settings, ``records.settings``), so that ./reproduce.sh starts no job for a
+step with nothing to do: a finished study reruns in seconds.
 """
 
 from __future__ import annotations
@@ -10,15 +12,29 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from freeenergy.config_check import check_group
 from freeenergy.pretrain.sweeps import JOINT, SWEEP_AXES, joint_settings
 from freeenergy.pretrain.sweeps import study_settings as study_runs
+from freeenergy.pretrain.verify import RunView, finished_as_is
+from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
+from freeenergy.records.io import RecordError, file_sha256, file_stat, read_json
+from freeenergy.records.kinds import PRETRAIN_RECORD
+from freeenergy.records.settings import (
+    FREE_ENERGY_RECORDS,
+    METRICS_RECORD,
+    downstream_settings,
+    free_energy_settings,
+    metrics_settings,
+)
+from freeenergy.selectors.catalog import record_name
+from freeenergy.selectors.config import selector_settings
 
 UPSTREAM_CLASSES = 64  # CIFAR-FS, mini-ImageNet and the synthetic default all split 64 / 16 / 20
 NATIVE_IMAGES_PER_CLASS = {"cifar_fs": 600, "mini_imagenet": 600}  # the datasets' own sizes
@@ -166,6 +182,100 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
     )
 
 
+@dataclass(frozen=True)
+class StepWork:
+    """What one step of ./reproduce.sh has left: ``left`` of the ``total`` runs (pretraining) or checkpoints it
+    visits would be computed (or refused, with the reason: the step runs to say it); None: not known until
+    pretraining has finished (its checkpoints do not exist yet)."""
+
+    step: str  # pretraining | free_energy_upstream | free_energy_downstream | downstream | metrics | selectors
+    total: int | None
+    left: int | None
+
+
+def study_run_list(cfg: DictConfig) -> list:
+    """The runs the study trains (``pretrain.sweeps.study_settings``; the base only when an axis lists it)."""
+    settings = study_settings(cfg)
+    return [run for run in study_runs(cfg) if _setting_of(run) in settings]
+
+
+def work_left(cfg: DictConfig) -> list[StepWork]:
+    """What each step of the study has left, decided as the step itself decides (see the module docstring)."""
+    runs_dir = Path(cfg.paths.runs)
+    epochs = list(saved_epochs(cfg.train))
+    study = study_run_list(cfg)
+    unfinished = [
+        run
+        for run in study
+        if cfg.train.overwrite or not finished_as_is(RunView(run.run_id, runs_dir / run.run_id, run.identity, epochs))
+    ]
+    work = [StepWork("pretraining", len(study), len(unfinished))]
+    steps = checkpoint_steps(cfg)
+    if unfinished:  # the later steps' checkpoints are not all there yet: each step decides once they are
+        return work + [StepWork(step, None, None) for step in steps]
+    for step, (records, overwrite) in steps.items():
+        wanted: dict[Checkpoint, dict[str, dict]] = {}  # checkpoint → the records the step makes for it
+        for name, (which, settings) in records.items():
+            for checkpoint in checkpoints_of_shard(runs_dir, which=which):
+                wanted.setdefault(checkpoint, {})[name] = settings
+        left = sum(overwrite or not _current(checkpoint, settings) for checkpoint, settings in wanted.items())
+        work.append(StepWork(step, len(wanted), left))
+    return work
+
+
+StepRecords = dict[str, tuple[Any, dict]]  # record name → (the checkpoints it is made for, its current settings)
+
+
+def checkpoint_steps(cfg: DictConfig) -> dict[str, tuple[StepRecords, bool]]:
+    """step → (its records, overwrite), as ./reproduce.sh runs the steps and as each step selects checkpoints."""
+
+    def with_split(split: str) -> DictConfig:
+        changed = cfg.copy()
+        OmegaConf.update(changed, "free_energy.split", split, merge=False)
+        return changed
+
+    fe, ds, sel = cfg.free_energy, cfg.downstream, cfg.selectors
+    steps = {
+        f"free_energy_{split}": (
+            {record: (_selection(fe.checkpoints[split]), free_energy_settings(with_split(split)))},
+            bool(fe.overwrite),
+        )
+        for split, record in FREE_ENERGY_RECORDS.items()
+    }
+    kinds = list(dict.fromkeys(ds.kinds))
+    downstream = {kind: (_selection(ds.checkpoints[kind]), downstream_settings(cfg, kind)) for kind in kinds}
+    steps["downstream"] = (downstream, bool(ds.overwrite))
+    steps["metrics"] = (
+        {METRICS_RECORD: (_selection(cfg.metrics.checkpoints), metrics_settings(cfg))},
+        bool(cfg.metrics.overwrite),
+    )
+    selectors = {
+        record_name(kind): (_selection(sel.checkpoints), selector_settings(cfg, kind))
+        for kind in dict.fromkeys(sel.kinds)
+    }
+    steps["selectors"] = (selectors, bool(sel.overwrite))
+    return steps
+
+
+def _selection(which: Any) -> Any:
+    return OmegaConf.to_object(which) if OmegaConf.is_config(which) else which
+
+
+def _current(checkpoint: Checkpoint, settings: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether every record is finished, of these settings and of the checkpoint's model file as it is now
+    (what ``records.provenance.plan_step`` reuses)."""
+    try:
+        pretrain = read_json(checkpoint.record_path(PRETRAIN_RECORD))
+    except RecordError:
+        return False
+    sha = pretrain.get("model_sha256")
+    if not sha or (
+        pretrain.get("model_file") != file_stat(checkpoint.model_path) and file_sha256(checkpoint.model_path) != sha
+    ):
+        return False  # the step reports this checkpoint as failed: let it say why
+    return all(checkpoint.check_record(name, wanted, sha).current for name, wanted in settings.items())
+
+
 def missing_data(data: Mapping[str, Any]) -> str | None:
     """Why a real dataset's ``data.root`` cannot be read, with the dataset's fix (None when it can).
 
@@ -207,13 +317,7 @@ def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int, joblib: bo
     given: every checkpoint step becomes ``launch.shards`` jobs, and the launcher's own settings decide
     where and how many run at once. Without the joblib launcher (``joblib=False``), one process at a time.
     """
-    for key in ("local_jobs", "shards"):
-        value = launch[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"launch.{key}={value!r} is not allowed: a positive integer (1 turns parallel "
-                f"{'local processes' if key == 'local_jobs' else 'shards'} off)."
-            )
+    check_group(launch, "launch")
     if launcher not in LAUNCHERS_WITHOUT_PARALLELISM:
         return LaunchPlan(launcher, jobs=1, threads=None, shards=launch["shards"])
     jobs = min(launch["local_jobs"], cores) if joblib else 1
@@ -222,8 +326,12 @@ def launch_plan(launch: Mapping[str, Any], launcher: str, cores: int, joblib: bo
     return LaunchPlan(launcher, jobs=jobs, threads=max(1, cores // jobs), shards=jobs)
 
 
-def shell_lines(launch: LaunchPlan, results_dir: str, figures_dir: str) -> list[str]:
-    """``key=value`` lines that ./reproduce.sh reads, one per line."""
+def shell_lines(
+    launch: LaunchPlan, results_dir: str, figures_dir: str, sweep_lines: list[str] = (), work: list[StepWork] = ()
+) -> list[str]:
+    """``key=value`` lines that ./reproduce.sh reads, one per line: the launch, the folders, one ``sweep=`` line
+    per sweep axis (its multirun overrides) and one ``left=<step> <left> <total>`` line per step (``?``: not
+    known yet)."""
     return [
         f"launcher={launch.launcher}",
         f"jobs={launch.jobs}",
@@ -231,7 +339,29 @@ def shell_lines(launch: LaunchPlan, results_dir: str, figures_dir: str) -> list[
         f"shards={launch.shards}",
         f"results={results_dir}",
         f"figures={figures_dir}",
+        *(f"sweep={line}" for line in sweep_lines),
+        *(f"left={w.step} {_or_unknown(w.left)} {_or_unknown(w.total)}" for w in work),
     ]
+
+
+def _or_unknown(count: int | None) -> str:
+    return "?" if count is None else str(count)
+
+
+def describe_left(work: Sequence[StepWork]) -> str:
+    """One line: what each step has left, e.g. ``pretraining 0 of 21 runs, free energy (upstream) 3 of 42 …``."""
+    names = {
+        "pretraining": "pretraining",
+        "free_energy_upstream": "free energy (upstream)",
+        "free_energy_downstream": "free energy (downstream)",
+        "downstream": "downstream",
+        "metrics": "metrics",
+    }
+    parts = []
+    for w in work:
+        unit = "runs" if w.step == "pretraining" else "checkpoints"
+        parts.append(f"{names[w.step]} {'after pretraining' if w.left is None else f'{w.left} of {w.total} {unit}'}")
+    return "  left to do:   " + ", ".join(parts)
 
 
 def _count(n: int, unit: str | None = None) -> str:
@@ -240,7 +370,9 @@ def _count(n: int, unit: str | None = None) -> str:
     return text if unit is None else f"{text} {unit}{'' if n == 1 else 's'}"
 
 
-def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping[str, int]) -> str:
+def describe(
+    plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping[str, int], work: Sequence[StepWork] = ()
+) -> str:
     """The plan as a few lines of text, for a person deciding whether to start."""
     fe, ft = cfg.free_energy, cfg.downstream.finetune
     axes = ", ".join(f"{axis} {list(cfg.sweep.get(axis) or [])}" for axis in SWEEP_AXES)
@@ -262,6 +394,7 @@ def describe(plan: StudyPlan, cfg: DictConfig, launch: LaunchPlan, done: Mapping
         f"  selectors:    {_count(plan.selector_records)} records ({', '.join(dict.fromkeys(cfg.selectors.kinds))} on "
         f"{cfg.selectors.checkpoints} checkpoints)",
         f"  on disk ({cfg.paths.runs}): " + ", ".join(f"{step} {n}" for step, n in done.items()),
+        *([describe_left(work)] if work else []),
     ]
     problem = missing_data(cfg.data)
     if problem:

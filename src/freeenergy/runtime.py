@@ -1,4 +1,6 @@
-"""Device choice, seeding and the runtime a result was computed on, shared by every step."""
+"""How a process runs, shared by every step: the device, the thread count, progress bars, and the runtime a
+result was computed on. Torch is imported by the functions that need it, so that torch-free modules (the
+records, the plan) can use the rest."""
 
 from __future__ import annotations
 
@@ -6,19 +8,45 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 RUNTIME_KEYS = ("torch", "device", "num_threads")
+_bars = {"shown": True}  # set_progress: whether this process shows progress bars at all
+
+
+def set_progress(enabled: bool) -> None:
+    """Show progress bars in this process (``progress=true``) or none (``progress=false``, or one of several
+    jobs at once); set by every script before its work (``freeenergy.cli.checked_config``)."""
+    _bars["shown"] = bool(enabled)
+
+
+def progress_bar(iterable: Iterable, *, progress: bool = True, **options: Any) -> tqdm:
+    """``tqdm(iterable, **options)``, shown only when ``progress`` and this process shows bars (``set_progress``).
+
+    Every progress bar of the package goes through here, so that ``progress=false`` silences them all."""
+    return tqdm(iterable, disable=not (progress and _bars["shown"]), **options)
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise the named device, checked to exist."""
+    """``auto`` → CUDA when available, else CPU; otherwise the named device, checked to exist.
+
+    Raises ValueError naming ``device`` for a name torch does not know, or CUDA where there is none."""
+    import torch
+
     if spec in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device={spec!r} is not a device torch knows ({error}); use auto, cpu or cuda[:index]."
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={spec!r} asked for CUDA but none is available; use device=cpu or device=auto.")
     return device
@@ -31,6 +59,8 @@ def set_threads(num_threads: int | str | None) -> int:
     already keep busy, so a run on a shared machine does not oversubscribe it. None: torch's default.
     Raises ``ValueError`` for anything else.
     """
+    import torch
+
     if num_threads == "auto":
         torch.set_num_threads(free_cores())
     elif isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1:
@@ -64,6 +94,8 @@ def runtime_info(device: str | torch.device) -> dict[str, Any]:
     Recorded, and compared on resume and on reuse (``runtime_differences``), but not part of any identity:
     the thread count changes floating-point rounding, not the computation asked for (docs/records.md).
     """
+    import torch
+
     return {"torch": torch.__version__, "device": str(device), "num_threads": torch.get_num_threads()}
 
 

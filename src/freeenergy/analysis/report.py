@@ -35,6 +35,7 @@ from freeenergy.analysis.stats import (
     lookup,
 )
 from freeenergy.analysis.table import FREE_ENERGY_PREFIXES, FewShotChoice, build_summary, flagged, select_checkpoints
+from freeenergy.config_check import check_group
 from freeenergy.pretrain.sweeps import JOINT, SWEEP_AXES, study_settings
 from freeenergy.records.io import write_json, write_text
 
@@ -314,7 +315,9 @@ def level_set_of(a: DictConfig) -> LevelSet:
 
 
 def check_settings(a: DictConfig) -> None:
-    """Refuse bad ``analysis.*`` values before anything is read or written."""
+    """Refuse bad ``analysis.*`` values before anything is read or written: each key's type and range
+    (``config_check``), then the checks across keys."""
+    check_group(a, "analysis")
     other_choice(a.checkpoints)
     check_methods(a.methods)
     bootstrap_settings(a)

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from freeenergy.data.cache import CacheContentError, read_tensor_cache, write_tensor_cache
 from freeenergy.data.images import IMAGE_SUFFIXES, decode_file
 from freeenergy.data.listing import identities, list_files, subfolders
 from freeenergy.data.types import ImageSet
+from freeenergy.runtime import progress_bar
 
 CACHE_FORMAT = 2  # bump when what the cache holds changes, so stale caches are rebuilt
 
@@ -123,7 +123,9 @@ def load_image_folder(root: str | Path, image_size: int, cache_dir: str | Path, 
     if cached is not None:
         return ImageSet(cached["images"], cached["labels"], list(cached["classes"]))
     images = torch.empty(len(listing.samples), 3, image_size, image_size, dtype=torch.uint8)
-    samples = tqdm(listing.samples, desc=f"decoding {listing.root.name} (once)", unit="image", disable=not progress)
+    samples = progress_bar(
+        listing.samples, progress=progress, desc=f"decoding {listing.root.name} (once)", unit="image"
+    )
     for i, (relative, _) in enumerate(samples):
         images[i] = decode_file(listing.root / relative, image_size, crop=True)
     labels = torch.tensor([label for _, label in listing.samples], dtype=torch.long)

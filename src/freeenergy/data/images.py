@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from tqdm import tqdm
 
 from freeenergy.data.listing import list_files
+from freeenergy.runtime import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 RESIZE_CHUNK = 1024  # images resized at once: bounds the float32 working memory
@@ -145,7 +145,7 @@ def decode_file(path: str | Path, image_size: int, crop: bool = False) -> torch.
 def decode_files(paths: list[Path], image_size: int, description: str, progress: bool = True) -> torch.Tensor:
     """Every file decoded once and resized: uint8 (len(paths), 3, image_size, image_size)."""
     images = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
-    bar = tqdm(paths, desc=f"decoding {description} (once)", unit="image", leave=False, disable=not progress)
+    bar = progress_bar(paths, progress=progress, desc=f"decoding {description} (once)", unit="image", leave=False)
     for i, path in enumerate(bar):
         images[i] = decode_file(path, image_size)
     return images

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from tqdm import tqdm
 
 from freeenergy.data.cache import (
     check_image_splits,
@@ -35,6 +34,7 @@ from freeenergy.data.cache import (
 )
 from freeenergy.data.splits import split_per_class
 from freeenergy.data.types import FewShotData, ImageSet
+from freeenergy.runtime import progress_bar
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "half_disc", "bar")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -190,7 +190,7 @@ def generate(images_per_class: int, image_size: int, seed: int, downstream_image
     result = {}
     all_classes = [(split, factors) for split, classes in splits.items() for factors in classes]
     images: dict[str, list[torch.Tensor]] = {split: [] for split in splits}
-    for split, factors in tqdm(all_classes, desc="synthetic data", unit="class", leave=False):
+    for split, factors in progress_bar(all_classes, desc="synthetic data", unit="class", leave=False):
         drawn = render_class(factors, counts[split], generator)
         if image_size != CANVAS:
             drawn = TF.resize(drawn, [image_size, image_size], antialias=True)

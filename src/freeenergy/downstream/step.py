@@ -28,8 +28,8 @@ from freeenergy.downstream.probe import augmented_features, episode_accuracies, 
 from freeenergy.memory_format import conv_memory_format
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
-from freeenergy.records.identity import canonical
-from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
+from freeenergy.records.provenance import Outcome, run_checkpoint_step
+from freeenergy.records.settings import downstream_settings
 from freeenergy.runtime import resolve_device, set_threads
 
 
@@ -216,15 +216,6 @@ def evaluate_checkpoint(checkpoint: Checkpoint, kinds: list[str], task: Downstre
         checkpoint.write_record(kind, records[kind])
     tqdm.write(summary_line(checkpoint.name, records))
     return Outcome(checkpoint.name, "evaluated", records)
-
-
-def downstream_settings(cfg: DictConfig, kind: str) -> dict:
-    """The canonical settings a ``kind`` record is made with: ``downstream.<kind>``, the seed and the data."""
-    return {
-        kind: group_settings(cfg.downstream[kind], f"downstream.{kind}"),
-        "seed": canonical(cfg.downstream.seed),
-        "data": data_identity(cfg),
-    }
 
 
 def run_downstream(cfg: DictConfig) -> list[Outcome]:

@@ -44,6 +44,11 @@ from typing import Any
 import torch
 
 from freeenergy.free_energy.diagnostics import top_hessian_eigenvalue
+from freeenergy.free_energy.sampler import plain_fields
+
+
+def finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 class BudgetTooShort(ValueError):
@@ -71,21 +76,23 @@ class AutoRule:
     min_burnin: int = 50
 
     def __post_init__(self) -> None:
+        plain_fields(self, optional=("max_relative_distance",))
+        distance = self.max_relative_distance
         checks = {
             "stability_fraction": 0 < self.stability_fraction < 1,
-            "gradient_noise": self.gradient_noise > 0,
-            "relaxation_times": self.relaxation_times > 0,
-            "draws_per_burnin": self.draws_per_burnin > 0,
-            "resolved_curvature": self.resolved_curvature > 0,
-            "max_relative_distance": self.max_relative_distance is None or self.max_relative_distance > 0,
-            "min_burnin": isinstance(self.min_burnin, int) and self.min_burnin >= 1,
+            "gradient_noise": finite_positive(self.gradient_noise),
+            "relaxation_times": finite_positive(self.relaxation_times),
+            "draws_per_burnin": finite_positive(self.draws_per_burnin),
+            "resolved_curvature": finite_positive(self.resolved_curvature),
+            "max_relative_distance": distance is None or finite_positive(distance),
+            "min_burnin": self.min_burnin >= 1,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"free_energy.auto.{key}={getattr(self, key)!r} is not allowed: stability_fraction in (0, 1); "
                     "gradient_noise, relaxation_times, draws_per_burnin, resolved_curvature, max_relative_distance "
-                    "(or null) > 0; min_burnin an integer >= 1."
+                    "(or null) finite and > 0; min_burnin an integer >= 1."
                 )
 
     @classmethod
@@ -129,6 +136,9 @@ class SGLDChoice:
     target_burnin: int  # the burn-in the target γ needs
     reason: str  # target | budget | locality | given
     rule: AutoRule = field(default_factory=AutoRule)
+
+    def __post_init__(self) -> None:
+        plain_fields(self)
 
     @property
     def relaxation_steps(self) -> float:

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
-from tqdm import tqdm
 
 from freeenergy.free_energy.sampler import LossFn, sgld_update_
+from freeenergy.runtime import progress_bar
 
 
 class BatchedChains:
@@ -134,8 +134,8 @@ def run_batched_chains(
     batches = batches.to(device)
     trace = torch.full((num_chains, num_steps), math.nan, device=device)
     stopped_at = [None] * num_chains  # the check step at which each chain stopped
-    steps = tqdm(
-        range(num_steps), desc=f"{num_chains} chains (batched)", unit="step", leave=False, disable=not progress
+    steps = progress_bar(
+        range(num_steps), progress=progress, desc=f"{num_chains} chains (batched)", unit="step", leave=False
     )
     for step in steps:
         index = batches[:, step].reshape(-1)

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+from freeenergy.config_check import check_group
 from freeenergy.free_energy.calibration import calibrate
 from freeenergy.free_energy.config import selection, validate_free_energy_config
 from freeenergy.free_energy.diagnostics import max_stable_step_size, top_hessian_eigenvalue
@@ -31,7 +31,7 @@ from freeenergy.models import load_checkpoint_model
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
 from freeenergy.records.io import save_figure, write_text
 from freeenergy.records.kinds import MODEL_FILE, PRETRAIN_RECORD, RUN_FILE
-from freeenergy.runtime import resolve_device, set_threads
+from freeenergy.runtime import progress_bar, resolve_device, set_threads
 
 
 def plot_traces(
@@ -156,7 +156,7 @@ def rank_by_sharpness(
     """Every checkpoint's sharpness and the largest stable step size there, sharpest first."""
     rows = []
     nbeta = cfg.free_energy.nbeta or default_nbeta(len(split.labels))
-    for checkpoint in tqdm(checkpoints, desc="sharpness", unit="checkpoint", disable=not cfg.progress):
+    for checkpoint in progress_bar(checkpoints, progress=cfg.progress, desc="sharpness", unit="checkpoint"):
         model, _ = prepare_model(load_checkpoint_model(checkpoint, device), split, cfg.free_energy)
         sharpness = sharpness_of(model, split, cfg.calibrate)
         rows.append(
@@ -172,22 +172,19 @@ def rank_by_sharpness(
 
 
 def validate_calibrate_config(cal_cfg: DictConfig, num_chains: int) -> None:
-    if not cal_cfg.step_sizes or not all(eps > 0 for eps in cal_cfg.step_sizes):
-        raise ValueError(
-            f"calibrate.step_sizes={list(cal_cfg.step_sizes)} is not allowed: a non-empty list of positive step sizes."
-        )
-    if not cal_cfg.localizations or not all(gamma >= 0 for gamma in cal_cfg.localizations):
-        raise ValueError(
-            f"calibrate.localizations={list(cal_cfg.localizations)} is not allowed: a non-empty list of values >= 0."
-        )
+    """Raise a ValueError naming every bad ``calibrate.*`` value (``config_check``), then the checks across keys."""
+    check_group(cal_cfg, "calibrate")
+    for key in ("step_sizes", "localizations"):
+        if cal_cfg[key] == "auto":
+            raise ValueError(
+                f"calibrate.{key}='auto' is not allowed for the study's checkpoints: give a list, e.g. "
+                f"'calibrate.{key}=[…]'; 'auto' is for checkpoint files (scripts/calibrate_sgld.py with rank.* keys)."
+            )
     if num_chains < 2:
         raise ValueError(
             f"free_energy.num_chains={num_chains} is not allowed for calibration: the levelled-off test "
             "compares chains; use free_energy.num_chains=2 or more."
         )
-    for key in ("sharpness_batch", "sharpness_iterations"):
-        if not isinstance(cal_cfg[key], int) or cal_cfg[key] < 1:
-            raise ValueError(f"calibrate.{key}={cal_cfg[key]!r} is not allowed: a positive integer.")
 
 
 @dataclass

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from freeenergy.free_energy.diagnostics import Drift, max_stable_step_size, trace_drift
 from freeenergy.free_energy.sampler import SGLDSettings
 from freeenergy.free_energy.summary import FreeEnergyEstimate
+from freeenergy.runtime import progress_bar
 
 
 def relaxation_times_in_burnin(settings: SGLDSettings) -> float:
@@ -84,7 +84,7 @@ def calibrate(
     """
     rows, estimates = [], {}
     grid = [(eps, gamma) for gamma in localizations for eps in step_sizes]
-    for eps, gamma in tqdm(grid, desc="calibration", unit="setting", disable=not progress):
+    for eps, gamma in progress_bar(grid, progress=progress, desc="calibration", unit="setting"):
         result = estimate(eps, gamma)
         drift = trace_drift(result.draws, drift_test_level)
         bound = max_stable_step_size(sharpness, result.nbeta, gamma) if sharpness is not None else math.inf

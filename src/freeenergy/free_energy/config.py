@@ -11,12 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from freeenergy.config_check import check_group
 from freeenergy.free_energy.auto import AutoRule
 from freeenergy.free_energy.diagnostics import HealthCriteria
-from freeenergy.free_energy.sampler import PRECISIONS, SGLDSettings, default_nbeta
-from freeenergy.records.checkpoints import check_checkpoint_choice
+from freeenergy.free_energy.sampler import SGLDSettings, default_nbeta
+from freeenergy.records.settings import FREE_ENERGY_RECORDS
 
-RECORD_NAMES = {"upstream": "free_energy", "downstream": "free_energy_downstream"}
+RECORD_NAMES = FREE_ENERGY_RECORDS  # split → the record it writes
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
@@ -29,34 +30,19 @@ def selection(which: Any) -> str | list[int]:
 
 
 def validate_free_energy_config(fe_cfg: DictConfig) -> None:
-    """Raise a ValueError naming the first bad ``free_energy.*`` value and what is allowed."""
-    if fe_cfg.split not in RECORD_NAMES:
-        _refuse("split", fe_cfg.split, f"choose one of {list(RECORD_NAMES)}")
-    for split in RECORD_NAMES:
-        check_checkpoint_choice(selection(fe_cfg.checkpoints.get(split)), f"free_energy.checkpoints.{split}")
-    for key in ("num_chains", "num_draws", "batch_size", "eval_batch_size"):
-        if not isinstance(fe_cfg[key], int) or fe_cfg[key] < 1:
-            _refuse(key, fe_cfg[key], "a positive integer")
-    if not isinstance(fe_cfg.num_burnin, int) or fe_cfg.num_burnin < 0:
-        _refuse("num_burnin", fe_cfg.num_burnin, "an integer >= 0")
-    if not fe_cfg.step_size > 0:
-        _refuse("step_size", fe_cfg.step_size, "the SGLD step size ε must be positive")
-    if not fe_cfg.localization >= 0:
-        _refuse("localization", fe_cfg.localization, "the localization γ must be >= 0")
-    if fe_cfg.nbeta is not None and not fe_cfg.nbeta > 0:
-        _refuse("nbeta", fe_cfg.nbeta, "a positive inverse temperature, or null for n / log n")
-    if not 0 < fe_cfg.drift_test_level < 1:
-        _refuse("drift_test_level", fe_cfg.drift_test_level, "a test level in (0, 1), e.g. 0.01")
-    if fe_cfg.precision not in PRECISIONS:
-        _refuse("precision", fe_cfg.precision, f"one of {sorted(PRECISIONS)}")
-    if not isinstance(fe_cfg.vectorize_chains, bool):
-        _refuse("vectorize_chains", fe_cfg.vectorize_chains, "true or false")
+    """Raise a ValueError naming every bad ``free_energy.*`` value and what is allowed (type, finiteness, range:
+    ``config_check``), then the checks across keys."""
+    check_group(fe_cfg, "free_energy")
+    for key in ("step_size", "localization", "num_burnin", "num_draws"):
+        if fe_cfg[key] == "auto":
+            _refuse(
+                key,
+                "auto",
+                "the study takes numbers (the same for every checkpoint, so that estimates compare): calibrate "
+                "them with scripts/calibrate_sgld.py; 'auto' is the rank command's (scripts/rank.py)",
+            )
     if fe_cfg.vectorize_chains and fe_cfg.precision != "fp32":
         _refuse("vectorize_chains", True, f"fp32 only (precision={fe_cfg.precision!r}): set vectorize_chains=false")
-    health = fe_cfg.health
-    for key in ("max_rhat", "max_llc_rel_spread", "max_gradient_bias_fraction", "runaway_z"):
-        if not isinstance(health[key], (int, float)) or isinstance(health[key], bool) or not health[key] > 0:
-            _refuse(f"health.{key}", health[key], "a positive number")
 
 
 def health_criteria(fe_cfg: DictConfig) -> HealthCriteria:

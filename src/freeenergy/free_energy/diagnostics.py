@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freeenergy.free_energy.sampler import plain_fields
 from freeenergy.models.evaluate import eval_mode
 
 
@@ -231,6 +232,9 @@ class HealthCriteria:
     max_llc_rel_spread: float = 0.15
     max_gradient_bias_fraction: float = 0.1
     runaway_z: float = 5.0
+
+    def __post_init__(self) -> None:
+        plain_fields(self)
 
 
 FLAGS = ("diverged", "not levelled off", "chains disagree", "not a minimum", "negative LLC")

@@ -15,18 +15,46 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from freeenergy.runtime import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # precision → autocast dtype of the forward pass
 DIVERGENCE_CHECK_EVERY = 50  # steps between host-side NaN checks (a sync each): a diverged chain stops early
+
+
+def plain_number(name: str, value: Any, kind: type[int] | type[float]) -> int | float:
+    """``value`` as a plain Python ``int`` or ``float`` (from numpy or torch scalars too), so that settings, and
+    the records made from them, hold plain JSON values. Raises ``ValueError`` naming ``name`` for a value that
+    is not a number of that kind (a bool, a string, 2.5 for an integer)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # a numpy or torch scalar
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} is not allowed: a number.")
+    if kind is int:
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name}={value!r} is not allowed: an integer.")
+        return int(value)
+    return float(value)
+
+
+def plain_fields(instance: Any, optional: Collection[str] = ()) -> None:
+    """Turn every ``int``/``float`` field of a (frozen) settings dataclass into a plain Python number in place,
+    by its annotation (``plain_number``); a field named in ``optional`` may also be None."""
+    for spec in fields(instance):
+        kind = {"int": int, "float": float, "float | None": float}.get(str(spec.type))
+        value = getattr(instance, spec.name)
+        if kind is not None and not (value is None and spec.name in optional):
+            object.__setattr__(instance, spec.name, plain_number(spec.name, value, kind))
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,9 @@ class SGLDSettings:
     batch_size: int
     seed: int
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        plain_fields(self)
 
     @property
     def num_steps(self) -> int:
@@ -182,7 +213,9 @@ class ChainSampler:
         batches = minibatch_order(len(targets), settings.batch_size, settings.num_steps, order_seed).to(self.device)
         noise_generator = torch.Generator(device=self.device).manual_seed(noise_seed)
         trace = torch.full((settings.num_steps,), math.nan, device=self.device)
-        steps = tqdm(range(settings.num_steps), desc=f"chain {chain}", unit="step", leave=False, disable=not progress)
+        steps = progress_bar(
+            range(settings.num_steps), progress=progress, desc=f"chain {chain}", unit="step", leave=False
+        )
         for step in steps:
             index = batches[step]
             with autocast(self.device, settings.precision):

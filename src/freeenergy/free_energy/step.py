@@ -33,7 +33,8 @@ from freeenergy.free_energy.summary import FreeEnergyEstimate
 from freeenergy.memory_format import conv_memory_format
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
-from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
+from freeenergy.records.provenance import Outcome, run_checkpoint_step
+from freeenergy.records.settings import free_energy_settings
 from freeenergy.runtime import resolve_device, set_threads
 
 
@@ -147,14 +148,6 @@ def load_split(cfg: DictConfig, device: torch.device) -> SplitData:
         images.labels.to(device),
         make_input_transform(data, conv_memory_format(cfg.free_energy.channels_last, device)),
     )
-
-
-def free_energy_settings(cfg: DictConfig) -> dict:
-    """The canonical settings a free-energy record is made with: ``free_energy.*`` (without the keys that do not
-    change it: ``identity.EXECUTION_KEYS``, and ``downstream_head`` for the upstream split, which fits no head)
-    and the data it samples on."""
-    unused = ("downstream_head",) if cfg.free_energy.split == "upstream" else ()
-    return {"free_energy": group_settings(cfg.free_energy, "free_energy", unused), "data": data_identity(cfg)}
 
 
 def run_free_energy(cfg: DictConfig) -> list[Outcome]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,34 +57,49 @@ class FreeEnergyEstimate:
         return self.loss_trace[:, self.settings.num_burnin :]
 
     def to_record(self, **fields) -> dict:
-        """The flat JSON record of this estimate (the analysis reads these keys); ``fields`` are added."""
+        """The flat record of this estimate (the analysis reads these keys); ``fields`` are added. Plain Python
+        values only (numpy scalars converted), so ``json.dumps`` takes it (NaN as ``NaN``: the record writer,
+        ``records.io.write_json``, stores it as null and flags it)."""
         hyperparameters = asdict(self.settings)
         hyperparameters.pop("seed")
         hyperparameters.update(self.extra)
-        return {
-            "free_energy": self.free_energy,
-            "free_energy_std": self.free_energy_std,
-            "llc": self.llc,
-            "llc_std": self.llc_std,
-            "init_loss": self.init_loss,
-            "n": self.n,
-            "nbeta": self.nbeta,
-            # γ/nβ: ≪ the curvatures that carry the loss is the learning-coefficient regime; ≫ them, λ̂ is a
-            # scaled Hessian trace (docs/free_energy.md, "Is λ̂ the learning coefficient here?")
-            "gamma_over_nbeta": self.settings.localization / self.nbeta,
-            "diverged": self.diverged,
-            "diverged_chains": self.diverged_chains,
-            "llc_per_chain": self.llc_per_chain,
-            "free_energy_per_chain": self.free_energy_per_chain,
-            "num_parameters": self.num_parameters,
-            "loss_trace": [[_compact(v) for v in chain] for chain in self.loss_trace.tolist()],
-            "hyperparameters": hyperparameters,
-            "seed": self.settings.seed,
-            "wall_time_s": self.wall_time_s,
-            "device": self.device,
-            **self.health.to_record(),
-            **fields,
-        }
+        return plain_values(
+            {
+                "free_energy": self.free_energy,
+                "free_energy_std": self.free_energy_std,
+                "llc": self.llc,
+                "llc_std": self.llc_std,
+                "init_loss": self.init_loss,
+                "n": self.n,
+                "nbeta": self.nbeta,
+                # γ/nβ: ≪ the curvatures that carry the loss is the learning-coefficient regime; ≫ them, λ̂ is a
+                # scaled Hessian trace (docs/free_energy.md, "Is λ̂ the learning coefficient here?")
+                "gamma_over_nbeta": self.settings.localization / self.nbeta,
+                "diverged": self.diverged,
+                "diverged_chains": self.diverged_chains,
+                "llc_per_chain": self.llc_per_chain,
+                "free_energy_per_chain": self.free_energy_per_chain,
+                "num_parameters": self.num_parameters,
+                "loss_trace": [[_compact(v) for v in chain] for chain in self.loss_trace.tolist()],
+                "hyperparameters": hyperparameters,
+                "seed": self.settings.seed,
+                "wall_time_s": self.wall_time_s,
+                "device": self.device,
+                **self.health.to_record(),
+                **fields,
+            }
+        )
+
+
+def plain_values(value: Any) -> Any:
+    """numpy and torch scalars and arrays, inside dicts, lists and tuples too, as plain Python numbers and lists."""
+    if isinstance(value, Mapping):
+        return {key: plain_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(item) for item in value]
+    if type(value).__module__.startswith(("numpy", "torch")) and hasattr(value, "tolist"):
+        return value.tolist()
+    return value
 
 
 def _compact(value: float) -> float:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from freeenergy.config_check import check_group
 from freeenergy.data import FewShotData, ImageSet, data_fingerprint, load_data
 from freeenergy.memory_format import conv_memory_format
 from freeenergy.metrics.common import balanced_subset
@@ -28,36 +29,21 @@ from freeenergy.metrics.hessian import hessian_trace
 from freeenergy.metrics.neural_collapse import model_cdnv
 from freeenergy.models.checkpoint import load_or_report
 from freeenergy.models.evaluate import evaluate
-from freeenergy.records.checkpoints import Checkpoint, check_checkpoint_choice, checkpoints_of_shard
-from freeenergy.records.provenance import Outcome, data_identity, group_settings, run_checkpoint_step
+from freeenergy.records.checkpoints import Checkpoint, checkpoints_of_shard
+from freeenergy.records.provenance import Outcome, run_checkpoint_step
+from freeenergy.records.settings import METRICS_RECORD, metrics_settings
 from freeenergy.runtime import resolve_device, set_threads
 
-RECORD_NAME = "metrics"
+RECORD_NAME = METRICS_RECORD
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
     raise ValueError(f"metrics.{key}={value!r} is not allowed: {allowed}.")
 
 
-def _check_positive(m_cfg: DictConfig, key: str, minimum: int = 1, optional: bool = False) -> None:
-    value = OmegaConf.select(m_cfg, key)
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _refuse(key, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
-
-
 def validate_metrics_config(m_cfg: DictConfig) -> None:
-    """Raise a ValueError naming the first bad ``metrics.*`` value and what is allowed."""
-    for key in ("eval_batch_size", "hessian.batch_size", "geometric_complexity.batch_size"):
-        _check_positive(m_cfg, key)
-    _check_positive(m_cfg, "hessian.probes", minimum=2)
-    _check_positive(m_cfg, "geometric_complexity.projections", minimum=2, optional=True)
-    for key in ("loss.train_images", "hessian.images", "neural_collapse.images", "geometric_complexity.images"):
-        _check_positive(m_cfg, key, optional=True)
-    if not isinstance(m_cfg.seed, int):
-        _refuse("seed", m_cfg.seed, "an integer")
-    check_checkpoint_choice(m_cfg.checkpoints, "metrics.checkpoints")
+    """Raise a ValueError naming every bad ``metrics.*`` value and what is allowed (``config_check``)."""
+    check_group(m_cfg, "metrics")
 
 
 SUBSET_KEYS = ("loss.train_images", "hessian.images", "neural_collapse.images", "geometric_complexity.images")
@@ -197,11 +183,6 @@ def measure_checkpoint(checkpoint: Checkpoint, task: MetricsTask) -> Outcome:
     checkpoint.write_record(RECORD_NAME, record)
     tqdm.write(summary_line(checkpoint.name, record))
     return Outcome(checkpoint.name, "measured", {RECORD_NAME: record})
-
-
-def metrics_settings(cfg: DictConfig) -> dict:
-    """The canonical settings a metrics record is made with: ``metrics.*`` (without speed-only keys) and the data."""
-    return {"metrics": group_settings(cfg.metrics, "metrics"), "data": data_identity(cfg)}
 
 
 def run_metrics(cfg: DictConfig) -> list[Outcome]:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
-from freeenergy.data import DATASETS, check_data_root
-from freeenergy.models import MODELS
+from freeenergy.config_check import check_group
+from freeenergy.data import check_data_root
 from freeenergy.records.identity import effective_checkpoint_epochs, identity_config, run_identity
 
-SCHEDULES = ("cosine", "constant", "step")
-PRECISIONS = ("fp32", "bf16")
+PRETRAINING_KEYS = (
+    "experiment_name",
+    "seed",
+    "device",
+    "num_threads",
+    "progress",
+    "paths",
+    "data",
+    "model",
+    "optim",
+    "train",
+)
 
 
 def _refuse(key: str, value: Any, allowed: str) -> None:
@@ -19,36 +29,10 @@ def _refuse(key: str, value: Any, allowed: str) -> None:
 
 
 def validate_pretrain_config(cfg: DictConfig) -> None:
-    """Raise a ValueError naming the key, the value and what is allowed, for the first bad value."""
-    if cfg.data.name not in DATASETS:
-        _refuse("data", cfg.data.name, f"choose one of {list(DATASETS)}")
-    check_data_root(cfg.data)  # each dataset's own message and fix
-    if cfg.model.name not in MODELS:
-        _refuse("model", cfg.model.name, f"choose one of {sorted(MODELS)}")
-    if not cfg.optim.lr > 0:
-        _refuse("optim.lr", cfg.optim.lr, "the learning rate must be positive")
-    if not 0 <= cfg.optim.momentum < 1:
-        _refuse("optim.momentum", cfg.optim.momentum, "momentum must lie in [0, 1)")
-    if cfg.optim.weight_decay < 0:
-        _refuse("optim.weight_decay", cfg.optim.weight_decay, "weight decay must be >= 0")
-    if not isinstance(cfg.train.batch_size, int) or cfg.train.batch_size < 1:
-        _refuse("train.batch_size", cfg.train.batch_size, "the batch size must be a positive integer")
-    if not isinstance(cfg.train.epochs, int) or cfg.train.epochs < 1:
-        _refuse("train.epochs", cfg.train.epochs, "the number of epochs must be a positive integer")
-    if cfg.train.schedule not in SCHEDULES:
-        _refuse("train.schedule", cfg.train.schedule, f"choose one of {list(SCHEDULES)}")
-    if cfg.train.precision not in PRECISIONS:
-        _refuse("train.precision", cfg.train.precision, f"choose one of {list(PRECISIONS)}")
-    epochs_list = cfg.train.checkpoint_epochs
-    if not isinstance(epochs_list, (list, ListConfig)) or any(
-        not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs_list
-    ):
-        _refuse(
-            "train.checkpoint_epochs",
-            epochs_list,
-            "a list of positive integer epochs (those beyond "
-            "train.epochs are dropped; the final epoch is always checkpointed)",
-        )
+    """Raise a ValueError naming every bad key the run reads (type, finiteness, range: ``config_check``), then
+    the data folder (each dataset's own message and fix); all before any folder or record is written."""
+    check_group(cfg, only=PRETRAINING_KEYS)
+    check_data_root(cfg.data)
 
 
 def check_padding(key: str, padding: Any, image_size: int) -> None:

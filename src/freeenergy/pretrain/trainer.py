@@ -30,7 +30,7 @@ from freeenergy.models import create_model
 from freeenergy.models.evaluate import evaluate
 from freeenergy.pretrain.config import checkpoint_epochs_note, validate_against_data, validate_pretrain_config
 from freeenergy.pretrain.verify import adopt_run_folder, rebuild_run_record, verify_run
-from freeenergy.records.checkpoints import Checkpoint, epoch_dirname
+from freeenergy.records.checkpoints import Checkpoint, check_committed_study, epoch_dirname
 from freeenergy.records.identity import identity_config, run_id_from_identity
 from freeenergy.records.io import (
     RecordError,
@@ -42,7 +42,14 @@ from freeenergy.records.io import (
     write_json,
 )
 from freeenergy.records.kinds import DATA_FINGERPRINT, MODEL_FILE, PRETRAIN_RECORD, RESUME_FILE, RUN_FILE
-from freeenergy.runtime import resolve_device, runtime_differences, runtime_info, set_threads, warn_runtime_mismatch
+from freeenergy.runtime import (
+    progress_bar,
+    resolve_device,
+    runtime_differences,
+    runtime_info,
+    set_threads,
+    warn_runtime_mismatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +212,9 @@ class Pretraining:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         lr = self.optimizer.param_groups[0]["lr"]
-        steps = tqdm(range(num_batches), desc=f"epoch {epoch}", unit="step", leave=False, disable=not self.cfg.progress)
+        steps = progress_bar(
+            range(num_batches), progress=self.cfg.progress, desc=f"epoch {epoch}", unit="step", leave=False
+        )
         for step in steps:
             index = order[step * batch_size : (step + 1) * batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -251,11 +260,11 @@ class Pretraining:
         """Train to the last epoch (or resume to it); returns the final status."""
         checkpoint_epochs = set(self.checkpoint_epochs)
         num_classes = self.data.upstream_train.num_classes
-        epochs = tqdm(
+        epochs = progress_bar(
             range(self.start_epoch, self.cfg.train.epochs + 1),
+            progress=self.cfg.progress,
             desc=self.run_id,
             unit="epoch",
-            disable=not self.cfg.progress,
         )
         for epoch in epochs:
             stats = self.train_epoch(epoch)
@@ -297,15 +306,17 @@ def _epoch_line(run_id: str, summary: dict) -> str:
 def run_pretraining(cfg: DictConfig, on_epoch_end: Callable[[int], None] | None = None) -> Path:
     """Pretrain one configuration (or resume it, or skip it when finished and verified); returns the run folder.
 
-    Before anything is written: the config is checked, an existing folder of the same setting made under
-    another id is adopted (``adopt_run_folder``), and a finished run is verified (``verify_run``): a run
-    whose checkpoint or record is damaged is retrained, a damaged ``run.json`` rebuilt from verified
-    checkpoints; a run trained on other data (its ``data_fingerprint``) is refused, naming both.
-    ``train.overwrite=true`` retrains from scratch, ignoring ``resume.pt``. A run that dies of
+    Before anything is written: the config is checked, a run that is not one of a committed study's is refused in
+    its folder (``check_committed_study``), an existing folder of the same setting made under another id is
+    adopted (``adopt_run_folder``), and a finished run is verified (``verify_run``): a run whose checkpoint or
+    record is damaged is retrained, a damaged ``run.json`` rebuilt from verified checkpoints; a run trained on
+    other data (its ``data_fingerprint``) is refused, naming both. ``train.overwrite=true`` retrains from
+    scratch, ignoring ``resume.pt``. A run that dies of
     any exception is marked ``failed`` in ``run.json``, with the error.
     """
     set_threads(cfg.num_threads)
     run = Pretraining(cfg)
+    check_committed_study(cfg.paths.runs, run.run_id)
     note = checkpoint_epochs_note(cfg)
     if note:
         print(f"{run.run_id}: {note}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from freeenergy.records.checkpoints import Checkpoint, DataFingerprint
+from freeenergy.records.checkpoints import Checkpoint, DataFingerprint, epoch_dirname
 from freeenergy.records.identity import differences, identity_config
 from freeenergy.records.io import RecordError, file_sha256, file_stat, model_fields, read_json, write_json
 from freeenergy.records.kinds import DATA_FINGERPRINT, PRETRAIN_RECORD, RUN_FILE, content_problems
@@ -124,6 +124,45 @@ def verify_run(run: RunFolder) -> Verdict:
     if damaged:
         return Verdict("retrain", "; ".join(damaged[:3]))
     return Verdict("skip")
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run folder as the plan sees it (a ``RunFolder`` without a config): its id, folder, identity and epochs."""
+
+    run_id: str
+    run_dir: Path
+    identity: dict
+    checkpoint_epochs: list[int]
+    cfg: Any = None
+
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        return Checkpoint(self.run_dir / epoch_dirname(epoch), self.run_id, epoch)
+
+
+def finished_as_is(run: RunFolder) -> bool:
+    """Whether ``verify_run`` would skip this run without writing anything: ``run.json`` finished and of this
+    run's settings, every checkpoint's ``model.pt`` present with a current ``pretrain.json`` that describes it
+    (same size and mtime). Read-only, torch-free: the plan asks it to say which runs are left."""
+    try:
+        record = read_json(run.run_dir / RUN_FILE)
+    except RecordError:
+        return False
+    if run_record_problem(record, run) is not None or record.get("status") not in ("done", "diverged"):
+        return False
+    epochs = (
+        run.checkpoint_epochs
+        if record.get("status") == "done"
+        else [h.get("epoch") for h in record.get("history", []) if h.get("epoch") in run.checkpoint_epochs]
+    )
+    for epoch in epochs:
+        checkpoint = run.checkpoint(epoch)
+        if not checkpoint.model_path.is_file():
+            return False
+        check = checkpoint.check_record(PRETRAIN_RECORD, run.identity, None)
+        if not check.current or check.record.get("model_file") != file_stat(checkpoint.model_path):
+            return False
+    return True
 
 
 def run_record_problem(record: dict, run: RunFolder) -> str | None:

@@ -29,6 +29,7 @@ from freeenergy.rank.models import load_candidate
 from freeenergy.rank.state import Prepared, finished
 from freeenergy.records.identity import settings_digest
 from freeenergy.records.kinds import recorded_number
+from freeenergy.runtime import progress_bar
 from freeenergy.selectors.catalog import LABEL_USING, SELECTORS, check_kinds
 from freeenergy.selectors.config import OPTION_GROUPS, validate_selector_options
 from freeenergy.selectors.measure import Images, SelectorData, measure_selectors
@@ -114,7 +115,9 @@ class RankSelectors:
 
     def measure(self, state: Prepared) -> dict[str, dict[str, dict]]:
         """candidate name → kind → fields, computed for the candidates whose record lacks them (then saved)."""
-        for candidate in tqdm(state.candidates, desc="selectors", unit="checkpoint", disable=not state.cfg.progress):
+        for candidate in progress_bar(
+            state.candidates, progress=state.cfg.progress, desc="selectors", unit="checkpoint"
+        ):
             done = state.records[candidate.name].setdefault("selectors", {})
             pending = [kind for kind in self.kinds if not finished(done.get(kind), self.identity[kind])]
             if not pending:

@@ -31,6 +31,7 @@ from freeenergy.rank.models import Candidate
 from freeenergy.rank.state import Prepared, finished, prepared_model
 from freeenergy.records.identity import settings_digest
 from freeenergy.records.kinds import recorded_number
+from freeenergy.runtime import progress_bar
 
 ESTIMATE_KEYS = (
     "num_chains",
@@ -66,8 +67,8 @@ def sharpness_pending(state: Prepared) -> list[Candidate]:
 def measure_sharpness(state: Prepared) -> dict[str, dict]:
     """λ_max, d and ‖w*‖² of every candidate (from its record when the file and settings are unchanged)."""
     identity = sharpness_identity(state)
-    for candidate in tqdm(
-        sharpness_pending(state), desc="sharpness", unit="checkpoint", disable=not state.cfg.progress
+    for candidate in progress_bar(
+        sharpness_pending(state), progress=state.cfg.progress, desc="sharpness", unit="checkpoint"
     ):
         model, _ = prepared_model(state, candidate)
         start = time.perf_counter()
@@ -213,7 +214,7 @@ def estimate_candidates(state: Prepared, fe: DictConfig, identity: str) -> tuple
     done = [c.name for c in state.candidates if c not in pending]
     print(f"{len(state.candidates)} checkpoint(s) to rank: {len(done)} finished already, {len(pending)} to estimate")
     start = time.perf_counter()
-    for candidate in tqdm(pending, desc="free energy", unit="checkpoint", disable=not state.cfg.progress):
+    for candidate in progress_bar(pending, progress=state.cfg.progress, desc="free energy", unit="checkpoint"):
         model, fields = prepared_model(state, candidate)
         estimate = estimate_prepared_model(model, state.data.split, fe, progress=state.cfg.progress)
         state.records[candidate.name]["estimate"] = {**estimate.to_record(**fields), "identity": identity}

@@ -7,6 +7,10 @@ Layout of one experiment (``runs/<experiment>/``)::
     <run_id>/epoch_005/model.pt    checkpoint weights (state dict only)
     <run_id>/epoch_005/pretrain.json      metrics of this checkpoint at pretraining time
     <run_id>/epoch_005/<step>.json        one record per later step (free_energy, fewshot, ...)
+    committed_study.json           only in a folder whose records are committed (runs/default): its runs
+
+In a folder with ``committed_study.json`` no other run is trained (``check_committed_study``), so that an
+exploratory command (the README's multirun example) cannot add runs to, or change, the committed study.
 """
 
 from __future__ import annotations
@@ -173,6 +177,38 @@ def iter_checkpoints(experiment_dir: str | Path, require_model: bool = True) -> 
             continue
         epoch = int(directory.name.split("_")[1])
         yield Checkpoint(directory=directory, run_id=directory.parent.name, epoch=epoch)
+
+
+COMMITTED_STUDY_FILE = "committed_study.json"
+
+
+def committed_runs(experiment_dir: str | Path) -> list[str] | None:
+    """The run ids of a committed study (``committed_study.json`` in its folder), or None for any other folder."""
+    path = Path(experiment_dir) / COMMITTED_STUDY_FILE
+    if not path.exists():
+        return None
+    runs = read_json(path, fix="restore it from git (git checkout -- <file>)").get("runs")
+    if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
+        raise RecordError(f"{path}: 'runs' is not a list of run ids; restore it from git (git checkout -- <file>).")
+    return runs
+
+
+def check_committed_study(experiment_dir: str | Path, run_id: str) -> None:
+    """Refuse to train ``run_id`` in a committed study's folder unless it is one of the study's runs.
+
+    Raises ``ValueError`` naming the folder, the run and the fix (``experiment_name=…``: a folder of its own).
+    """
+    runs = committed_runs(experiment_dir)
+    if runs is None or run_id in runs:
+        return
+    folder = Path(experiment_dir)
+    raise ValueError(
+        f"{folder} holds a committed study ({COMMITTED_STUDY_FILE} lists its {len(runs)} runs) and run {run_id} is "
+        "not one of them: its settings are not on the study's sweep grid. Nothing was written. To train it, add "
+        "experiment_name=<a name of yours>: its runs, results and figures then go to runs/<name>/, results/<name>/ "
+        "and figures/<name>/, and the committed records stay as they are. (To replace the committed study itself, "
+        f"remove {COMMITTED_STUDY_FILE} and write it again, listing the new runs, with the new records.)"
+    )
 
 
 CHECKPOINT_CHOICES = ("all", "final")  # or a list of epochs; either, or {epochs: …, seeds: […]}; or a list of those

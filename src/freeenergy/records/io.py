@@ -14,11 +14,15 @@ only by the functions that read or write tensor files, so the analysis reads rec
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import io
 import json
 import math
 import os
+import resource
+import shutil
 import tempfile
 import time
 import zipfile
@@ -50,8 +54,17 @@ FILE_MODE = 0o666 & ~_current_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through a temporary file in its folder, then rename. A failure of the file system (a
+    read-only folder, a full disk, the file-size limit of ``ulimit -f``) raises ``OSError`` naming ``path``
+    and the fix, also when torch's writer reported it as its own error (``write_failure``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        failure = write_failure(path, error, 0)
+        if failure is None:
+            raise
+        raise failure from error
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -59,9 +72,41 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
         Path(tmp).unlink(missing_ok=True)
-        raise
+        failure = write_failure(path, error, written) if isinstance(error, Exception) else None
+        if failure is None:
+            raise
+        raise failure from error
+
+
+WRITE_FIXES = {
+    errno.EFBIG: "the file-size limit of this shell (ulimit -f) is {limit}: raise it (ulimit -f unlimited) or "
+    "write the outputs elsewhere (FREEENERGY_ROOT=…, paths.*=…)",
+    errno.ENOSPC: "the disk is full: free space, or write the outputs elsewhere (FREEENERGY_ROOT=…, paths.*=…)",
+    errno.EDQUOT: "the disk quota is used up: free space, or write the outputs elsewhere (FREEENERGY_ROOT=…)",
+    errno.EROFS: "the file system is read-only: write the outputs elsewhere (FREEENERGY_ROOT=…, paths.*=…)",
+    errno.EACCES: "permission denied: make the folder writable, or write the outputs elsewhere (FREEENERGY_ROOT=…)",
+}
+
+
+def write_failure(path: Path, error: BaseException, written: int) -> OSError | None:
+    """The ``OSError`` to raise for a failed write of ``path`` (its errno, the path and the fix), or None for a
+    failure that is not the file system's. Torch's file writer reports a failed write as a ``RuntimeError``
+    without the cause; the cause is then found from the file-size limit and the free space."""
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and written >= limit - (1 << 16):
+            code = errno.EFBIG
+        elif shutil.disk_usage(path.parent).free < (1 << 20):
+            code = errno.ENOSPC
+    if code not in WRITE_FIXES:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    fix = WRITE_FIXES[code].format(limit="unlimited" if limit == resource.RLIM_INFINITY else f"{limit} bytes")
+    return OSError(code, f"{path}: cannot be written ({os.strerror(code)}); {fix}")
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
@@ -76,10 +121,21 @@ def read_json_lines(path: str | Path) -> list[dict]:
     return rows
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically, unless the file already holds exactly these bytes: then nothing is written,
+    so that redoing finished work (a redraw, a rerun of a finished ranking) needs no write access."""
+    path = Path(path)
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass  # unreadable: write it
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
 def write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 text (a CSV, a markdown table) atomically."""
-    data = text.encode()
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+    """Write UTF-8 text (a CSV, a markdown table) atomically (``write_bytes``: unchanged text is not rewritten)."""
+    write_bytes(path, text.encode())
 
 
 # No creation date and no other time-dependent metadata, so that a redraw writes the same bytes.
@@ -87,7 +143,8 @@ FIGURE_METADATA = {"pdf": {"CreationDate": None, "ModDate": None}, "png": {}}
 
 
 def save_figure(figure: Any, path: str | Path, dpi: int, **savefig_options: Any) -> Path:
-    """Write a matplotlib figure atomically, in the format its suffix names (``png`` or ``pdf``), reproducibly.
+    """Write a matplotlib figure atomically, in the format its suffix names (``png`` or ``pdf``), reproducibly
+    (``write_bytes``: an unchanged figure is not rewritten).
 
     Raises ValueError for another format.
     """
@@ -95,10 +152,9 @@ def save_figure(figure: Any, path: str | Path, dpi: int, **savefig_options: Any)
     fmt = path.suffix.lstrip(".")
     if fmt not in FIGURE_METADATA:
         raise ValueError(f"{path}: figures are written as {sorted(FIGURE_METADATA)}, not {fmt!r}.")
-    _atomic_write(
-        path,
-        lambda handle: figure.savefig(handle, format=fmt, dpi=dpi, metadata=FIGURE_METADATA[fmt], **savefig_options),
-    )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, dpi=dpi, metadata=FIGURE_METADATA[fmt], **savefig_options)
+    write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -155,9 +211,9 @@ def json_record(record: Any) -> Any:
 
 
 def write_json(path: str | Path, record: Any) -> None:
-    """Write a JSON record atomically (see ``json_record`` for what is converted)."""
-    text = json.dumps(json_record(record), indent=2, sort_keys=True)
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+    """Write a JSON record atomically (see ``json_record`` for what is converted; an unchanged record is not
+    rewritten)."""
+    write_text(path, json.dumps(json_record(record), indent=2, sort_keys=True))
 
 
 def _refuse_constant(name: str) -> None:

@@ -37,6 +37,7 @@ from freeenergy.records.checkpoints import Checkpoint, DataFingerprint, Provenan
 from freeenergy.records.identity import EXECUTION_KEYS, canonical
 from freeenergy.records.io import RecordError, clean_stale_tmp, file_sha256, file_stat, read_json, write_json
 from freeenergy.records.kinds import DATA_FINGERPRINT, PRETRAIN_RECORD
+from freeenergy.runtime import progress_bar
 
 log = logging.getLogger(__name__)
 PRETRAIN_FIX = (
@@ -272,7 +273,7 @@ def run_checkpoint_step(
     )
     if pending:
         compute = prepare()
-        for checkpoint in tqdm(pending, desc=label, unit="checkpoint", disable=not progress):
+        for checkpoint in progress_bar(pending, progress=progress, desc=label, unit="checkpoint"):
             outcomes[checkpoint] = compute(checkpoint, plan.todo[checkpoint])
     warn_failed(label, [o.checkpoint for o in outcomes.values() if o.status == "failed"])
     return [outcomes[c] for c in checkpoints]
