@@ -60,6 +60,22 @@ def test_batched_chains_give_the_sequential_traces(frozen):
     assert batched.to_record()["hyperparameters"] == sequential.to_record()["hyperparameters"]
 
 
+def test_batched_chains_keep_the_shape_of_regression_targets():
+    # targets (n, k) with k = 1 once became (C, B), and the loss broadcast (B, 1) against (B,) to a (B, B) matrix
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 3, generator=generator)
+    for targets in (
+        inputs[:, :1] + 0.1 * torch.randn(64, 1, generator=generator),
+        torch.randn(64, 2, generator=generator),
+    ):
+        model = nn.Linear(3, targets.shape[1], bias=False)
+        mse = lambda output, target: (output - target).pow(2).mean()
+        options = dict(SETTINGS, loss_fn=mse)
+        sequential = estimate_free_energy(model, (inputs, targets), **options)
+        batched = estimate_free_energy(model, (inputs, targets), vectorize_chains=True, **options)
+        np.testing.assert_allclose(batched.loss_trace, sequential.loss_trace, **TRACE_TOLERANCE)
+
+
 def test_batched_chains_leave_the_model_untouched():
     model, data = narrow_resnet_with_running_stats(), image_data()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -69,7 +69,7 @@ class BatchedChains:
     def losses_and_grads(
         self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, autocast_dtype: torch.dtype | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Per-chain minibatch losses (C,) and gradients (each (C, *shape)); inputs (C, B, …), targets (C, B)."""
+        """Per-chain minibatch losses (C,) and gradients (each (C, *shape)); inputs (C, B, …), targets (C, B, …)."""
         shared, names, model, device_type = self.shared, self.names, self.model, self.device.type
 
         def chain_loss(params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -141,9 +141,9 @@ def run_batched_chains(
         index = batches[:, step].reshape(-1)
         model_inputs = transform(inputs[index])
         model_inputs = model_inputs.view(num_chains, batch_size, *model_inputs.shape[1:])
-        losses, grads = chains.losses_and_grads(
-            model_inputs, targets[index].view(num_chains, batch_size), loss_fn, autocast_dtype
-        )
+        # targets (n, …): class labels (n,) or regression targets (n, k) keep their trailing shape per chain
+        model_targets = targets[index].view(num_chains, batch_size, *targets.shape[1:])
+        losses, grads = chains.losses_and_grads(model_inputs, model_targets, loss_fn, autocast_dtype)
         trace[:, step] = losses.detach()
         chains.step(grads, generators, step_size, localization, nbeta)
         if (step + 1) % check_every == 0:
