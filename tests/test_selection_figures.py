@@ -44,6 +44,11 @@ def test_a_measure_without_selectors_leaves_an_annotated_panel_and_the_others_ar
     assert not empty.collections and "no selector" in empty.texts[0].get_text()
     figure.canvas.draw()  # the layout of a log axis without data used to raise here
     plt.close(figure)
+    undefined = selection_rows().assign(value=float("nan"))  # r of a constant measure, as in a 2-run smoke study
+    figure = draw_cost(undefined, {"free_energy": 30.0}, ["finetune_accuracy"])
+    figure.canvas.draw()
+    assert not figure.axes[0].collections and figure.axes[0].texts
+    plt.close(figure)
     forest = draw_forest(selection_rows(), ["finetune_accuracy", "fewshot_5shot_accuracy"])
     assert len(forest.axes[0].lines) == 2 * 3 + 1  # interval and point per selector, the zero line
     plt.close(forest)

@@ -356,6 +356,7 @@ def describe_left(work: Sequence[StepWork]) -> str:
         "free_energy_downstream": "free energy (downstream)",
         "downstream": "downstream",
         "metrics": "metrics",
+        "selectors": "selectors",
     }
     parts = []
     for w in work:
