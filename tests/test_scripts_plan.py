@@ -30,6 +30,35 @@ def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, c
     assert plan.finetunings == checkpoints * cfg.downstream.finetune.repeats  # every checkpoint, each repeat
 
 
+@pytest.mark.parametrize("experiment", ["cifar_fs_joint", "mini_imagenet_joint"])
+def test_plan_of_a_joint_experiment_counts_its_drawn_settings_and_final_checkpoints(experiment):
+    plan = plan_study(compose_config([f"experiment={experiment}"]))
+    # 35 jointly drawn settings × 2 seeds, no one-at-a-time sweeps; 7 checkpoints saved per run, but the free
+    # energy, the downstream evaluations, the metrics and the selectors visit the 70 final ones only
+    assert (plan.settings, plan.seeds, plan.runs, plan.checkpoints) == (35, 2, 70, 490)
+    assert (plan.free_energy_estimates, plan.finetunings, plan.metric_records) == (140, 210, 70)
+    assert set(plan.step_checkpoints.values()) == {70}
+
+
+def test_plan_counts_each_steps_checkpoints_by_its_own_selection():
+    cfg = compose_config(["experiment=default"])
+    steps = plan_study(cfg).step_checkpoints
+    # 30 runs × 3 saved epochs; fine-tuning on the 30 final checkpoints, few-shot on all 90: the downstream step
+    # visits their union; upstream free energy on every final checkpoint and on seed 0's epoch 40
+    assert steps == {
+        "free_energy_upstream": 30 + 15,
+        "free_energy_downstream": 15,
+        "finetune": 30,
+        "fewshot": 90,
+        "downstream": 90,
+        "metrics": 90,
+        "selectors": 30,
+    }
+    only_finetune = compose_config(["experiment=default", "downstream.kinds=[finetune]", "selectors.kinds=[]"])
+    steps = plan_study(only_finetune).step_checkpoints
+    assert (steps["fewshot"], steps["downstream"], steps["selectors"]) == (0, 30, 0)
+
+
 def test_plan_counts_one_estimate_per_run_for_a_split_kept_to_final_checkpoints():
     cfg = compose_config(["experiment=smoke", "free_energy.checkpoints.downstream=final"])
     assert plan_study(cfg).free_energy_estimates == 10 + 5  # upstream on 10 checkpoints, downstream on 5 runs
