@@ -5,7 +5,7 @@
 #   log.txt          everything printed
 #   gpu_check.jsonl  one JSON row per measurement (benchmarks/gpu_check.py), gpu_check.md the same as a table
 #   e2e.json         the cifar_fs pipeline for one setting, step by step (benchmarks/gpu_end_to_end.py)
-#   wall_time.md     expected wall time of ./reproduce.sh cifar_fs / mini_imagenet (benchmarks/wall_time.py),
+#   wall_time.md     expected wall time of ./reproduce.sh cifar_fs(_joint) / mini_imagenet(_joint) (benchmarks/wall_time.py),
 #   wall_time.json   and its numbers
 #   summary.md       the three tables together
 #   records.tar.gz   the end-to-end run's JSON records (no weights)

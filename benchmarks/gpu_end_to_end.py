@@ -14,7 +14,7 @@
    records' ``wall_time_s``), so a crash or a timeout keeps the steps measured before it.
 
 ``benchmarks/wall_time.py`` turns ``e2e.json`` and ``gpu_check.jsonl`` into the expected wall time of
-``./reproduce.sh cifar_fs`` and ``./reproduce.sh mini_imagenet``.
+``./reproduce.sh cifar_fs``, ``cifar_fs_joint``, ``mini_imagenet`` and ``mini_imagenet_joint``.
 
     python benchmarks/gpu_end_to_end.py --work /tmp/e2e --out $OUT            on the GPU (~3 minutes on an H200)
     python benchmarks/gpu_end_to_end.py --smoke --work /tmp/e2e --out /tmp/o  toy sizes on the CPU (~1 minute)
@@ -216,8 +216,14 @@ def measured_details(name: str, runs: Path) -> dict:
             "checkpoints": len(records),
         }
     if name == "downstream":
+        finetune = _records(runs, "finetune")
         return {
-            f"{kind}_wall_s": sum(r["wall_time_s"] for r in _records(runs, kind)) for kind in ("finetune", "fewshot")
+            **{
+                f"{kind}_wall_s": sum(r["wall_time_s"] for r in _records(runs, kind))
+                for kind in ("finetune", "fewshot")
+            },
+            # fine-tunings per record (downstream.finetune.repeats): wall_time.py divides the record's time by it
+            "finetune_repeats": finetune[0]["config"].get("repeats", 1) if finetune else 1,
         }
     if name == "metrics":
         records = _records(runs, "metrics")

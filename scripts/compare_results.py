@@ -6,6 +6,7 @@ scripts/figures.py, the last step of ./reproduce.sh) with the committed referenc
 results/reference/<experiment>.json: a number is "within" when it lies inside [min − spread, max + spread] of
 the replicates' values (spread = max − min), a verdict "agrees" when it equals every replicate's.
 
+    source .venv/bin/activate                                      # the project's environment (./reproduce.sh setup)
     python scripts/compare_results.py                              # after ./reproduce.sh: results/default vs the reference
     python scripts/compare_results.py --experiment default --results /other/results/default
     python scripts/compare_results.py --build default default_replicate   # (maintainers) write the reference
@@ -46,7 +47,7 @@ def build(experiments: list[str], results_root: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="default")
     parser.add_argument("--results", type=Path, help="your results folder (default: results/<experiment>)")
     parser.add_argument("--reference", type=Path, help="default: results/reference/<experiment>.json")

@@ -77,8 +77,8 @@ def test_the_cifar_writer_refuses_an_empty_file(tmp_path):
 # --- the wall-time calculator -------------------------------------------------------------------------------
 # Made-up measurements: start-up 5 s; a ResNet-18 epoch 10 s at batch 128 (34,560 images); the rest of a
 # pretraining run 3 s; SGLD 30 ms a step for ResNet-18 at batch 512 and 60 ms for VGG-16-BN at batch 256,
-# bf16 twice as fast; per checkpoint: 2 s (upstream) and 4 s (downstream) beside the estimate, 20 s
-# downstream step, 10 s metrics. VGG-16-BN trains at half ResNet-18's images/s at every batch size.
+# bf16 twice as fast; per checkpoint: 2 s (upstream) and 4 s (downstream) beside the estimate, 4 s per
+# fine-tuning and 6 s of few-shot, 10 s metrics. VGG-16-BN trains at half ResNet-18's images/s at every batch size.
 
 E2E = {
     "device": "made-up GPU",
@@ -107,7 +107,7 @@ E2E = {
             "n": 12000,
             "checkpoints": 1,
         },
-        "downstream": {"status": "ok", "wall_s": 25.0},
+        "downstream": {"status": "ok", "wall_s": 25.0, "finetune_wall_s": 4.0, "fewshot_wall_s": 6.0},
         "metrics": {"status": "ok", "wall_s": 15.0},
     },
 }
@@ -153,9 +153,12 @@ def wall_time():
 
 def expectation(wall_time, experiment: str, e2e=E2E, rows=None):
     measured, rates = wall_time.Measured(e2e), wall_time.Rates(made_up_rows() if rows is None else rows)
-    config, reference = wall_time.compose_experiment(experiment), wall_time.compose_experiment("cifar_fs")
-    result = wall_time.expected_wall_time(config, measured, rates, reference)
+    config = wall_time.compose_experiment(experiment)
+    result = wall_time.expected_wall_time(config, measured, rates, wall_time.reference_images(e2e))
     return result, {step.step: step for step in result.steps}
+
+
+DOWNSTREAM = "downstream (fine-tuning, few-shot)"
 
 
 def test_cifar_fs_wall_time_by_hand(wall_time):
@@ -164,15 +167,19 @@ def test_cifar_fs_wall_time_by_hand(wall_time):
     assert (result.runs, result.checkpoints) == (70, 490)
     # 70 runs × 60 epochs × 10 s (the steady second epoch), + 70 × 3 s rest + 3 sweep processes × 5 s start
     assert steps["pretraining"].seconds == pytest.approx(70 * 60 * 10 + 70 * 3 + 3 * 5)
+    assert "3 multirun processes" in steps["pretraining"].note
     assert steps["pretraining"].seconds_bf16 == pytest.approx(70 * 60 * 5 + 70 * 3 + 3 * 5)
     # 490 × (4 chains × (100 burn-in + 500 draws) steps × 30 ms + 2 s) + 5 s; downstream: the same steps, 4 s rest
     assert steps["free energy (upstream)"].seconds == pytest.approx(490 * (2400 * 0.03 + 2) + 5)
     assert steps["free energy (upstream)"].seconds_bf16 == pytest.approx(490 * (2400 * 0.015 + 2) + 5)
     assert steps["free energy (downstream)"].seconds == pytest.approx(490 * (2400 * 0.03 + 4) + 5)
-    assert steps["downstream (fine-tuning, few-shot)"].seconds == pytest.approx(490 * 20 + 5)
+    # every checkpoint: 3 fine-tunings (downstream.finetune.repeats) × 4 s, and 6 s of few-shot
+    assert steps[DOWNSTREAM].seconds == pytest.approx(490 * (3 * 4 + 6) + 5)
     assert steps["metrics"].seconds == pytest.approx(490 * 10 + 5)
     assert not any(step.scaled for step in result.steps)
-    assert result.total_s == pytest.approx(sum(step.seconds for step in result.steps))
+    # the selectors step (final checkpoints) is not measured: counted, left out of the total, and named
+    assert steps["selectors"].count == 70 and result.missing == ["selectors"]
+    assert result.total_s == pytest.approx(sum(step.seconds for step in result.steps if step.seconds is not None))
 
 
 def test_mini_imagenet_wall_time_is_scaled_by_the_vgg_rows(wall_time):
@@ -182,14 +189,14 @@ def test_mini_imagenet_wall_time_is_scaled_by_the_vgg_rows(wall_time):
     assert steps["pretraining"].seconds == pytest.approx(55 * 60 * 20 + 55 * 3 + 3 * 5)
     # 4 chains × (100 burn-in + 300 draws) at batch 256, 60 ms a step (the VGG row), not ResNet-18 30 ms at 512
     assert steps["free energy (upstream)"].seconds == pytest.approx(385 * (1600 * 0.06 + 2) + 5)
-    assert steps["downstream (fine-tuning, few-shot)"].seconds == pytest.approx(385 * 20 * 2 + 5)
+    assert steps[DOWNSTREAM].seconds == pytest.approx(385 * (3 * 4 + 6) * 2 + 5)
     assert all(step.scaled for step in result.steps)
 
 
 def test_a_missing_row_or_step_leaves_only_its_steps_uncomputed_and_named(wall_time):
     rows = [r for r in made_up_rows() if not (r["section"] == "sgld" and r["detail"]["model"] == "vgg16_bn")]
     result, steps = expectation(wall_time, "mini_imagenet", rows=rows)
-    assert result.missing == ["free energy (upstream)", "free energy (downstream)"]
+    assert result.missing == ["free energy (upstream)", "free energy (downstream)", "selectors"]
     assert (
         "no 'sgld' row with" in steps["free energy (upstream)"].note
         and "--only sgld" in steps["free energy (upstream)"].note
@@ -199,9 +206,9 @@ def test_a_missing_row_or_step_leaves_only_its_steps_uncomputed_and_named(wall_t
     e2e = copy.deepcopy(E2E)
     e2e["steps"]["metrics"] = {"status": "timeout"}
     result, steps = expectation(wall_time, "cifar_fs", e2e=e2e)
-    assert result.missing == ["metrics"] and "step 'metrics' is timeout" in steps["metrics"].note
+    assert result.missing == ["metrics", "selectors"] and "step 'metrics' is timeout" in steps["metrics"].note
     e2e["steps"]["startup"] = {"status": "failed"}
-    assert len(expectation(wall_time, "cifar_fs", e2e=e2e)[0].missing) == 5  # every step needs the start-up time
+    assert len(expectation(wall_time, "cifar_fs", e2e=e2e)[0].missing) == 6  # every step needs the start-up time
     assert "not measured" in wall_time.render([result], wall_time.Measured(e2e), e2e)
 
 
@@ -212,9 +219,106 @@ def test_the_calculator_writes_its_tables(wall_time, tmp_path):
         ["--e2e", str(tmp_path / "e2e.json"), "--rows", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path)]
     )
     text = (tmp_path / "wall_time.md").read_text()
-    assert "**cifar_fs**" in text and "**mini_imagenet**" in text and "*scaled*" in text
+    assert all(f"**{name}**" in text for name in wall_time.EXPERIMENTS) and "*scaled*" in text
     totals = [e["total_s"] for e in json.loads((tmp_path / "wall_time.json").read_text())["experiments"]]
-    assert totals == [pytest.approx(expectation(wall_time, name)[0].total_s) for name in ("cifar_fs", "mini_imagenet")]
+    assert totals == [pytest.approx(expectation(wall_time, name)[0].total_s) for name in wall_time.EXPERIMENTS]
+
+
+@pytest.mark.parametrize("experiment", ["cifar_fs_joint", "mini_imagenet_joint", "cifar_fs"])
+def test_the_calculator_counts_the_plans_runs_and_checkpoints(wall_time, experiment):
+    from freeenergy.plan import plan_study
+
+    result, steps = expectation(wall_time, experiment)
+    plan = plan_study(wall_time.compose_experiment(experiment))
+    assert (result.settings, result.seeds, result.runs, result.checkpoints) == (
+        plan.settings,
+        plan.seeds,
+        plan.runs,
+        plan.checkpoints,
+    )
+    counts = {"pretraining": plan.runs} | {
+        name: plan.step_checkpoints[key]
+        for name, key in (
+            ("free energy (upstream)", "free_energy_upstream"),
+            ("free energy (downstream)", "free_energy_downstream"),
+            (DOWNSTREAM, "downstream"),
+            ("metrics", "metrics"),
+            ("selectors", "selectors"),
+        )
+    }
+    assert {name: step.count for name, step in steps.items()} == counts
+    assert steps["free energy (upstream)"].count + steps["free energy (downstream)"].count == plan.free_energy_estimates
+
+
+def test_the_joint_experiment_costs_its_final_checkpoints_by_hand(wall_time):
+    result, steps = expectation(wall_time, "cifar_fs_joint")
+    # 35 jointly drawn settings × 2 seeds = 70 runs; free energy, downstream, metrics on the 70 final checkpoints
+    assert (result.settings, result.seeds, result.runs, result.checkpoints) == (35, 2, 70, 490)
+    assert {name: step.count for name, step in steps.items()} == {
+        "pretraining": 70,
+        "free energy (upstream)": 70,
+        "free energy (downstream)": 70,
+        DOWNSTREAM: 70,
+        "metrics": 70,
+        "selectors": 70,
+    }
+    # the made-up rates are the same at every batch: 70 runs × 60 epochs × 10 s + 70 × 3 s rest + one multirun
+    assert steps["pretraining"].seconds == pytest.approx(70 * 60 * 10 + 70 * 3 + 1 * 5)
+    assert steps["free energy (upstream)"].seconds == pytest.approx(70 * (2400 * 0.03 + 2) + 5)
+    assert steps[DOWNSTREAM].seconds == pytest.approx(70 * (3 * 4 + 6) + 5)  # 210 fine-tunings, 70 few-shot
+    assert steps["metrics"].seconds == pytest.approx(70 * 10 + 5)
+
+
+def test_each_run_is_timed_at_its_own_drawn_batch_size(wall_time):
+    from freeenergy.plan import study_run_list
+
+    # images/s proportional to the batch (a step costs the same at any batch): a run at batch b takes
+    # 128 / b times the measured 10 s per epoch; drawn batch sizes fall between the measured ones
+    rows = [r for r in made_up_rows() if not (r["section"] == "pretrain" and r["detail"]["scan"])]
+    rows += [
+        {
+            "section": "pretrain",
+            "value": 27.0 * batch,
+            "detail": dict(model="resnet18_cifar", batch=batch, precision="fp32", channels_last=True, scan=True),
+        }
+        for batch in (32, 64, 128, 256, 512, 1024)
+    ]
+    result, steps = expectation(wall_time, "cifar_fs_joint", rows=rows)
+    batches = [
+        run.identity["train"]["batch_size"] for run in study_run_list(wall_time.compose_experiment("cifar_fs_joint"))
+    ]
+    assert len(batches) == 70 and len(set(batches)) > 20 and not set(batches) <= {32, 64, 128, 256, 512, 1024}
+    assert steps["pretraining"].seconds == pytest.approx(sum(60 * 10 * 128 / b for b in batches) + 70 * 3 + 5)
+    assert "interpolated" in steps["pretraining"].note
+
+
+def test_images_per_second_between_measured_batch_sizes_is_interpolated_log_log():
+    from freeenergy.wall_time import MissingMeasurement, Rates
+
+    rows = [
+        {
+            "section": "pretrain",
+            "value": value,
+            "detail": dict(model="m", batch=batch, precision="fp32", channels_last=True, scan=True),
+        }
+        for batch, value in ((32, 1000.0), (128, 4000.0))
+    ]
+    rates = Rates(rows)
+    assert rates.train("m", 32) == 1000.0 and rates.train("m", 128) == 4000.0
+    assert rates.train("m", 64) == pytest.approx(2000.0)  # halfway in log batch: the geometric mean
+    with pytest.raises(MissingMeasurement, match="outside the measured batch sizes"):
+        rates.train("m", 256)
+
+
+def test_the_plan_prints_the_expected_wall_time_of_a_measured_model(wall_time):
+    from freeenergy.wall_time import planned_wall_time
+
+    def images(experiment):
+        return wall_time.reference_images({"experiment": experiment})
+
+    line = planned_wall_time(wall_time.compose_experiment("cifar_fs_joint"), REPO, images)
+    assert line.startswith("  wall time:    ≈") and "h as configured (fp32)" in line and "H200" in line
+    assert planned_wall_time(wall_time.compose_experiment("default"), REPO, images) is None  # not measured
 
 
 def test_json_lines_keep_every_whole_row_and_skip_a_line_cut_short(tmp_path):

@@ -212,3 +212,20 @@ def test_repeated_fine_tunings_give_their_mean_and_both_standard_errors():
     assert summary["test_acc_binomial_se"] == pytest.approx(math.sqrt(0.52 * 0.48 / 4000))
     assert summary["test_acc_se"] == pytest.approx(math.hypot(0.02 / math.sqrt(3), math.sqrt(0.52 * 0.48 / 4000)))
     assert math.isnan(summarize_repeats(results[:1], 4000)["test_acc_seed_se"])
+
+
+def test_the_units_to_detect_a_gap_need_fewer_units_for_a_larger_gap_even_when_f_is_weak():
+    from freeenergy.analysis.questions import power_table
+
+    rng = np.random.default_rng(0)
+    n = 30
+    free_energy = rng.normal(size=n)
+    f = free_energy - free_energy.mean()
+    y = rng.normal(size=n)
+    y = y - (y @ f) / (f @ f) * f + 0.05 * f  # |r(F, Y)| ≈ 0.05, below both gaps
+    rival = free_energy + 0.3 * rng.normal(size=n)
+    runs = pd.DataFrame({"free_energy": free_energy, "train_loss": rival, "finetune_acc": y})
+    table = power_table(runs.iloc[:15], runs, ["finetune_acc"], "train_loss").set_index("unit")
+    for unit in ("settings", "runs"):
+        row = table.loc[unit]
+        assert row["units_for_gap_0.1"] > row["units_for_gap_0.2"] >= 4  # the 0.2 gap is the easier one to detect

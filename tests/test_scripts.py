@@ -17,6 +17,8 @@ from freeenergy.analysis.report import NoRecordsError, run_analysis
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(REPO.glob("scripts/*.py"))
+ARGPARSE_SCRIPTS = ("compare_results.py",)  # plain command-line tools that compose no Hydra config
+HYDRA_SCRIPTS = [s for s in SCRIPTS if s.name not in ARGPARSE_SCRIPTS]
 
 
 def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -30,7 +32,7 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 # ---------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", HYDRA_SCRIPTS, ids=lambda p: p.name)
 def test_every_script_help_says_what_it_does_then_shows_the_config(script, tmp_path):
     result = run([sys.executable, str(script), "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -40,6 +42,15 @@ def test_every_script_help_says_what_it_does_then_shows_the_config(script, tmp_p
     assert "source .venv/bin/activate" in result.stdout  # the usage names the environment to use
     assert "== Config" in result.stdout and "free_energy:" in result.stdout
     assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+@pytest.mark.parametrize("script", ARGPARSE_SCRIPTS)
+def test_a_command_line_tool_s_help_says_what_it_does_and_names_the_environment(script, tmp_path):
+    result = run([sys.executable, str(REPO / "scripts" / script), "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first_line = (REPO / "scripts" / script).read_text().split('"""')[1].strip().splitlines()[0]
+    assert first_line in " ".join(result.stdout.split()) and ".venv" in result.stdout
+    assert not list(tmp_path.iterdir())
 
 
 def test_every_script_docstring_shows_how_to_run_it_with_the_project_environment():
@@ -57,7 +68,8 @@ def test_reproduce_help_prints_the_usage_and_an_unknown_experiment_is_refused(tm
         assert experiment in help_text.stdout
     unknown = run([str(REPO / "reproduce.sh"), "sideways"], cwd=tmp_path)
     assert unknown.returncode == 2 and "Unknown experiment 'sideways'" in unknown.stderr
-    assert "cifar_fs default mini_imagenet smoke" in unknown.stderr
+    experiments = " ".join(sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+    assert f"Choose one of: {experiments}" in unknown.stderr
 
 
 def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path):

@@ -30,6 +30,35 @@ def test_plan_counts_the_deduplicated_one_at_a_time_settings(experiment, runs, c
     assert plan.finetunings == checkpoints * cfg.downstream.finetune.repeats  # every checkpoint, each repeat
 
 
+@pytest.mark.parametrize("experiment", ["cifar_fs_joint", "mini_imagenet_joint"])
+def test_plan_of_a_joint_experiment_counts_its_drawn_settings_and_final_checkpoints(experiment):
+    plan = plan_study(compose_config([f"experiment={experiment}"]))
+    # 35 jointly drawn settings × 2 seeds, no one-at-a-time sweeps; 7 checkpoints saved per run, but the free
+    # energy, the downstream evaluations, the metrics and the selectors visit the 70 final ones only
+    assert (plan.settings, plan.seeds, plan.runs, plan.checkpoints) == (35, 2, 70, 490)
+    assert (plan.free_energy_estimates, plan.finetunings, plan.metric_records) == (140, 210, 70)
+    assert set(plan.step_checkpoints.values()) == {70}
+
+
+def test_plan_counts_each_steps_checkpoints_by_its_own_selection():
+    cfg = compose_config(["experiment=default"])
+    steps = plan_study(cfg).step_checkpoints
+    # 30 runs × 3 saved epochs; fine-tuning on the 30 final checkpoints, few-shot on all 90: the downstream step
+    # visits their union; upstream free energy on every final checkpoint and on seed 0's epoch 40
+    assert steps == {
+        "free_energy_upstream": 30 + 15,
+        "free_energy_downstream": 15,
+        "finetune": 30,
+        "fewshot": 90,
+        "downstream": 90,
+        "metrics": 90,
+        "selectors": 30,
+    }
+    only_finetune = compose_config(["experiment=default", "downstream.kinds=[finetune]", "selectors.kinds=[]"])
+    steps = plan_study(only_finetune).step_checkpoints
+    assert (steps["fewshot"], steps["downstream"], steps["selectors"]) == (0, 30, 0)
+
+
 def test_plan_counts_one_estimate_per_run_for_a_split_kept_to_final_checkpoints():
     cfg = compose_config(["experiment=smoke", "free_energy.checkpoints.downstream=final"])
     assert plan_study(cfg).free_energy_estimates == 10 + 5  # upstream on 10 checkpoints, downstream on 5 runs
@@ -174,6 +203,23 @@ def test_load_data_subsamples_a_real_dataset_and_leaves_the_synthetic_one_to_its
     assert _per_class(synthetic.downstream) == [10] * 20
 
 
+def test_the_held_out_classes_take_their_own_count_and_a_real_dataset_accepts_the_default_study_s_key(
+    monkeypatch, tmp_path
+):
+    import freeenergy.data as data_module
+
+    small = subsample_per_class(_dataset(), 20, seed=0, downstream_images_per_class=40)
+    assert _per_class(small.downstream) == [40, 40, 30] and _per_class(small.validation) == [20, 20]
+    only_downstream = subsample_per_class(_dataset(), None, seed=0, downstream_images_per_class=10)
+    assert _per_class(only_downstream.downstream) == [10, 10, 10]
+    assert _per_class(only_downstream.upstream_train) == [54, 54, 20]
+    with pytest.raises(ValueError, match="data.downstream_images_per_class=1 "):
+        subsample_per_class(_dataset(), None, downstream_images_per_class=1)
+    monkeypatch.setitem(data_module._LOADERS, "cifar_fs", (__name__, "_fake_loader"))
+    loaded = load_data({"name": "cifar_fs", "root": str(tmp_path), "split_seed": 0, "downstream_images_per_class": 25})
+    assert _per_class(loaded.downstream) == [25, 25, 25] and _per_class(loaded.upstream_train) == [54, 54, 20]
+
+
 def _fake_loader(root: str, split_seed: int = 0) -> FewShotData:
     return _dataset()
 
@@ -200,7 +246,7 @@ def test_the_plan_finds_what_each_step_has_left_as_the_steps_decide(tiny_experim
     root = tiny_experiment.path.parent
     cfg = compose_config(tiny_study(root))
     steps = ("free_energy_upstream", "free_energy_downstream", "downstream", "metrics")
-    assert left_of(cfg) == {"pretraining": (0, 2), **{step: (4, 4) for step in steps}}
+    assert left_of(cfg) == {"pretraining": (0, 2), **{step: (4, 4) for step in steps}, "selectors": (2, 2)}
     run_free_energy(cfg)
     assert left_of(cfg)["free_energy_upstream"] == (0, 4) and left_of(cfg)["free_energy_downstream"] == (4, 4)
     # records of other settings are left to the step (which refuses them, saying why); overwrite redoes them
@@ -213,7 +259,7 @@ def test_the_plan_finds_what_each_step_has_left_as_the_steps_decide(tiny_experim
     # a run that is not finished as it is (here: a checkpoint replaced): pretraining is left, the rest waits for it
     model = record.parent / "model.pt"
     model.write_bytes(model.read_bytes() + b"\0")
-    assert left_of(cfg) == {"pretraining": (1, 2), **{step: (None, None) for step in steps}}
+    assert left_of(cfg) == {"pretraining": (1, 2), **{step: (None, None) for step in (*steps, "selectors")}}
 
 
 def test_reproduce_starts_no_job_for_a_step_with_nothing_left(tiny_experiment, tmp_path):
@@ -225,6 +271,7 @@ def test_reproduce_starts_no_job_for_a_step_with_nothing_left(tiny_experiment, t
     from freeenergy.downstream.step import run_downstream
     from freeenergy.free_energy.step import run_free_energy
     from freeenergy.metrics.step import run_metrics
+    from freeenergy.selectors.step import run_selectors
 
     root = tiny_experiment.path.parent
     overrides = tiny_study(root)
@@ -233,6 +280,7 @@ def test_reproduce_starts_no_job_for_a_step_with_nothing_left(tiny_experiment, t
         (run_free_energy, "downstream"),
         (run_downstream, None),
         (run_metrics, None),
+        (run_selectors, None),
     ):
         step(compose_config(overrides + ([f"free_energy.split={split}"] if split else [])))
     assert all(left == 0 for left, _ in left_of(compose_config(overrides)).values())
@@ -247,5 +295,13 @@ def test_reproduce_starts_no_job_for_a_step_with_nothing_left(tiny_experiment, t
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [Path(line).name for line in started.read_text().split()] == ["plan.py", "figures.py"]
-    for step in ("pretraining (2 runs)", "free energy (upstream)", "free energy (downstream)", "downstream", "metrics"):
+    steps = (
+        "pretraining (2 runs)",
+        "free energy (upstream)",
+        "free energy (downstream)",
+        "downstream",
+        "metrics",
+        "selectors",
+    )
+    for step in steps:
         assert f"=== {step}: nothing left" in result.stdout, step

@@ -44,6 +44,29 @@ def test_a_measure_without_selectors_leaves_an_annotated_panel_and_the_others_ar
     assert not empty.collections and "no selector" in empty.texts[0].get_text()
     figure.canvas.draw()  # the layout of a log axis without data used to raise here
     plt.close(figure)
+    undefined = selection_rows().assign(value=float("nan"))  # r of a constant measure, as in a 2-run smoke study
+    figure = draw_cost(undefined, {"free_energy": 30.0}, ["finetune_accuracy"])
+    figure.canvas.draw()
+    assert not figure.axes[0].collections and figure.axes[0].texts
+    plt.close(figure)
     forest = draw_forest(selection_rows(), ["finetune_accuracy", "fewshot_5shot_accuracy"])
     assert len(forest.axes[0].lines) == 2 * 3 + 1  # interval and point per selector, the zero line
     plt.close(forest)
+
+
+def test_the_jointly_drawn_settings_are_coloured_by_their_own_setting_labels():
+    from freeenergy.analysis.plotting import PERCENT_COLUMNS, plotting_frame, setting_order
+
+    rows = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "setting": ["lr0.3-bs40-m0.85", "lr0.12-bs100-m0.9", "lr0.3-bs40-m0.85"],
+            "lr": [0.3, 0.12, 0.3],
+            **{column: [0.5, 0.6, 0.55] for column in PERCENT_COLUMNS},
+        }
+    )
+    joint = plotting_frame(rows, "joint")  # there is no column "joint": each run keeps its drawn setting
+    assert list(joint.setting) == list(rows.setting) and joint.finetune_acc.round(6).tolist() == [50.0, 60.0, 55.0]
+    assert setting_order(joint, "joint") == ["lr0.12-bs100-m0.9", "lr0.3-bs40-m0.85"]
+    swept = plotting_frame(rows, "lr")
+    assert setting_order(swept, "lr") == ["0.12", "0.3"] and list(swept.setting) == ["0.3", "0.12", "0.3"]

@@ -86,7 +86,7 @@ def test_shards_cover_the_checkpoints_disjointly(tiny_experiment):
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("selectors.kinds=[rank_me]", "unknown selector"),
+        ("selectors.kinds=[rank_me]", r"selectors.kinds=\['rank_me'\] is not allowed.*each one of \['rankme'"),
         ("selectors.knn.k=0", "selectors.knn.k=0"),
         ("selectors.knn.k=500", "selectors.knn.k=500 is not below the 160"),
         ("selectors.alpha_req.fit_ranks=[6,7]", "selectors.alpha_req.fit_ranks"),

@@ -50,6 +50,7 @@ STEP_RECORDS = {
 }
 LAUNCHERS_WITHOUT_PARALLELISM = ("basic",)
 GENERATED_DATASETS = ("synthetic",)  # drawn by the loader, nothing to find on disk
+SPLITS, DOWNSTREAM = ("upstream", "downstream"), ("finetune", "fewshot")  # free-energy splits, downstream kinds
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class StudyPlan:
     fewshot_episodes: int  # over all checkpoints, shots and classifiers' shared episodes
     metric_records: int
     selector_records: int  # checkpoints selectors.checkpoints keeps × selectors.kinds
+    step_checkpoints: dict[str, int]  # checkpoints each step visits (``step_checkpoints``)
+    run_training: tuple[tuple[int, int], ...]  # (batch size, epochs) of each run, jointly drawn ones included
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ def upstream_train_images(data: Mapping[str, Any]) -> int:
 def selected_checkpoints(which: object, runs: list, epochs: tuple[int, ...]) -> int:
     """How many of the study's checkpoints (``runs`` × saved ``epochs``) a checkpoint selection keeps: ``all``,
     ``final``, a list of epochs, ``{epochs: …, seeds: […]}`` or a list of those (``records.checkpoints``)."""
+    return len(_chosen(which, runs, epochs))
+
+
+def _chosen(which: object, runs: list, epochs: tuple[int, ...]) -> set[tuple[str, int]]:
+    """The (run id, epoch) pairs a checkpoint selection keeps (``selected_checkpoints``)."""
     which = OmegaConf.to_object(which) if OmegaConf.is_config(which) else which
     parts = which if isinstance(which, list) and which and isinstance(which[0], dict) else [which]
     chosen = set()
@@ -127,7 +135,23 @@ def selected_checkpoints(which: object, runs: list, epochs: tuple[int, ...]) -> 
         chosen |= {
             (run.run_id, e) for run in runs if seeds is None or run.identity["seed"] in seeds for e in kept_epochs
         }
-    return len(chosen)
+    return chosen
+
+
+def step_checkpoints(cfg: DictConfig, runs: list, epochs: tuple[int, ...]) -> dict[str, int]:
+    """How many checkpoints each step of ./reproduce.sh visits, by its selection (0 for a downstream kind or
+    selectors not configured): ``free_energy_upstream``, ``free_energy_downstream``, ``finetune``, ``fewshot``,
+    ``downstream`` (either kind: the step's checkpoints), ``metrics``, ``selectors`` (what ``work_left`` totals
+    once pretraining has finished)."""
+    fe, ds = cfg.free_energy, cfg.downstream
+    kinds = {kind: _chosen(ds.checkpoints[kind], runs, epochs) if kind in ds.kinds else set() for kind in DOWNSTREAM}
+    return {
+        **{f"free_energy_{split}": selected_checkpoints(fe.checkpoints[split], runs, epochs) for split in SPLITS},
+        **{kind: len(chosen) for kind, chosen in kinds.items()},
+        "downstream": len(set().union(*kinds.values())),
+        "metrics": selected_checkpoints(cfg.metrics.checkpoints, runs, epochs),
+        "selectors": selected_checkpoints(cfg.selectors.checkpoints, runs, epochs) if cfg.selectors.kinds else 0,
+    }
 
 
 def _setting_of(run) -> dict[str, Any]:
@@ -143,14 +167,14 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
     """Count the runs, checkpoints, SGD and SGLD steps, fine-tunings and episodes an experiment configures."""
     seeds = len(cfg.sweep.seeds)
     settings = study_settings(cfg)
-    study = [run for run in study_runs(cfg) if _setting_of(run) in settings]  # the base trains only when listed
+    study = study_run_list(cfg)  # the base trains only when an axis lists it
     runs = len(study)
     epochs = saved_epochs(cfg.train)
     checkpoints = runs * len(epochs)
     images = upstream_train_images(cfg.data)
-    fe = cfg.free_energy
-    kinds = set(cfg.downstream.kinds)
-    fewshot = cfg.downstream.fewshot
+    fe, fewshot = cfg.free_energy, cfg.downstream.fewshot
+    steps = step_checkpoints(cfg, study, epochs)
+    training = tuple((run.identity["train"]["batch_size"], run.identity["train"]["epochs"]) for run in study)
     return StudyPlan(
         experiment=cfg.experiment_name,
         settings=len(settings),
@@ -160,25 +184,15 @@ def plan_study(cfg: DictConfig) -> StudyPlan:
         checkpoint_epochs=epochs,
         checkpoints=checkpoints,
         upstream_train_images=images,
-        sgd_steps=cfg.train.epochs * sum(images // run.identity["train"]["batch_size"] for run in study),
-        free_energy_estimates=sum(
-            selected_checkpoints(fe.checkpoints[split], study, epochs) for split in ("upstream", "downstream")
-        ),
+        sgd_steps=sum(run_epochs * (images // batch) for batch, run_epochs in training),
+        free_energy_estimates=sum(steps[f"free_energy_{split}"] for split in SPLITS),
         sgld_steps=fe.num_chains * (fe.get("num_burnin", 0) + fe.num_draws),
-        finetunings=(
-            selected_checkpoints(cfg.downstream.checkpoints.finetune, study, epochs) * cfg.downstream.finetune.repeats
-            if "finetune" in kinds
-            else 0
-        ),
-        fewshot_episodes=(
-            selected_checkpoints(cfg.downstream.checkpoints.fewshot, study, epochs)
-            * len(fewshot.shots)
-            * fewshot.episodes
-            if "fewshot" in kinds
-            else 0
-        ),
-        metric_records=selected_checkpoints(cfg.metrics.checkpoints, study, epochs),
-        selector_records=selected_checkpoints(cfg.selectors.checkpoints, study, epochs) * len(set(cfg.selectors.kinds)),
+        finetunings=steps["finetune"] * cfg.downstream.finetune.repeats,
+        fewshot_episodes=steps["fewshot"] * len(fewshot.shots) * fewshot.episodes,
+        metric_records=steps["metrics"],
+        selector_records=steps["selectors"] * len(set(cfg.selectors.kinds)),
+        step_checkpoints=steps,
+        run_training=training,
     )
 
 
@@ -356,6 +370,7 @@ def describe_left(work: Sequence[StepWork]) -> str:
         "free_energy_downstream": "free energy (downstream)",
         "downstream": "downstream",
         "metrics": "metrics",
+        "selectors": "selectors",
     }
     parts = []
     for w in work:

@@ -94,8 +94,10 @@ def plotting_frame(table: pd.DataFrame, axis: str | None) -> pd.DataFrame:
     frame = table.copy()
     for column in PERCENT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") * 100
-    if axis:
+    if axis in SWEEP_AXES:
         frame[SETTING] = frame[axis].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
+    elif axis:  # the jointly drawn settings vary every hyperparameter: each keeps its own `setting` label
+        frame[SETTING] = frame[SETTING].astype(str)
     else:
         frame[SETTING] = frame.apply(_sweep_label, axis=1) if len(frame) else pd.Series(dtype=str)
     return frame
@@ -109,6 +111,8 @@ def _sweep_label(row: pd.Series) -> str:
 def setting_order(frame: pd.DataFrame, axis: str | None) -> list[str]:
     if axis is None or frame.empty:
         return sorted(frame[SETTING].unique(), key=lambda label: (label != BASE, label)) if not frame.empty else []
+    if axis not in SWEEP_AXES:  # the jointly drawn settings: ordered by their labels
+        return sorted(frame[SETTING].unique())
     return [f"{v:g}" for v in sorted(pd.to_numeric(frame[axis]).dropna().unique())]
 
 

@@ -212,7 +212,8 @@ def units(table: pd.DataFrame, columns: list[str]) -> dict[str, pd.DataFrame]:
 def power_table(settings_rows: pd.DataFrame, runs_rows: pd.DataFrame, targets: list[str], rival: str) -> pd.DataFrame:
     """Power at the observed effects: that a 95% interval of r(F, Y) excludes 0 at this design's number of
     settings and runs, and how many units would detect an advantage of F over ``rival`` of 0.1 and 0.2 in r
-    (Steiger's test at 80% power, at the observed r(F, ``rival``))."""
+    (Steiger's test at 80% power, at the observed r(F, ``rival``)). F is taken at its observed |r(F, Y)|, or at
+    the gap when that is smaller, so that the rival is always the gap below it."""
     rows = []
     for target in targets:
         for unit, frame in (("settings", settings_rows), ("runs", runs_rows)):
@@ -231,8 +232,9 @@ def power_table(settings_rows: pd.DataFrame, runs_rows: pd.DataFrame, targets: l
                 "power_excludes_zero": power_nonzero(r_fy, len(data)),
             }
             for gap in POWER_GAPS:
-                stronger = min(abs(r_fy), 0.95)
-                weaker = max(stronger - gap, 0.0)
+                # F at its observed |r| (at least the gap, so that the difference tested is the gap itself)
+                stronger = min(max(abs(r_fy), gap), 0.95)
+                weaker = stronger - gap
                 row[f"units_for_gap_{gap:g}"] = units_for_power(
                     POWER_TARGET, lambda n, a=stronger, b=weaker, c=r_fx: paired_power(a, b, c, n)
                 )

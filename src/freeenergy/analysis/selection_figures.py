@@ -76,7 +76,7 @@ def draw_cost(selection: pd.DataFrame, costs: dict[str, float], targets: list[st
     sns.set_theme(style="whitegrid", font_scale=0.85)
     figure, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        data = cost_data(selection, costs, target)
+        data = cost_data(selection, costs, target).dropna(subset=["abs_r"])  # an r of constant data is NaN
         ax.set_title(name(target))
         if data.empty:  # an empty log-scaled axis has no positive limits to draw
             ax.text(0.5, 0.5, "no selector measured against it", ha="center", va="center", transform=ax.transAxes)

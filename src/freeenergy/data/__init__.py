@@ -34,20 +34,27 @@ _GENERATED = ("synthetic",)
 def load_data(data_cfg: Mapping[str, Any]) -> FewShotData:
     """Load the dataset named by ``data_cfg['name']``; the other keys are the loader's arguments.
 
-    For a real dataset, ``images_per_class`` (null: all) keeps that many images of each class, seeded by
-    ``split_seed`` (``freeenergy.data.subsample``): the whole pipeline at CPU size.
+    For a real dataset, ``images_per_class`` (null: all) keeps that many images of each class, and
+    ``downstream_images_per_class`` (null: as ``images_per_class``) that many of each held-out class, seeded
+    by ``split_seed`` (``freeenergy.data.subsample``): the whole pipeline at CPU size.
     """
     options = dict(data_cfg)
     name = options.pop("name")
     if name not in DATASETS:
         raise ValueError(f"data={name!r} is unknown; choose one of {list(DATASETS)}.")
-    per_class = None if name in _GENERATED else options.pop("images_per_class", None)
+    per_class, per_downstream_class = (
+        (None, None)
+        if name in _GENERATED
+        else (options.pop("images_per_class", None), options.pop("downstream_images_per_class", None))
+    )
     data = _loader(name)(**options)
-    if per_class is None:
+    if per_class is None and per_downstream_class is None:
         return data
     from freeenergy.data.subsample import subsample_per_class
 
-    return subsample_per_class(data, per_class, seed=options.get("split_seed", 0))
+    return subsample_per_class(
+        data, per_class, seed=options.get("split_seed", 0), downstream_images_per_class=per_downstream_class
+    )
 
 
 def data_fingerprint(data_cfg: Mapping[str, Any]) -> DataFingerprint:
