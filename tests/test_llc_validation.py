@@ -4,7 +4,7 @@ Three cases of the validation, one per singular family (the regular d/2 and the 
 tests/test_free_energy.py): reduced-rank regression 5→4→5 at rank 2 (λ = 21/2, Aoyagi & Watanabe 2005), the
 deep linear network 4→8→8→4 at rank 2 (λ = 8, Aoyagi 2024) and the normal crossing y = w²·x (λ = 1/4). Each
 runs with the validation's data, w*, ε, γ, nβ and batch, but many short chains at once (``vectorize_chains``:
-3–4× cheaper per chain-step than one chain after another on a CPU), about 35 s in all on one core.
+3–4× cheaper per chain-step than one chain after another on a CPU), 40–50 s in all on one shared core.
 
 Tolerances come from the measured spread: at each case's CI settings λ̂ was estimated with seeds 0–7
 (``python tests/test_llc_validation.py``; ``MEASURED`` holds the mean and standard deviation over the seeds),
@@ -36,9 +36,11 @@ def load_validation():
     return module
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 validation = load_validation()
 CASES = {case.name: case for case in validation.CASES}
-# case → (chains, burn-in, draws) per chain, at the validation's ε, γ, nβ and batch
+# case → (chains, burn-in, draws) per chain, at the validation's ε, γ, nβ and batch; burn-in and draws are whole
+# passes over the data (4 minibatches; 40 for w²·x), so the minibatch noise of the draws cancels at a fixed w
 CI_SETTINGS = {"rrr_5-4-5_r2": (32, 2000, 2000), "dln_4-8-8-4_r2": (32, 4000, 2000), "nc_k2": (64, 2000, 4000)}
 # case → (mean, sd) of λ̂ over seeds 0–7 at CI_SETTINGS (python tests/test_llc_validation.py, one thread)
 MEASURED = {"rrr_5-4-5_r2": (9.977, 0.223), "dln_4-8-8-4_r2": (7.534, 0.162), "nc_k2": (0.2557, 0.0120)}
