@@ -90,12 +90,14 @@ class Case:
 
     @property
     def family(self) -> str:
+        """regular, reduced rank, deep linear or normal crossing."""
         if self.power:
             return "normal crossing"
         return {2: "regular", 3: "reduced rank"}.get(len(self.widths), "deep linear")
 
     @property
     def label(self) -> str:
+        """The figure's and table's name: widths and rank, or w^k·x."""
         if self.power:
             return f"w^{self.power}·x"
         return "→".join(map(str, self.widths)) + f", r={self.rank}"
@@ -273,6 +275,7 @@ def balanced_factors(matrix: torch.Tensor, widths: tuple[int, ...], rank: int) -
 
 
 def full_loss_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """∇L_n at the model's weights on all n samples, one tensor per parameter (shapes of the parameters)."""
     loss = gaussian_nll(model(inputs), targets)
     return list(torch.autograd.grad(loss, list(model.parameters())))
 
@@ -346,6 +349,7 @@ def build_problem(case: Case, seed: int = 0) -> Problem:
 
 
 def step_size(problem: Problem, settings: Settings) -> float:
+    """ε = sharpness_fraction / (nβ·h) (h: ``Problem.curvature``): the same ε for both estimators."""
     return settings.sharpness_fraction / (problem.nbeta * problem.curvature)
 
 
@@ -496,6 +500,7 @@ def record_key(case: Case, budget: Budget, estimator: str) -> str:
 
 
 def record_path(folder: Path, case: Case, estimator: str) -> Path:
+    """``folder/cases/<case>.<estimator>.json``."""
     return folder / "cases" / f"{case.name}.{estimator}.json"
 
 
@@ -566,6 +571,7 @@ def finite_nbeta_answer(problem: Problem, settings: Settings) -> float | None:
 
 
 def case_truth(case: Case) -> float:
+    """The known λ of ``case`` as a float."""
     return float(case.known())
 
 
@@ -614,6 +620,7 @@ def table_rows(records: dict[tuple[str, str], dict], cases: tuple[Case, ...]) ->
 
 
 def write_table(rows: list[dict], path: Path) -> None:
+    """``rows`` (``table_rows``) as CSV at ``path``, atomically."""
     import pandas as pd
 
     write_text(path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
@@ -709,6 +716,7 @@ def draw_figure(rows: list[dict], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (``--help``); ``argv`` None reads ``sys.argv``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", metavar="NAME", help=f"a subset of: {' '.join(c.name for c in CASES)}")
     parser.add_argument("--quick", action="store_true", help=f"burn-in and draws × {QUICK_FACTOR}, under …/quick/")

@@ -44,6 +44,7 @@ class KnownCoefficient:
     source: str
 
     def __float__(self) -> float:
+        """λ as a float."""
         return float(self.value)
 
 
@@ -58,6 +59,7 @@ def regular_coefficient(num_parameters: int) -> KnownCoefficient:
 
 
 def _check_widths(widths: Sequence[int], rank: int, min_layers: int = 1) -> tuple[int, ...]:
+    """The widths as ints; ValueError unless there are ≥ min_layers + 1 of them, all ≥ 1, and 0 ≤ rank ≤ min."""
     widths = tuple(int(h) for h in widths)
     if len(widths) < min_layers + 1 or min(widths) < 1:
         raise ValueError(f"widths={widths}: need at least {min_layers + 1} widths (input, …, output), all >= 1.")
