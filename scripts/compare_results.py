@@ -4,7 +4,8 @@ Retraining is bit-identical only on the same CPU and thread layout; elsewhere ev
 statistical. This compares the headline numbers of your results/<experiment>/headline.json (written by
 scripts/figures.py, the last step of ./reproduce.sh) with the committed reference of independent replicates,
 results/reference/<experiment>.json: a number is "within" when it lies inside [min − spread, max + spread] of
-the replicates' values (spread = max − min), a verdict "agrees" when it equals every replicate's.
+the replicates' values (spread = max − min), a verdict "agrees" when it equals every replicate's, and is
+"one of the replicates'" when the replicates themselves disagree and it equals one of them (not a stable result).
 
     source .venv/bin/activate                                      # the project's environment (./reproduce.sh setup)
     python scripts/compare_results.py                              # after ./reproduce.sh: results/default vs the reference
@@ -72,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         mine = f"{row.yours:.3g}" if isinstance(row.yours, float) else str(row.yours)
         print(f"{row.name:<{width}}  yours {mine:>22}  replicates {row.replicates:<40}  {row.verdict}")
     bad = [row for row in rows if row.verdict in ("outside", "disagrees", "not comparable")]
+    unstable = [row for row in rows if row.verdict == "one of the replicates'"]
     print(
-        f"\n{len(rows) - len(bad)} of {len(rows)} headline numbers within the replicates' spread (or agreeing); "
+        f"\n{len(rows) - len(bad)} of {len(rows)} headline numbers within the replicates' spread (or agreeing; "
+        f"{len(unstable)} of them verdicts on which the replicates themselves disagree); "
         f"{len(bad)} not: " + (", ".join(row.name for row in bad[:8]) or "none")
     )
     return 1 if bad else 0

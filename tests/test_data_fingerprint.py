@@ -183,7 +183,7 @@ def test_real_data_records_from_before_fingerprints_are_adopted_and_say_so(tmp_p
 
 def committed_estimate() -> dict:
     """A real estimate record (the committed study's), as the rank command stores one."""
-    path = next((REPO / "runs" / "default").glob("*/epoch_040/free_energy.json"))
+    path = next((REPO / "runs" / "default").glob("*/epoch_048/free_energy.json"))
     return {**read_json(path), "identity": "x"}
 
 

@@ -177,6 +177,12 @@ def test_a_rerun_is_within_the_spread_of_the_replicates_or_not():
     verdicts = {c.name: c.verdict for c in compare({"r": -0.75, "verdict": "F worse"}, committed)}
     assert verdicts == {"r": "outside", "verdict": "disagrees"}
     assert compare({}, committed)[0].verdict == "not comparable"
+    split = reference({"A": {"verdict": "F better"}, "B": {"verdict": "not distinguishable"}})
+    assert compare({"verdict": "not distinguishable"}, split)[0].verdict == "one of the replicates'"
+    assert compare({"verdict": "F worse"}, split)[0].verdict == "disagrees"
+    undefined = reference({"A": {"r": None}, "B": {"r": None}})
+    assert compare({"r": None}, undefined)[0].verdict == "undefined, as in every replicate"
+    assert compare({"r": None}, committed)[0].verdict == "not comparable"
 
 
 def test_joint_settings_are_seeded_inside_their_ranges_and_the_noise_band():

@@ -44,9 +44,9 @@ def test_plan_counts_each_steps_checkpoints_by_its_own_selection():
     cfg = compose_config(["experiment=default"])
     steps = plan_study(cfg).step_checkpoints
     # 30 runs × 3 saved epochs; fine-tuning on the 30 final checkpoints, few-shot on all 90: the downstream step
-    # visits their union; upstream free energy on every final checkpoint and on seed 0's epoch 40
+    # visits their union; upstream free energy on every final checkpoint
     assert steps == {
-        "free_energy_upstream": 30 + 15,
+        "free_energy_upstream": 30,
         "free_energy_downstream": 15,
         "finetune": 30,
         "fewshot": 90,
@@ -54,6 +54,8 @@ def test_plan_counts_each_steps_checkpoints_by_its_own_selection():
         "metrics": 90,
         "selectors": 30,
     }
+    within_run = "free_energy.checkpoints.upstream=[{epochs: final},{epochs: [40], seeds: [0]}]"
+    assert plan_study(compose_config(["experiment=default", within_run])).step_checkpoints["free_energy_upstream"] == 45
     only_finetune = compose_config(["experiment=default", "downstream.kinds=[finetune]", "selectors.kinds=[]"])
     steps = plan_study(only_finetune).step_checkpoints
     assert (steps["fewshot"], steps["downstream"], steps["selectors"]) == (0, 30, 0)

@@ -10,7 +10,8 @@ whether each headline number falls within the spread that independent replicates
 - ``reference`` combines the replicates' ``headline.json`` into the committed reference (each number's
   values, mean and spread = max − min).
 - ``compare`` says, per number, whether a rerun lies within the reference: inside [min − spread, max + spread]
-  (the replicates' own disagreement as the margin), and for a verdict whether it matches every replicate's.
+  (the replicates' own disagreement as the margin), and for a verdict whether it matches every replicate's
+  ("agrees"), only some of them (the replicates disagree, so the verdict is not a stable result), or none.
 """
 
 from __future__ import annotations
@@ -84,13 +85,20 @@ def compare(yours: dict[str, Any], committed: dict[str, dict[str, Any]]) -> list
     for name, entry in committed.items():
         mine, values = yours.get(name), entry["values"]
         shown = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values.values())
-        if "spread" in entry and isinstance(mine, (int, float)):
+        if mine is None and all(v is None for v in values.values()):  # e.g. a static ranker among seeds
+            out.append(Comparison(name, mine, shown, "undefined, as in every replicate"))
+        elif "spread" in entry and isinstance(mine, (int, float)):
             margin = entry["spread"]
             inside = entry["low"] - margin <= mine <= entry["high"] + margin
             out.append(Comparison(name, mine, shown, "within" if inside else "outside"))
         elif isinstance(mine, str) and all(isinstance(v, str) for v in values.values()):
-            same = all(v == mine for v in values.values())
-            out.append(Comparison(name, mine, shown, "agrees" if same else "disagrees"))
+            if all(v == mine for v in values.values()):
+                verdict = "agrees"
+            elif mine in values.values():  # the replicates themselves disagree: this verdict is not stable
+                verdict = "one of the replicates'"
+            else:
+                verdict = "disagrees"
+            out.append(Comparison(name, mine, shown, verdict))
         else:
             out.append(Comparison(name, mine, shown, "not comparable"))
     return out
