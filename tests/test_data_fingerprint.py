@@ -22,6 +22,7 @@ from test_rank import tiny_overrides as rank_overrides
 from test_real_data_formats import write_cifar_pickles
 
 from freeenergy.data import data_fingerprint, synthetic
+from freeenergy.data.safe_pickle import load_pickle
 from freeenergy.metrics.step import run_metrics
 from freeenergy.pretrain.trainer import run_pretraining
 from freeenergy.rank import run_rank
@@ -144,7 +145,7 @@ def test_the_same_experiment_on_another_copy_is_refused_and_a_moved_copy_is_not(
 
     # one pixel changed: other data, refused by pretraining and by every step, before any compute
     shutil.copytree(tmp_path / "moved", tmp_path / "b")
-    content = pickle.loads((tmp_path / "b" / "CIFAR_FS_train.pickle").read_bytes(), encoding="latin1")
+    content = load_pickle(tmp_path / "b" / "CIFAR_FS_train.pickle")  # the project's restricted reader
     content["data"][0, 0, 0, 0] ^= 1
     (tmp_path / "b" / "CIFAR_FS_train.pickle").write_bytes(pickle.dumps(content, protocol=2))
     other = data_fingerprint(cifar_cfg(tmp_path, "b").data).value
